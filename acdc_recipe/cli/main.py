@@ -1,0 +1,34 @@
+"""The `acdc` command: builds the parser; each verb lives in its own module.
+
+A verb module defines `register(subparsers)`, which adds its parser and sets `handler`
+(a function of the parsed arguments returning an exit code). Verb modules import torch only
+inside their handlers, so `acdc --help`, `validate` and `schedule` answer without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERBS = ("validate", "schedule")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acdc",
+        description="AC/DC sparsity recipes for PyTorch: validate, inspect, compile and run.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS:
+        importlib.import_module(f"acdc_recipe.cli.{verb}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""The recipe schema: the single source of truth for keys, types, defaults and docs.
+
+Every model is immutable and rejects unknown keys. Field descriptions feed the recipe
+reference in the README (``acdc_recipe.reference``) and the CLI help.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+PRUNABLE_TYPES = (
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "MultiheadAttention",
+)
+PrunableType = Literal[PRUNABLE_TYPES]  # type: ignore[valid-type]
+
+_NM = re.compile(r"^(\d+):(\d+)$")
+_BLOCK = re.compile(r"^block:(\d+)x(\d+)$")
+
+
+class Strict(BaseModel):
+    """Base for every recipe model: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_pattern(text: str) -> tuple[str, int, int]:
+    """Split a pattern string into (kind, a, b): ("unstructured", 1, 1), ("n:m", N, M) or ("block", rows, cols)."""
+    if text == "unstructured":
+        return ("unstructured", 1, 1)
+    if match := _NM.match(text):
+        n, m = int(match[1]), int(match[2])
+        if not 0 < n < m:
+            raise ValueError(f"N:M pattern needs 0 < N < M, got {text!r}")
+        return ("n:m", n, m)
+    if match := _BLOCK.match(text):
+        rows, cols = int(match[1]), int(match[2])
+        if rows < 1 or cols < 1 or rows * cols < 2:
+            raise ValueError(f"a block needs at least 2 elements, got {text!r}")
+        return ("block", rows, cols)
+    raise ValueError(
+        f"unknown pattern {text!r}: expected 'unstructured', 'N:M' (e.g. '2:4') "
+        "or 'block:RxC' (e.g. 'block:1x4')"
+    )
+
+
+Pattern = Field(
+    default="unstructured",
+    description="'unstructured', 'N:M' (keep N of every M weights along the input-channel axis, "
+    "e.g. '2:4'), or 'block:RxC' (prune whole RxC blocks of the weight matrix, e.g. 'block:1x4').",
+)
+
+
+def _check_pattern(value: str | None) -> str | None:
+    if value is not None:
+        parse_pattern(value)
+    return value
+
+
+def _check_fraction(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise ValueError(f"a sparsity target must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+class Rule(Strict):
+    """A per-layer rule. Rules are tried in order; the first that matches a layer claims it."""
+
+    match: str = Field(
+        description="Which layers: an exact name ('conv1'), a glob ('layer4.*.conv2'), a regex "
+        "('re:layer4\\..*conv2') or a module type ('type:Linear'). Matched against the layer "
+        "name and the parameter name ('fc' and 'fc.weight').",
+    )
+    dense: bool = Field(default=False, description="Keep the matched layers dense (never pruned).")
+    target: float | None = Field(
+        default=None, description="Sparsity for the matched layers, overriding sparsity.target."
+    )
+    pattern: str | None = Field(
+        default=None, description="Sparsity pattern for the matched layers (see sparsity.pattern)."
+    )
+    include: bool = Field(
+        default=False,
+        description="Also prune matched parameters that are not prunable by default "
+        "(e.g. a norm weight named explicitly).",
+    )
+
+    _fraction = field_validator("target")(_check_fraction)
+    _pattern = field_validator("pattern")(_check_pattern)
+
+    @model_validator(mode="after")
+    def _dense_is_exclusive(self) -> Rule:
+        if self.dense and (self.target is not None or self.pattern is not None):
+            raise ValueError("a rule with dense: true cannot also set target or pattern")
+        return self
+
+
+class Sparsity(Strict):
+    """What to prune and how much."""
+
+    target: float = Field(description="Overall sparsity of the prunable weights, in (0, 1).")
+    scope: Literal["global", "uniform", "erk"] = Field(
+        default="global",
+        description="global: one magnitude threshold over all prunable weights; uniform: the "
+        "same sparsity in every layer; erk: Erdos-Renyi-Kernel per-layer densities.",
+    )
+    pattern: str = Pattern
+    prunable: tuple[PrunableType, ...] = Field(  # type: ignore[valid-type]
+        default=PRUNABLE_TYPES,
+        description="Layer types whose weights are prunable. Biases and norms never are, "
+        "unless a rule includes them.",
+    )
+    rules: tuple[Rule, ...] = Field(
+        default=(), description="Ordered per-layer rules; each must match at least one layer."
+    )
+
+    _fraction = field_validator("target")(_check_fraction)
+    _pattern = field_validator("pattern")(_check_pattern)
+
+
+class DensePhase(Strict):
+    """A dense (decompressed) phase: no mask."""
+
+    dense: int = Field(gt=0, description="Length in schedule units.")
+
+
+class SparsePhase(Strict):
+    """A sparse (compressed) phase: masks chosen by magnitude at its start, fixed throughout."""
+
+    sparse: int = Field(gt=0, description="Length in schedule units.")
+    target: float | None = Field(default=None, description="Overrides sparsity.target.")
+
+    _fraction = field_validator("target")(_check_fraction)
+
+
+class GradualPhase(Strict):
+    """A gradual pruning ramp (GMP): sparsity grows from `initial` to the target on a curve."""
+
+    gradual: int = Field(gt=0, description="Length in schedule units.")
+    initial: float = Field(default=0.0, ge=0.0, lt=1.0, description="Sparsity at the ramp start.")
+    target: float | None = Field(default=None, description="Final sparsity; default sparsity.target.")
+    curve: Literal["cubic", "linear"] = Field(default="cubic", description="Shape of the ramp.")
+    update: int = Field(default=1, gt=0, description="Recompute the mask every this many units.")
+
+    _fraction = field_validator("target")(_check_fraction)
+
+
+class RepeatBlock(Strict):
+    """A block of phases repeated `repeat` times."""
+
+    repeat: int = Field(gt=0, description="How many times to repeat `phases`.")
+    phases: tuple[PhaseItem, ...] = Field(min_length=1, description="The phases to repeat.")
+
+
+PHASE_KINDS = ("dense", "sparse", "gradual", "repeat")
+
+
+def _phase_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return next(k for k in PHASE_KINDS if k in type(value).model_fields)
+    if isinstance(value, dict):
+        return next((k for k in PHASE_KINDS if k in value), None)
+    return None
+
+
+PhaseItem = Annotated[
+    Union[
+        Annotated[DensePhase, Tag("dense")],
+        Annotated[SparsePhase, Tag("sparse")],
+        Annotated[GradualPhase, Tag("gradual")],
+        Annotated[RepeatBlock, Tag("repeat")],
+    ],
+    Discriminator(
+        _phase_kind,
+        custom_error_type="phase_kind",
+        custom_error_message="each phase needs one of the keys dense, sparse, gradual or repeat",
+    ),
+]
+RepeatBlock.model_rebuild()
+
+
+class AcdcMacro(Strict):
+    """AC/DC in one line: warm-up, alternating sparse/dense blocks, last dense, final sparse."""
+
+    epochs: int = Field(gt=0, description="Total length in schedule units.")
+    warmup: int = Field(default=10, ge=0, description="Dense warm-up at the start.")
+    sparse: int = Field(default=5, gt=0, description="Length of each alternating sparse block.")
+    dense: int = Field(default=5, gt=0, description="Length of each alternating dense block.")
+    last_dense: int = Field(default=10, ge=0, description="The last dense phase before the end.")
+    final_sparse: int = Field(default=15, gt=0, description="Final sparse fine-tune, mask fixed.")
+
+
+class Transitions(Strict):
+    """The reference code's form: the epochs at which to prune and to restore dense training."""
+
+    epochs: int = Field(gt=0, description="Total length in schedule units.")
+    sparse_at: tuple[int, ...] = Field(description="Positions where a sparse phase starts.")
+    dense_at: tuple[int, ...] = Field(default=(), description="Positions where a dense phase starts.")
+
+
+class Schedule(Strict):
+    """When each phase runs. Give exactly one of `acdc`, `phases` or `transitions`."""
+
+    unit: Literal["epoch", "step"] = Field(default="epoch", description="Unit of every length.")
+    acdc: AcdcMacro | None = Field(default=None, description="The AC/DC macro.")
+    phases: tuple[PhaseItem, ...] | None = Field(
+        default=None, description="An explicit list of phases and repeat blocks."
+    )
+    transitions: Transitions | None = Field(
+        default=None, description="Switch positions, as the reference code writes them."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> Schedule:
+        given = [k for k in ("acdc", "phases", "transitions") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "schedule needs exactly one of 'acdc', 'phases' or 'transitions'"
+                + (f", got {' and '.join(given)}" if given else "")
+            )
+        return self
+
+
+class OptimizerState(Strict):
+    """What happens to optimizer state (momentum, Adam moments) at phase switches."""
+
+    on_decompress: Literal["reset", "keep", "reset_reactivated"] = Field(
+        default="reset",
+        description="At the start of each dense phase: reset all momentum state (the reference), "
+        "keep it, or reset only the positions that were pruned and now train again.",
+    )
+
+
+class ModelSpec(Strict):
+    """The model `acdc compile` and `acdc run` build."""
+
+    name: str = Field(
+        description="A built-in model (mlp, cnn, resnet20), a torchvision name (resnet50), or an "
+        "import path 'package.module:callable'."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+    input_shape: tuple[int, ...] | None = Field(
+        default=None, description="One sample's shape (no batch dim), for tracing and FLOPs."
+    )
+
+
+class DataSpec(Strict):
+    """Where training and evaluation data come from."""
+
+    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "imagefolder", "callable"] = Field(
+        default="digits", description="The data source."
+    )
+    root: str | None = Field(default=None, description="Folder with the data files.")
+    callable: str | None = Field(
+        default=None, description="For source 'callable': 'package.module:fn' returning datasets."
+    )
+    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    augment: bool = Field(default=False, description="Random crop and flip (image sources).")
+
+    @model_validator(mode="after")
+    def _callable_needs_path(self) -> DataSpec:
+        if (self.source == "callable") != (self.callable is not None):
+            raise ValueError("set `callable` exactly when source is 'callable'")
+        return self
+
+
+class OptimizerSpec(Strict):
+    """The optimizer `acdc run` builds."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="Optimizer.")
+    lr: float = Field(default=0.1, gt=0, description="Peak learning rate.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(default=False, description="SGD Nesterov momentum.")
+    weight_decay: float = Field(default=0.0, ge=0, description="Weight decay.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="Adam betas.")
+    eps: float = Field(default=1e-8, gt=0, description="Adam epsilon.")
+    decay_norm_and_bias: bool = Field(
+        default=True, description="Apply weight decay to norm weights and biases too."
+    )
+
+
+class LRScheduleSpec(Strict):
+    """The learning-rate schedule, stepped every iteration."""
+
+    name: Literal["constant", "step", "multistep", "cosine"] = Field(
+        default="constant", description="Shape after warm-up."
+    )
+    warmup_epochs: float = Field(default=0, ge=0, description="Linear warm-up from ~0 to lr.")
+    milestones: tuple[int, ...] = Field(default=(), description="multistep: epochs to decay at.")
+    step_size: int = Field(default=30, gt=0, description="step: decay every this many epochs.")
+    gamma: float = Field(default=0.1, gt=0, description="step/multistep: decay factor.")
+    final_lr: float = Field(default=0.0, ge=0, description="cosine: the lr reached at the end.")
+
+
+class TrainSpec(Strict):
+    """What `acdc run` trains. Training length comes from the schedule."""
+
+    model: ModelSpec = Field(description="The model.")
+    data: DataSpec = Field(default_factory=DataSpec, description="The data.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="The optimizer.")
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="LR schedule.")
+    batch_size: int = Field(default=128, gt=0, description="Batch size per process.")
+    eval_batch_size: int = Field(default=512, gt=0, description="Batch size for evaluation.")
+    seed: int = Field(default=0, description="Seed for weights, shuffling and augmentation.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where to train.")
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast on CUDA.")
+    compile: bool = Field(default=False, description="Wrap the model in torch.compile.")
+    grad_clip: float | None = Field(default=None, gt=0, description="Clip the gradient norm.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing.")
+    checkpoint_every_steps: int | None = Field(
+        default=None, gt=0, description="Also checkpoint every this many steps (always per epoch)."
+    )
+
+
+class Recipe(Strict):
+    """A whole recipe."""
+
+    version: Literal[1] = Field(default=1, description="Recipe format version.")
+    name: str = Field(description="A short name, used for output folders.")
+    description: str | None = Field(default=None, description="What the recipe reproduces.")
+    variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Template variables, used as {{ name }} in string values; --set name=value.",
+    )
+    sparsity: Sparsity | None = Field(default=None, description="Targets and per-layer rules.")
+    schedule: Schedule = Field(description="The phase schedule.")
+    optimizer_state: OptimizerState = Field(
+        default_factory=OptimizerState, description="Optimizer-state policy at phase switches."
+    )
+    train: TrainSpec | None = Field(default=None, description="What `acdc run` trains.")
+
+    @model_validator(mode="after")
+    def _sparse_phases_need_a_target(self) -> Recipe:
+        if self.sparsity is None and _has_pruning(self.schedule):
+            raise ValueError("the schedule has sparse phases, so a `sparsity` section is required")
+        return self
+
+
+def _has_pruning(schedule: Schedule) -> bool:
+    if schedule.acdc is not None or schedule.transitions is not None:
+        return True
+
+    def walk(items: tuple[PhaseItem, ...]) -> bool:
+        return any(
+            walk(item.phases) if isinstance(item, RepeatBlock) else not isinstance(item, DensePhase)
+            for item in items
+        )
+
+    return walk(schedule.phases or ())
