@@ -255,7 +255,9 @@ class ModelSpec(Strict):
 class DataSpec(Strict):
     """Where training and evaluation data come from."""
 
-    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "imagefolder", "callable"] = Field(
+    source: Literal[
+        "digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "callable"
+    ] = Field(
         default="digits", description="The data source."
     )
     root: str | None = Field(default=None, description="Folder with the data files.")

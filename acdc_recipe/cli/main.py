@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from acdc_recipe.errors import UserError
+
 VERBS = ("validate", "schedule")
 
 
@@ -26,8 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; user errors print as a paragraph and exit 2, never a traceback."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,228 @@
+"""Recipe text -> validated `Recipe`, with every problem located in the source.
+
+The pipeline: read -> YAML nodes (safe loader, positions kept) -> `--set` overrides ->
+variables -> templates -> pydantic validation -> schedule lowering. Every failure becomes a
+`RecipeError` listing all problems found at that stage, each with file, line and key.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from acdc_recipe import templating
+from acdc_recipe.errors import KeyPath, Problem, RecipeError, did_you_mean, format_path
+from acdc_recipe.schema import Recipe
+from acdc_recipe.timeline import ScheduleError, lower
+from acdc_recipe.validation_messages import describe_error
+
+Marks = dict[KeyPath, tuple[int, int]]
+
+
+def shipped_recipes() -> dict[str, str]:
+    """Names of the recipes shipped with the package -> their text."""
+    folder = importlib.resources.files("acdc_recipe.recipes")
+    return {
+        entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
+
+
+def read_source(source: str | Path) -> tuple[str, str]:
+    """(text, display name) of a recipe file or a shipped recipe name."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as error:
+            raise RecipeError([Problem(f"cannot read the file: {error}")], str(path)) from None
+    shipped = shipped_recipes()
+    if str(source) in shipped:
+        return shipped[str(source)], f"<shipped:{source}>"
+    hint = did_you_mean(path.stem, shipped)
+    raise RecipeError(
+        [
+            Problem(
+                "no such file, and no shipped recipe of that name (shipped: "
+                + ", ".join(sorted(shipped))
+                + ")",
+                suggestion=hint,
+            )
+        ],
+        str(source),
+    )
+
+
+def load_recipe(
+    source: str | Path, overrides: Mapping[str, Any] | None = None, **variables: Any
+) -> Recipe:
+    """Load, template and validate a recipe file (or a shipped recipe by name).
+
+    `overrides` are `--set` values: a bare name sets a declared variable, a dotted path
+    (`train.batch_size`) sets that key. Keyword arguments set variables too.
+    """
+    text, name = read_source(source)
+    return load_recipe_text(text, name, overrides, **variables)
+
+
+def load_recipe_text(
+    text: str,
+    source: str = "<recipe>",
+    overrides: Mapping[str, Any] | None = None,
+    **variables: Any,
+) -> Recipe:
+    """Like `load_recipe`, from text already in memory."""
+    data, marks = _parse_yaml(text, source)
+    data = _apply_overrides(data, {**(overrides or {}), **variables}, marks, source)
+    data = _render_templates(data, marks, source)
+    try:
+        recipe = Recipe.model_validate(data)
+    except pydantic.ValidationError as error:
+        problems = [_locate(describe_error(e, data), marks) for e in error.errors()]
+        raise RecipeError(problems, source) from None
+    try:
+        lower(recipe.schedule)
+    except ScheduleError as error:
+        raise RecipeError([_locate(Problem(str(error), error.path), marks)], source) from None
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML: variables evaluated, every default written out."""
+    body = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return "# Resolved recipe: variables evaluated, defaults written out.\n" + body
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """['sparsity=0.95', 'train.seed=1'] -> {'sparsity': 0.95, 'train.seed': 1}."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w.]*", key.strip()):
+            raise RecipeError(
+                [Problem(f"--set expects key=value (e.g. sparsity=0.95), got {item!r}")],
+                "<command line>",
+            )
+        result[key.strip()] = templating.parse_typed(value)
+    return result
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict, Marks]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        marks: Marks = {}
+        problems: list[Problem] = []
+        if node is not None:
+            _index_marks(node, (), marks, problems)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        reason = getattr(error, "problem", None) or str(error)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise RecipeError([Problem(f"invalid YAML: {reason}", (), line, column)], source) from None
+    finally:
+        loader.dispose()
+    if problems:
+        raise RecipeError(problems, source)
+    if not isinstance(data, dict):
+        found = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise RecipeError([Problem(f"a recipe is a YAML mapping of keys, found {found}", (), 1, 1)], source)
+    return data, marks
+
+
+def _index_marks(node: yaml.Node, path: KeyPath, marks: Marks, problems: list[Problem]) -> None:
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            child = (*path, key)
+            if key in seen:
+                line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                problems.append(Problem(f"duplicate key {key!r}", child, line, column))
+            seen.add(key)
+            _index_marks(value_node, child, marks, problems)
+            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_marks(item, (*path, index), marks, problems)
+
+
+def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, source: str) -> dict:
+    if not overrides:
+        return data
+    declared = data.get("variables") if isinstance(data.get("variables"), dict) else {}
+    variables, problems = dict(declared), []
+    for key, value in overrides.items():
+        if "." not in key:
+            if key not in declared:
+                known = ", ".join(declared) or "none"
+                problems.append(
+                    Problem(
+                        f"--set {key}: no such variable (declared: {known}); "
+                        "set a recipe key with its dotted path, e.g. train.seed=1",
+                        ("variables",),
+                        suggestion=did_you_mean(key, declared),
+                    )
+                )
+            variables[key] = value
+            continue
+        target, parts = data, key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part, {}), dict):
+                problems.append(Problem(f"--set {key}: `{part}` is not a mapping", ()))
+                break
+            target = target.setdefault(part, {})
+        else:
+            target[parts[-1]] = value
+    if problems:
+        raise RecipeError([_locate(p, marks) for p in problems], source)
+    if variables:
+        data["variables"] = variables
+    return data
+
+
+def _render_templates(data: dict, marks: Marks, source: str) -> dict:
+    problems: list[Problem] = []
+
+    def report(path: tuple, message: str) -> None:
+        problems.append(_locate(Problem(message, path), marks))
+
+    declared = data.get("variables", {})
+    if not isinstance(declared, dict):
+        return data  # validation reports the wrong type
+    variables: dict[str, Any] = {}
+    for name, value in declared.items():  # a variable may use the ones before it
+        variables[name] = templating.render_tree(value, variables, report, ("variables", name))
+    rest = {k: v for k, v in data.items() if k != "variables"}
+    rendered = templating.render_tree(rest, variables, report)
+    if problems:
+        raise RecipeError(problems, source)
+    return {"variables": variables, **rendered} if "variables" in data else rendered
+
+
+def _locate(problem: Problem, marks: Marks) -> Problem:
+    path = problem.path
+    for end in range(len(path), -1, -1):
+        if path[:end] in marks:
+            line, column = marks[path[:end]]
+            return Problem(problem.message, path, line, column, problem.suggestion)
+    return problem
+
+
+__all__ = [
+    "dump_recipe",
+    "format_path",
+    "load_recipe",
+    "load_recipe_text",
+    "parse_set_args",
+    "shipped_recipes",
+]

@@ -1,0 +1,81 @@
+"""Recipe variables: sandboxed jinja2 over string values, undefined names are errors.
+
+A string that is one whole expression (``"{{ sparsity }}"``) becomes the expression's native
+value (a float stays a float, a list a list); any other templated string renders to text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
+_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+class TemplateProblem(ValueError):
+    """A template that failed to evaluate; the message says why."""
+
+
+def is_template(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def render_value(text: str, variables: Mapping[str, Any]) -> Any:
+    """Evaluate one templated string against `variables`."""
+    try:
+        if match := _WHOLE_EXPRESSION.match(text):
+            expression = _ENV.compile_expression(match["expr"], undefined_to_none=False)
+            return _reject_undefined(expression(**variables))
+        return _ENV.from_string(text).render(**variables)
+    except jinja2.UndefinedError as error:
+        known = ", ".join(sorted(variables)) or "none are defined"
+        raise TemplateProblem(f"{error.message} (variables: {known})") from None
+    except jinja2.TemplateSyntaxError as error:
+        raise TemplateProblem(f"template syntax error: {error.message}") from None
+    except jinja2.exceptions.SecurityError as error:
+        raise TemplateProblem(f"template not allowed: {error}") from None
+    except Exception as error:  # arithmetic and type errors inside user expressions
+        raise TemplateProblem(f"template failed: {type(error).__name__}: {error}") from None
+
+
+def render_tree(
+    tree: Any,
+    variables: Mapping[str, Any],
+    on_problem: Callable[[tuple, str], None],
+    path: tuple = (),
+) -> Any:
+    """Render every templated string in a YAML tree; report failures through `on_problem`."""
+    if isinstance(tree, dict):
+        return {k: render_tree(v, variables, on_problem, (*path, k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [render_tree(v, variables, on_problem, (*path, i)) for i, v in enumerate(tree)]
+    if is_template(tree):
+        try:
+            return render_value(tree, variables)
+        except TemplateProblem as problem:
+            on_problem(path, str(problem))
+    return tree
+
+
+def parse_typed(text: str) -> Any:
+    """A `--set` value with its YAML type: '0.95' -> 0.95, 'true' -> True, '[1, 2]' -> [1, 2]."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def _reject_undefined(value: Any) -> Any:
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_reject_undefined(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _reject_undefined(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,96 @@
+"""`build_model(spec)`: the model a recipe's `train.model` names.
+
+Resolution order: a built-in name (`acdc_recipe.runtime.models.BUILTIN_MODELS`, imported
+lazily so the compiler does not depend on the runtime at import time), an import path
+`package.module:callable`, then a torchvision model (`torchvision:resnet50` or bare `resnet50`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+
+from torch import nn
+
+from acdc_recipe.compiler.errors import CompileError
+from acdc_recipe.schema import ModelSpec
+
+_PATH = ("train", "model", "name")
+
+
+def builtin_models() -> dict[str, Callable[..., nn.Module]]:
+    """The runtime's built-in models, or an empty dict when the runtime does not provide them."""
+    try:
+        module = importlib.import_module("acdc_recipe.runtime.models")
+    except ImportError:
+        return {}
+    return dict(getattr(module, "BUILTIN_MODELS", {}))
+
+
+def torchvision_models() -> dict[str, Callable[..., nn.Module]]:
+    """torchvision's classification/segmentation/detection builders by name; empty without it."""
+    try:
+        from torchvision import models
+    except ImportError:
+        return {}
+    return {name: models.get_model_builder(name) for name in models.list_models()}
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build the model `spec` names, passing `spec.kwargs`; raise `CompileError` if unknown."""
+    factory = resolve_factory(spec.name)
+    try:
+        model = factory(**spec.kwargs)
+    except TypeError as error:
+        raise CompileError(
+            f"model {spec.name!r} rejected its kwargs {spec.kwargs}: {error}",
+            ("train", "model", "kwargs"),
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise CompileError(
+            f"{spec.name!r} returned a {type(model).__name__}, not a torch.nn.Module", _PATH
+        )
+    return model
+
+
+def resolve_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable behind a model name (see the module docstring for the order)."""
+    builtins = builtin_models()
+    if name in builtins:
+        return builtins[name]
+    module_name, colon, attribute = name.partition(":")
+    if colon and module_name != "torchvision":
+        return _import_callable(module_name, attribute, name)
+    vision = torchvision_models()
+    key = attribute if colon else name
+    if key in vision:
+        return vision[key]
+    known = sorted(builtins) + sorted(vision)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    vision_note = "" if vision else " (torchvision is not installed, so its models are unavailable)"
+    raise CompileError(
+        f"unknown model {name!r}.{hint} Built-in models: {', '.join(sorted(builtins)) or 'none'}; "
+        f"torchvision models: {len(vision)} names such as resnet50{vision_note}; or give an import "
+        "path 'package.module:callable'.",
+        _PATH,
+    )
+
+
+def _import_callable(module_name: str, attribute: str, name: str) -> Callable[..., nn.Module]:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CompileError(f"cannot import {module_name!r} for model {name!r}: {error}", _PATH) from None
+    target = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            options = [n for n in dir(module) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, options, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise CompileError(f"{module_name!r} has no attribute {attribute!r}{hint}", _PATH)
+        target = getattr(target, part)
+    if not callable(target):
+        raise CompileError(f"{name!r} is not callable", _PATH)
+    return target

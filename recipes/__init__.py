@@ -1,0 +1,1 @@
+"""The recipes shipped with acdc-recipe, loadable by name (e.g. `acdc run quickstart`)."""

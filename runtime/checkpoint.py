@@ -1,0 +1,189 @@
+"""Atomic, validated training checkpoints and safetensors model files.
+
+A checkpoint is one `torch.save`d dict of tensors and plain containers (loadable with
+`weights_only=True`) written to a temporary file, fsynced, and renamed into place, so a crash
+leaves either the old file or the new one. The newest two are kept; resuming takes the newest
+one that loads and belongs to this recipe, and says why any newer one was refused.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "acdc-recipe-checkpoint"
+FORMAT_VERSION = 1
+KEEP = 2
+_NAME = re.compile(r"^checkpoint-(\d{9})\.pt$")
+# Test hook: exit right after writing the temporary file of the Nth checkpoint (1-based),
+# before the rename, to prove a crash mid-write loses nothing that was already saved.
+CRASH_BEFORE_RENAME_ENV = "ACDC_TEST_CRASH_BEFORE_RENAME"
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint; the message lists each candidate and why it was refused."""
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where directories cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary_path)`, fsync it, and rename it to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temporary)
+        with temporary.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        _maybe_crash(path)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+_writes = {"count": 0}
+
+
+def _maybe_crash(path: Path) -> None:
+    crash_at = os.environ.get(CRASH_BEFORE_RENAME_ENV)
+    if crash_at and _NAME.match(path.name):
+        _writes["count"] += 1
+        if _writes["count"] == int(crash_at):
+            os._exit(17)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random generator the training loop may draw from."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy
+
+        kind, keys, pos, has_gauss, gauss = numpy.random.get_state()
+        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]
+    except ImportError:
+        pass
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy
+
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        numpy.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"checkpoint-{step:09d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint files in `run_dir`, newest (highest step) first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name)[1]), reverse=True)
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], recipe_hash: str) -> Path:
+    """Write `state` for `step` atomically and delete all but the newest `KEEP` checkpoints."""
+    path = checkpoint_path(run_dir, step)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe_hash": recipe_hash}
+    payload.update(step=step, **state)
+    write_atomic(path, lambda temporary: torch.save(payload, temporary))
+    for old in list_checkpoints(run_dir)[KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    path: Path
+    state: dict[str, Any]
+    refused: tuple[str, ...]  # why newer checkpoints were skipped, one line each
+
+
+def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
+    """Load and validate one checkpoint; raise `CheckpointError` saying what is wrong."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle, unreadable file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path.name} cannot be read (truncated or not a checkpoint: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is not an acdc-recipe checkpoint")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name} has checkpoint format version {state.get('format_version')!r}, "
+            f"this version reads {FORMAT_VERSION}"
+        )
+    if state.get("recipe_hash") != recipe_hash:
+        raise CheckpointError(
+            f"{path.name} was written for a different recipe (hash {state.get('recipe_hash')}, "
+            f"this recipe's is {recipe_hash}); resume with the original recipe and --set values"
+        )
+    return state
+
+
+def load_latest(run_dir: Path, recipe_hash: str) -> LoadedCheckpoint | None:
+    """The newest valid checkpoint in `run_dir`; None when there are none at all.
+
+    Raises `CheckpointError` when checkpoints exist but none is usable.
+    """
+    refused = []
+    for path in list_checkpoints(run_dir):
+        try:
+            return LoadedCheckpoint(path, read_checkpoint(path, recipe_hash), tuple(refused))
+        except CheckpointError as error:
+            refused.append(str(error))
+    if refused:
+        raise CheckpointError(
+            f"cannot resume from {run_dir}: no usable checkpoint. " + " ".join(refused)
+        )
+    return None
+
+
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a model's tensors (contiguous CPU copies) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    write_atomic(path, lambda temporary: save_file(plain, str(temporary), metadata=metadata))
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

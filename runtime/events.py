@@ -1,0 +1,70 @@
+"""Typed runtime events: what the phase-state machine did, and at which optimizer step.
+
+Listeners added with `SparsityRuntime.add_listener` receive these objects. They are small,
+frozen and made of plain values, so they serialize to JSON (`event_to_dict`) and back
+(`event_from_dict`) for the run's event log and the runtime's state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class PhaseStarted:
+    """A phase began at optimizer step `step` (its first step has not run yet)."""
+
+    step: int
+    phase_index: int
+    kind: str  # "dense", "sparse" or "gradual"
+    target: float  # overall sparsity in force from this step (0.0 for dense phases)
+
+
+@dataclass(frozen=True)
+class MasksComputed:
+    """Masks were (re)computed from the current weights before step `step`.
+
+    Per-layer values are keyed by `PrunableParam.name`. `changed_fraction` compares with the
+    previous mask (None for the first mask of the run); `threshold` is the smallest kept
+    magnitude when all prunable tensors share one unstructured selection, else None.
+    """
+
+    step: int
+    phase_index: int
+    target: float
+    achieved_sparsity: float
+    per_layer_sparsity: dict[str, float]
+    changed_fraction: float | None
+    per_layer_changed: dict[str, float] | None
+    threshold: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DenseSnapshot:
+    """The last dense phase ended: the weights now are the dense half of the sparse-dense pair.
+
+    Emitted before step `step` runs and before any mask is applied, so a listener that saves
+    the model's weights saves the dense model.
+    """
+
+    step: int
+    phase_index: int  # index of the dense phase that just ended
+
+
+RuntimeEvent = PhaseStarted | MasksComputed | DenseSnapshot
+EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (PhaseStarted, MasksComputed, DenseSnapshot)}
+
+
+def event_to_dict(event: RuntimeEvent) -> dict:
+    """A plain dict with an `event` key naming the type (JSON and `weights_only` safe)."""
+    return {"event": type(event).__name__, **asdict(event)}
+
+
+def event_from_dict(data: dict) -> RuntimeEvent:
+    """Inverse of `event_to_dict`; raises ValueError for an unknown event type."""
+    name = data.get("event")
+    if name not in EVENT_TYPES:
+        raise ValueError(f"unknown runtime event {name!r}; expected one of {sorted(EVENT_TYPES)}")
+    cls = EVENT_TYPES[name]
+    return cls(**{f.name: data[f.name] for f in fields(cls)})

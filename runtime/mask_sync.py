@@ -1,0 +1,61 @@
+"""Check that every data-parallel rank chose the same masks, with one small all-reduce.
+
+Masks are computed deterministically on each rank from weights that DDP keeps identical, so
+they should agree; a silent disagreement (a rank with different weights, a non-deterministic
+kernel) would make the replicas drift apart. Each rank reduces its masks to a short checksum
+(kept count and position-weighted kept sum per mask); one all-reduce of [checksum, -checksum]
+with MAX yields the maximum and minimum over ranks, which agree exactly when all ranks do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+_CHUNK = 1 << 22
+
+
+class MaskMismatchError(RuntimeError):
+    """Data-parallel ranks computed different masks."""
+
+
+def mask_checksum(masks: Sequence[Tensor]) -> Tensor:
+    """Per mask: number of kept entries and the sum of their flat positions (float64)."""
+    values = []
+    for mask in masks:
+        kept = mask.reshape(-1) != 0
+        weighted = torch.zeros((), dtype=torch.float64, device=mask.device)
+        for start in range(0, kept.numel(), _CHUNK):
+            chunk = kept[start : start + _CHUNK]
+            positions = torch.arange(start, start + chunk.numel(), dtype=torch.float64, device=mask.device)
+            weighted = weighted + (positions * chunk).sum()
+        values += [kept.sum(dtype=torch.float64), weighted]
+    if not values:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.stack(values)
+
+
+def verify_masks_identical(masks: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raise `MaskMismatchError` naming the first differing layer if ranks disagree.
+
+    A no-op unless torch.distributed is initialized with more than one process.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    checksum = mask_checksum(masks)
+    if dist.get_backend() == "nccl":
+        checksum = checksum.cuda()
+    both = torch.cat([checksum, -checksum])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    highest, lowest = both[: len(checksum)], -both[len(checksum) :]
+    differs = (highest != lowest).reshape(-1, 2).any(dim=1).nonzero().flatten().tolist()
+    if differs:
+        raise MaskMismatchError(
+            f"data-parallel ranks computed different masks for {names[differs[0]]}"
+            f"{f' and {len(differs) - 1} more layers' if len(differs) > 1 else ''}; the "
+            "weights differ between ranks (was the model wrapped in DistributedDataParallel "
+            "before training, with the same seed on every rank?)"
+        )

@@ -1,0 +1,302 @@
+"""`SparsityRuntime`: executes a compiled recipe's timeline from optimizer step hooks.
+
+Attach it once (`compiled.attach(optimizer, steps_per_epoch=...)`) and the user's own loop
+(`loss.backward(); optimizer.step()`) is enough. The runtime counts completed optimizer steps:
+position `s` is the step about to run. Every side effect is a function of `s`:
+
+- pre-step hook at `s`: emit `DenseSnapshot` when the last dense phase ends, then enter a phase
+  starting at `s` (compute masks, or drop them and apply the optimizer-state policy), then
+  mask the gradients (skipped if `mask_gradients()` already did it for this step);
+- post-step hook: re-mask the weights, count the step.
+
+Dense phases cost one integer comparison per step; sparse phases one fused `_foreach_mul_`
+over the gradients and one over the weights, with no host-device sync. Hooks are registered
+once, so a `torch.compile`d model never sees a change at a phase boundary.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from acdc_recipe.runtime.events import (
+    DenseSnapshot,
+    MasksComputed,
+    PhaseStarted,
+    RuntimeEvent,
+    event_from_dict,
+    event_to_dict,
+)
+from acdc_recipe.runtime.masks import check_finite, compute_masks, mask_change_fraction, mask_sparsity
+from acdc_recipe.runtime.mask_sync import verify_masks_identical
+from acdc_recipe.runtime.optimizer_state import apply_decompress_policy, zero_state_where_pruned
+from acdc_recipe.timeline import Phase, Timeline
+
+FORMAT_VERSION = 1
+Listener = Callable[[RuntimeEvent], None]
+
+
+class RuntimeStateError(ValueError):
+    """The runtime cannot run with this configuration or restore this state dict."""
+
+
+def timeline_in_steps(timeline: Timeline, steps_per_epoch: int | None) -> Timeline:
+    """The timeline in optimizer steps; epoch timelines need `steps_per_epoch`."""
+    if timeline.unit == "step":
+        return timeline
+    if steps_per_epoch is None or int(steps_per_epoch) < 1:
+        raise RuntimeStateError(
+            "the recipe's schedule is in epochs (schedule.unit: epoch), so attach() needs "
+            f"steps_per_epoch, the number of optimizer steps per epoch (got {steps_per_epoch!r}); "
+            "pass steps_per_epoch=len(train_loader), or write the schedule with unit: step"
+        )
+    return timeline.to_steps(int(steps_per_epoch))
+
+
+def _action_positions(timeline: Timeline, snapshot_step: int | None) -> list[int]:
+    """Sorted steps at which the pre-step hook has something to do."""
+    positions = {phase.start for phase in timeline.phases}
+    for phase in timeline.phases:
+        positions.update(phase.mask_updates())
+    if snapshot_step is not None:
+        positions.add(snapshot_step)
+    return sorted(positions)
+
+
+def _pool_threshold(weights: Sequence[Tensor], masks: Sequence[Tensor], groups: Sequence[Any]) -> float | None:
+    """Smallest kept |w| when one unstructured group holds every pruned entry, else None."""
+    if len(groups) != 1 or groups[0].pattern != "unstructured" or groups[0].prune == 0:
+        return None
+    kept = [weights[i].abs().masked_fill(masks[i] == 0, float("inf")).amin() for i in groups[0].indices]
+    return float(torch.stack(kept).amin())
+
+
+class SparsityRuntime:
+    """Phase-state machine over a `CompiledRecipe`, driven by the optimizer's step hooks."""
+
+    def __init__(self, compiled: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None) -> None:
+        recipe = compiled.recipe
+        self.compiled = compiled
+        self.optimizer = optimizer
+        self.steps_per_epoch = steps_per_epoch if compiled.timeline.unit == "epoch" else None
+        self.timeline = timeline_in_steps(compiled.timeline, steps_per_epoch)
+        self._parameters: list[Tensor] = list(compiled.parameters)
+        self._names = [param.name for param in compiled.params]
+        self._default_target = recipe.sparsity.target if recipe.sparsity is not None else 0.0
+        self._policy = recipe.optimizer_state.on_decompress
+        dense = [i for i, p in enumerate(self.timeline.phases) if p.kind == "dense"]
+        self._snapshot_phase = dense[-1] if dense else None
+        self._snapshot_step = self.timeline.phases[dense[-1]].end if dense else None
+        self._actions = _action_positions(self.timeline, self._snapshot_step)
+        mask_steps = [s for p in self.timeline.phases for s in p.mask_updates()]
+        self._last_mask_step = max(mask_steps, default=-1)
+        self._listeners: list[Listener] = []
+        self._history: list[RuntimeEvent] = []
+        self._step = 0
+        self._done_through = -1  # last step whose pre-step actions ran
+        self._next_action = self._actions[0] if self._actions else -1
+        self._target = 0.0
+        self._masks: list[Tensor] | None = None  # in the weights' dtype, during sparse phases
+        self._previous: list[Tensor] | None = None  # bool, the last mask while dense
+        self._grads_masked = False
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+
+    # -- read-only views -------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """Optimizer steps completed (steps skipped by a GradScaler are not counted)."""
+        return self._step
+
+    @property
+    def phase_index(self) -> int:
+        return self.timeline.phase_index_at(self._step)
+
+    @property
+    def phase(self) -> Phase:
+        """The phase (positions in steps) holding the next step."""
+        return self.timeline.phase_at(self._step)
+
+    @property
+    def masks(self) -> tuple[Tensor, ...] | None:
+        """Masks in force (1 keep, 0 pruned), aligned with `compiled.params`; None when dense."""
+        return None if self._masks is None else tuple(self._masks)
+
+    @property
+    def sparsity_target(self) -> float:
+        """Overall target of the masks in force; 0.0 when no mask is."""
+        return self._target
+
+    @property
+    def history(self) -> tuple[RuntimeEvent, ...]:
+        return tuple(self._history)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(event)` for every future event."""
+        self._listeners.append(listener)
+
+    def close(self) -> None:
+        """Remove the optimizer hooks; masks stop being applied."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # -- the per-step path -----------------------------------------------------------------
+    def mask_gradients(self) -> None:
+        """Run this step's phase actions and mask the gradients now, e.g. before clipping.
+
+        The pre-step hook then skips re-masking. Call it after `backward()` (and after
+        `scaler.unscale_`); if you call it, call it every iteration.
+        """
+        if self._step == self._next_action:
+            self._run_actions(self._step)
+        if self._masks is not None and not self._grads_masked:
+            grads = [param.grad for param in self._parameters]
+            if any(grad is None for grad in grads):
+                pairs = [(g, m) for g, m in zip(grads, self._masks) if g is not None]
+                if pairs:
+                    torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+            else:
+                torch._foreach_mul_(grads, self._masks)
+            self._grads_masked = True
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.mask_gradients()
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._masks is not None:
+            with torch.no_grad():
+                torch._foreach_mul_(self._parameters, self._masks)
+        self._step += 1
+        self._grads_masked = False
+
+    # -- phase actions (rare) --------------------------------------------------------------
+    def _emit(self, event: RuntimeEvent) -> None:
+        self._history.append(event)
+        for listener in self._listeners:
+            listener(event)
+
+    def _run_actions(self, step: int) -> None:
+        if step == self._snapshot_step:
+            self._emit(DenseSnapshot(step, self._snapshot_phase))
+        index = self.timeline.phase_index_at(step)
+        phase = self.timeline.phases[index]
+        target = phase.sparsity_at(step, self._default_target)
+        if step == phase.start:
+            self._emit(PhaseStarted(step, index, phase.kind, target))
+            if phase.kind == "dense":
+                self._decompress()
+        if step in phase.mask_updates():
+            self._recompute_masks(step, index, target)
+        self._done_through = step
+        after = bisect.bisect_right(self._actions, step)
+        self._next_action = self._actions[after] if after < len(self._actions) else -1
+
+    def _decompress(self) -> None:
+        if self._masks is None:
+            return
+        self._previous = [mask != 0 for mask in self._masks]
+        self._masks = None
+        self._target = 0.0
+        apply_decompress_policy(self._policy, self.optimizer, self._parameters, self._previous)
+        if self._step >= self._last_mask_step:
+            self._previous = None
+
+    @torch.no_grad()
+    def _recompute_masks(self, step: int, index: int, target: float) -> None:
+        weights = [param.detach() for param in self._parameters]
+        check_finite(weights, self._names)
+        groups = self.compiled.mask_groups(target)
+        start = time.perf_counter()
+        masks = compute_masks(weights, groups)
+        threshold = _pool_threshold(weights, masks, groups)
+        seconds = time.perf_counter() - start
+        verify_masks_identical(masks, self._names)
+        previous = self._previous if self._masks is None else [m != 0 for m in self._masks]
+        changed, per_layer_changed = None, None
+        if previous is not None:
+            new = [mask != 0 for mask in masks]
+            changed, per_changed = mask_change_fraction(previous, new)
+            per_layer_changed = dict(zip(self._names, per_changed, strict=True))
+        torch._foreach_mul_(weights, masks)
+        zero_state_where_pruned(self.optimizer, self._parameters, masks)
+        self._masks, self._previous, self._target = masks, None, target
+        achieved, per_layer = mask_sparsity(masks)
+        self._emit(
+            MasksComputed(
+                step, index, target, achieved, dict(zip(self._names, per_layer, strict=True)),
+                changed, per_layer_changed, threshold, seconds,
+            )
+        )
+
+    # -- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: step, masks (bool, CPU), history, recipe hash."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "recipe_hash": self.compiled.recipe_hash,
+            "steps_per_epoch": self.steps_per_epoch,
+            "step": self._step,
+            "done_through": self._done_through,
+            "target": self._target,
+            "masks": None if self._masks is None else [(m != 0).cpu() for m in self._masks],
+            "previous_masks": None if self._previous is None else [m.cpu() for m in self._previous],
+            "history": [event_to_dict(event) for event in self._history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()`; masks are restored as saved, never recomputed."""
+        version = state.get("format_version")
+        if version != FORMAT_VERSION:
+            raise RuntimeStateError(
+                f"runtime state has format_version {version!r}; this version of acdc-recipe "
+                f"reads format_version {FORMAT_VERSION}"
+            )
+        if state["recipe_hash"] != self.compiled.recipe_hash:
+            raise RuntimeStateError(
+                f"the checkpoint was written for a different recipe (hash {state['recipe_hash']}) "
+                f"than the one compiled now (hash {self.compiled.recipe_hash}); resume with the "
+                "recipe (and --set values) of the original run"
+            )
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise RuntimeStateError(
+                f"the checkpoint was written with steps_per_epoch={state['steps_per_epoch']}, "
+                f"the runtime was attached with {self.steps_per_epoch}; phase boundaries would "
+                "move, so use the same batch size and data as the original run"
+            )
+        masks = self._restore_masks(state["masks"], dtype=True)
+        previous = self._restore_masks(state["previous_masks"], dtype=False)
+        self._step = int(state["step"])
+        self._done_through = int(state["done_through"])
+        self._target = float(state["target"])
+        self._masks, self._previous = masks, previous
+        self._history = [event_from_dict(event) for event in state["history"]]
+        self._grads_masked = False
+        after = bisect.bisect_right(self._actions, self._done_through)
+        self._next_action = self._actions[after] if after < len(self._actions) else -1
+
+    def _restore_masks(self, saved: Sequence[Tensor] | None, dtype: bool) -> list[Tensor] | None:
+        if saved is None:
+            return None
+        if len(saved) != len(self._parameters):
+            raise RuntimeStateError(
+                f"the checkpoint holds {len(saved)} masks, the compiled model has "
+                f"{len(self._parameters)} prunable parameters; was the model changed?"
+            )
+        restored = []
+        for name, mask, param in zip(self._names, saved, self._parameters, strict=True):
+            if tuple(mask.shape) != tuple(param.shape):
+                raise RuntimeStateError(
+                    f"the checkpoint's mask for {name} has shape {tuple(mask.shape)}, the "
+                    f"parameter has shape {tuple(param.shape)}"
+                )
+            kind = param.dtype if dtype else torch.bool
+            restored.append(mask.to(device=param.device, dtype=kind))
+        return restored
