@@ -134,26 +134,53 @@ def _parse_yaml(text: str, source: str) -> tuple[dict, Marks]:
         raise RecipeError(problems, source)
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise RecipeError([Problem(f"a recipe is a YAML mapping of keys, found {found}", (), 1, 1)], source)
+        raise RecipeError(
+            [Problem(f"a recipe is a YAML mapping of keys, found {found}", (), 1, 1)], source
+        )
     return data, marks
 
 
-def _index_marks(node: yaml.Node, path: KeyPath, marks: Marks, problems: list[Problem]) -> None:
-    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+MAX_NODES = 100_000  # a recipe is small; aliases must not expand it without bound
+
+
+def _index_marks(
+    node: yaml.Node,
+    path: KeyPath,
+    marks: Marks,
+    problems: list[Problem],
+    ancestors: tuple[int, ...] = (),
+) -> None:
+    line, column = node.start_mark.line + 1, node.start_mark.column + 1
+    if id(node) in ancestors:
+        problems.append(Problem("a YAML alias refers to itself (recursive)", path, line, column))
+        return
+    if len(marks) >= MAX_NODES:
+        if len(problems) == 0 or "too large" not in problems[-1].message:
+            problems.append(
+                Problem(f"recipe too large: over {MAX_NODES} values", path, line, column)
+            )
+        return
+    marks[path] = (line, column)
+    inner = (*ancestors, id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[object] = set()
         for key_node, value_node in node.value:
+            key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(
+                    Problem("a key must be a plain name, not a list or mapping", path, *key_mark)
+                )
+                continue
             key = key_node.value
             child = (*path, key)
             if key in seen:
-                line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                problems.append(Problem(f"duplicate key {key!r}", child, line, column))
+                problems.append(Problem(f"duplicate key {key!r}", child, *key_mark))
             seen.add(key)
-            _index_marks(value_node, child, marks, problems)
-            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _index_marks(value_node, child, marks, problems, inner)
+            marks[child] = key_mark
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _index_marks(item, (*path, index), marks, problems)
+            _index_marks(item, (*path, index), marks, problems, inner)
 
 
 def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, source: str) -> dict:

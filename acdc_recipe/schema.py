@@ -7,9 +7,17 @@ reference in the README (``acdc_recipe.reference``) and the CLI help.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 PRUNABLE_TYPES = (
     "Linear",
@@ -146,7 +154,9 @@ class GradualPhase(Strict):
 
     gradual: int = Field(gt=0, description="Length in schedule units.")
     initial: float = Field(default=0.0, ge=0.0, lt=1.0, description="Sparsity at the ramp start.")
-    target: float | None = Field(default=None, description="Final sparsity; default sparsity.target.")
+    target: float | None = Field(
+        default=None, description="Final sparsity; default sparsity.target."
+    )
     curve: Literal["cubic", "linear"] = Field(default="cubic", description="Shape of the ramp.")
     update: int = Field(default=1, gt=0, description="Recompute the mask every this many units.")
 
@@ -172,12 +182,10 @@ def _phase_kind(value: Any) -> str | None:
 
 
 PhaseItem = Annotated[
-    Union[
-        Annotated[DensePhase, Tag("dense")],
-        Annotated[SparsePhase, Tag("sparse")],
-        Annotated[GradualPhase, Tag("gradual")],
-        Annotated[RepeatBlock, Tag("repeat")],
-    ],
+    Annotated[DensePhase, Tag("dense")]
+    | Annotated[SparsePhase, Tag("sparse")]
+    | Annotated[GradualPhase, Tag("gradual")]
+    | Annotated[RepeatBlock, Tag("repeat")],
     Discriminator(
         _phase_kind,
         custom_error_type="phase_kind",
@@ -203,7 +211,9 @@ class Transitions(Strict):
 
     epochs: int = Field(gt=0, description="Total length in schedule units.")
     sparse_at: tuple[int, ...] = Field(description="Positions where a sparse phase starts.")
-    dense_at: tuple[int, ...] = Field(default=(), description="Positions where a dense phase starts.")
+    dense_at: tuple[int, ...] = Field(
+        default=(), description="Positions where a dense phase starts."
+    )
 
 
 class Schedule(Strict):
@@ -257,9 +267,7 @@ class DataSpec(Strict):
 
     source: Literal[
         "digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "callable"
-    ] = Field(
-        default="digits", description="The data source."
-    )
+    ] = Field(default="digits", description="The data source.")
     root: str | None = Field(default=None, description="Folder with the data files.")
     callable: str | None = Field(
         default=None, description="For source 'callable': 'package.module:fn' returning datasets."
@@ -313,7 +321,9 @@ class TrainSpec(Strict):
     eval_batch_size: int = Field(default=512, gt=0, description="Batch size for evaluation.")
     seed: int = Field(default=0, description="Seed for weights, shuffling and augmentation.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where to train.")
-    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast on CUDA.")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: autocast on CUDA."
+    )
     compile: bool = Field(default=False, description="Wrap the model in torch.compile.")
     grad_clip: float | None = Field(default=None, gt=0, description="Clip the gradient norm.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing.")

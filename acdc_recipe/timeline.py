@@ -165,8 +165,14 @@ def _acdc_items(macro: AcdcMacro) -> list[tuple[PhaseKind, int]]:
 
 def _transition_items(spec: Transitions) -> list[tuple[PhaseKind, int]]:
     marks = sorted(
-        [(pos, "sparse", ("schedule", "transitions", "sparse_at", i)) for i, pos in enumerate(spec.sparse_at)]
-        + [(pos, "dense", ("schedule", "transitions", "dense_at", i)) for i, pos in enumerate(spec.dense_at)]
+        [
+            (pos, "sparse", ("schedule", "transitions", "sparse_at", i))
+            for i, pos in enumerate(spec.sparse_at)
+        ]
+        + [
+            (pos, "dense", ("schedule", "transitions", "dense_at", i))
+            for i, pos in enumerate(spec.dense_at)
+        ]
     )
     seen: dict[int, str] = {}
     for pos, kind, path in marks:
@@ -203,8 +209,15 @@ def _place(items: list) -> list[Phase]:
             phases.append(Phase("sparse", position, position + item.sparse, item.target))
         elif isinstance(item, GradualPhase):
             phases.append(
-                Phase("gradual", position, position + item.gradual, item.target,
-                      item.initial, item.curve, item.update)
+                Phase(
+                    "gradual",
+                    position,
+                    position + item.gradual,
+                    item.target,
+                    item.initial,
+                    item.curve,
+                    item.update,
+                )
             )
         position = phases[-1].end
     return phases

@@ -56,7 +56,11 @@ def _data_path(loc: tuple, data: Any) -> KeyPath:
     node = data
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(node, dict) and part in node and (last or isinstance(node[part], (dict, list))):
+        if (
+            isinstance(node, dict)
+            and part in node
+            and (last or isinstance(node[part], (dict, list)))
+        ):
             path.append(part)
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):

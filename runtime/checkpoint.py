@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from acdc_recipe.errors import UserError
+
 FORMAT = "acdc-recipe-checkpoint"
 FORMAT_VERSION = 1
 KEEP = 2
@@ -27,7 +29,7 @@ _NAME = re.compile(r"^checkpoint-(\d{9})\.pt$")
 CRASH_BEFORE_RENAME_ENV = "ACDC_TEST_CRASH_BEFORE_RENAME"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """No usable checkpoint; the message lists each candidate and why it was refused."""
 
 
@@ -141,7 +143,9 @@ def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle, unreadable file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path.name} cannot be read (truncated or not a checkpoint: {reason})") from None
+        raise CheckpointError(
+            f"{path.name} cannot be read (truncated or not a checkpoint: {reason})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not an acdc-recipe checkpoint")
     if state.get("format_version") != FORMAT_VERSION:
@@ -175,7 +179,9 @@ def load_latest(run_dir: Path, recipe_hash: str) -> LoadedCheckpoint | None:
     return None
 
 
-def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def save_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
     """Write a model's tensors (contiguous CPU copies) as safetensors, atomically."""
     from safetensors.torch import save_file
 

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from acdc_recipe.errors import UserError
 from acdc_recipe.schema import DataSpec
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot be loaded; the message says what is missing and how to get it."""
 
 

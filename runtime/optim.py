@@ -57,7 +57,9 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimi
     return OPTIMIZERS[spec.name](parameter_groups(model, spec), spec)
 
 
-def _constant(step: int, spec: LRScheduleSpec, steps_per_epoch: int, total: int, warmup: int) -> float:
+def _constant(
+    step: int, spec: LRScheduleSpec, steps_per_epoch: int, total: int, warmup: int
+) -> float:
     return 1.0
 
 
@@ -65,12 +67,16 @@ def _step(step: int, spec: LRScheduleSpec, steps_per_epoch: int, total: int, war
     return spec.gamma ** (step // (spec.step_size * steps_per_epoch))
 
 
-def _multistep(step: int, spec: LRScheduleSpec, steps_per_epoch: int, total: int, warmup: int) -> float:
+def _multistep(
+    step: int, spec: LRScheduleSpec, steps_per_epoch: int, total: int, warmup: int
+) -> float:
     passed = sum(1 for epoch in spec.milestones if step >= epoch * steps_per_epoch)
     return spec.gamma**passed
 
 
-def _cosine(step: int, spec: LRScheduleSpec, steps_per_epoch: int, total: int, warmup: int) -> float:
+def _cosine(
+    step: int, spec: LRScheduleSpec, steps_per_epoch: int, total: int, warmup: int
+) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -102,6 +102,7 @@ class SparsityRuntime:
         self._next_action = self._actions[0] if self._actions else -1
         self._target = 0.0
         self._masks: list[Tensor] | None = None  # in the weights' dtype, during sparse phases
+        self._mask_view: tuple[Tensor, ...] | None = None
         self._previous: list[Tensor] | None = None  # bool, the last mask while dense
         self._grads_masked = False
         self._hooks = [
@@ -126,8 +127,11 @@ class SparsityRuntime:
 
     @property
     def masks(self) -> tuple[Tensor, ...] | None:
-        """Masks in force (1 keep, 0 pruned), aligned with `compiled.params`; None when dense."""
-        return None if self._masks is None else tuple(self._masks)
+        """Masks in force (1 keep, 0 pruned), aligned with `compiled.params`; None when dense.
+
+        The same tuple object is returned until the masks change, so `is` detects a change.
+        """
+        return self._mask_view
 
     @property
     def sparsity_target(self) -> float:
@@ -203,7 +207,7 @@ class SparsityRuntime:
         if self._masks is None:
             return
         self._previous = [mask != 0 for mask in self._masks]
-        self._masks = None
+        self._masks, self._mask_view = None, None
         self._target = 0.0
         apply_decompress_policy(self._policy, self.optimizer, self._parameters, self._previous)
         if self._step >= self._last_mask_step:
@@ -227,7 +231,8 @@ class SparsityRuntime:
             per_layer_changed = dict(zip(self._names, per_changed, strict=True))
         torch._foreach_mul_(weights, masks)
         zero_state_where_pruned(self.optimizer, self._parameters, masks)
-        self._masks, self._previous, self._target = masks, None, target
+        self._masks, self._mask_view, self._previous = masks, tuple(masks), None
+        self._target = target
         achieved, per_layer = mask_sparsity(masks)
         self._emit(
             MasksComputed(
@@ -277,6 +282,7 @@ class SparsityRuntime:
         self._done_through = int(state["done_through"])
         self._target = float(state["target"])
         self._masks, self._previous = masks, previous
+        self._mask_view = None if masks is None else tuple(masks)
         self._history = [event_from_dict(event) for event in state["history"]]
         self._grads_masked = False
         after = bisect.bisect_right(self._actions, self._done_through)

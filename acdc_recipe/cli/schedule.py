@@ -44,7 +44,10 @@ def render_table(timeline: Timeline, default_target: float, title: str) -> Table
         if phase.kind == "dense":
             sparsity, masks = "-", "-"
         elif phase.kind == "sparse":
-            sparsity, masks = f"{phase.sparsity_at(phase.start, default_target):g}", "chosen at start"
+            sparsity, masks = (
+                f"{phase.sparsity_at(phase.start, default_target):g}",
+                "chosen at start",
+            )
         else:
             first = phase.sparsity_at(phase.start, default_target)
             last = phase.sparsity_at(phase.end - 1, default_target)

@@ -1,0 +1,118 @@
+"""Pass 4: per-layer targets and exact integer prune counts (`mask_groups`).
+
+Which group a prunable parameter falls in:
+- the *pool*: unstructured, and no rule target. Scope ``global`` makes it one group with
+  ``round(overall * pool size)`` entries pruned (one magnitude threshold). ``uniform`` and
+  ``erk`` give every pool parameter its own group; the counts come from per-layer quotas
+  (``overall`` everywhere, or RigL's Erdos-Renyi-Kernel densities) by largest-remainder
+  apportionment, so they sum exactly to ``round(overall * pool size)``.
+- a rule target: its own group at ``rule.target * overall / sparsity.target`` (a gradual ramp
+  ramps it too), capped so at least one entry survives.
+- N:M: its own group, with the count the pattern implies.
+- block (no rule target): its own group at ``overall``, in whole blocks.
+Parameters kept dense by a rule are not in the list at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from math import prod
+
+from acdc_recipe.compiler.patterns import prune_count
+from acdc_recipe.compiler.plan import MaskGroup, PrunableParam
+from acdc_recipe.schema import Sparsity
+
+
+def apportion(quotas: Sequence[float], total: int, caps: Sequence[int]) -> list[int]:
+    """Integers near `quotas`, each within [0, cap], summing exactly to `total` (largest remainder)."""
+    if not 0 <= total <= sum(caps):
+        raise ValueError(f"cannot apportion {total} over capacities summing to {sum(caps)}")
+    clipped = [min(max(q, 0.0), c) for q, c in zip(quotas, caps)]
+    counts = [math.floor(q) for q in clipped]
+    remainders = [q - n for q, n in zip(clipped, counts)]
+    order = sorted(range(len(counts)), key=lambda i: (-remainders[i], i))
+    rest = total - sum(counts)
+    while rest > 0:
+        room = [i for i in order if counts[i] < caps[i]]
+        for i in room[:rest]:
+            counts[i] += 1
+        rest = total - sum(counts)
+    while rest < 0:
+        room = [i for i in reversed(order) if counts[i] > 0]
+        for i in room[:-rest]:
+            counts[i] -= 1
+        rest = total - sum(counts)
+    return counts
+
+
+def erk_densities(shapes: Sequence[tuple[int, ...]], density: float) -> list[float]:
+    """Per-layer densities of RigL's Erdos-Renyi-Kernel rule, overall `density` exactly.
+
+    density_l = eps * sum(shape_l) / prod(shape_l); layers that would exceed 1 are set to 1 and
+    eps is solved again over the rest, until every density is at most 1.
+    """
+    sizes = [prod(s) for s in shapes]
+    scores = [sum(s) / n for s, n in zip(shapes, sizes)]
+    dense: set[int] = set()
+    budget = density * sum(sizes)
+    while True:
+        free = [i for i in range(len(shapes)) if i not in dense]
+        if not free:
+            return [1.0] * len(shapes)
+        eps = (budget - sum(sizes[i] for i in dense)) / sum(sizes[i] * scores[i] for i in free)
+        over = {i for i in free if eps * scores[i] > 1.0}
+        if not over:
+            return [1.0 if i in dense else eps * scores[i] for i in range(len(shapes))]
+        dense |= over
+
+
+def pool_member(param: PrunableParam, sparsity: Sparsity) -> bool:
+    """Unstructured and without a rule target: shares the recipe's scope (global/uniform/erk)."""
+    return param.pattern == "unstructured" and rule_target(param, sparsity) is None
+
+
+def rule_target(param: PrunableParam, sparsity: Sparsity) -> float | None:
+    return None if param.rule is None else sparsity.rules[param.rule].target
+
+
+def mask_groups(
+    params: Sequence[PrunableParam], sparsity: Sparsity, overall: float
+) -> list[MaskGroup]:
+    """Mask groups with exact prune counts for an overall target `overall` (0 prunes nothing)."""
+    overall = max(0.0, overall)
+    pool = [i for i, p in enumerate(params) if pool_member(p, sparsity)]
+    groups: dict[int, MaskGroup] = {}
+    if pool:
+        sizes = [params[i].numel for i in pool]
+        total = round(overall * sum(sizes))
+        if sparsity.scope == "global":
+            groups[pool[0]] = MaskGroup(tuple(pool), total, "unstructured")
+        else:
+            if sparsity.scope == "erk":
+                densities = erk_densities([params[i].shape for i in pool], 1.0 - overall)
+                quotas = [(1.0 - d) * n for d, n in zip(densities, sizes)]
+            else:
+                quotas = [overall * n for n in sizes]
+            for i, count in zip(pool, apportion(quotas, total, sizes)):
+                groups[i] = MaskGroup((i,), count, "unstructured")
+    scale = overall / sparsity.target
+    in_pool = set(pool)
+    for i, param in enumerate(params):
+        if i in in_pool:
+            continue
+        own = rule_target(param, sparsity)
+        target = min(own * scale, 1.0) if own is not None else overall
+        groups[i] = MaskGroup((i,), prune_count(param.pattern, param.numel, target), param.pattern)
+    return [groups[i] for i in sorted(groups)]
+
+
+def planned_targets(params: Sequence[PrunableParam], sparsity: Sparsity) -> list[float]:
+    """Each parameter's sparsity at the recipe target (pool under global scope: the pool average)."""
+    targets = [0.0] * len(params)
+    for group in mask_groups(params, sparsity, sparsity.target):
+        size = sum(params[i].numel for i in group.indices)
+        for i in group.indices:
+            targets[i] = group.prune / size if size else 0.0
+    return targets
+

@@ -1,0 +1,244 @@
+"""Exact global magnitude selection by radix select over the float bits of |w|.
+
+For finite IEEE floats, clearing the sign bit and reading the bits as a non-negative integer
+gives a key that is monotone in |w| (-0.0 and +0.0 both map to 0, denormals sort below normals).
+Selecting the k-th smallest key is then a few histogram passes over 16-bit digits, streamed
+chunk by chunk over the tensors: no sort, no concatenation, no int64 per element. Extra memory
+is O(chunk) plus the candidates that share the answer's top 15 bits (flushed into the histogram
+when they exceed a budget). float16/bfloat16 need one pass, float32 two, float64 four; each pass
+reads the histogram once on the host. Every pass is a sum of per-chunk histograms, so sharded
+weights need one small all-reduce per pass to select over all shards.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_INT_VIEW = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+_CHUNK = 1 << 20  # elements streamed per step: bounds every temporary
+_TOP_BITS = 15  # the first digit: the top 16-bit word without the sign
+_DIGIT_BITS = 16  # every later digit: one more 16-bit word
+_CANDIDATE_BUDGET = 1 << 22  # matched keys kept before folding them into the histogram
+
+
+class NonFiniteWeightError(ValueError):
+    """A weight tensor holds NaN or infinity, so no magnitude threshold exists."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The k-th smallest magnitude key and how many keys lie below and at it."""
+
+    key: int  # |w| bit pattern as a non-negative integer
+    below: int  # entries with a smaller key
+    equal: int  # entries with exactly this key
+
+
+def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raise `NonFiniteWeightError` naming the first tensor that holds NaN or inf.
+
+    One max-|w| reduction per tensor (fused on GPU) and a single host read.
+    """
+    if not tensors:
+        return
+    peaks = torch._foreach_norm(list(tensors), float("inf"))
+    finite = torch.isfinite(torch.stack([p.float() for p in peaks])).tolist()
+    for name, ok in zip(names, finite, strict=True):
+        if not ok:
+            raise NonFiniteWeightError(
+                f"weight '{name}' contains NaN or infinite values, so no magnitude threshold "
+                "exists; the run diverged before this mask computation (lower the learning "
+                "rate, check the loss scale, or resume from an earlier checkpoint)"
+            )
+
+
+def magnitude_keys(tensor: Tensor) -> Tensor:
+    """|w| as integers in the same-width int dtype (monotone in |w| for finite values)."""
+    int_dtype = _int_view(tensor.dtype)
+    bits = torch.iinfo(int_dtype).bits
+    return tensor.view(int_dtype) & ((1 << (bits - 1)) - 1)
+
+
+def key_to_value(key: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+    """The 0-dim float tensor whose bit pattern is `key`."""
+    return torch.tensor(key, dtype=_int_view(dtype), device=device).view(dtype)
+
+
+def kth_smallest_magnitude(tensors: Sequence[Tensor], k: int) -> Tensor:
+    """The k-th smallest |w| (1-based, ties counted) over the concatenation of `tensors`.
+
+    Equals `torch.kthvalue(cat(|w|), k).values` as a 0-dim tensor in the inputs' dtype, on their
+    device. Inputs must be finite (see `check_finite`) and share one floating dtype and device.
+    """
+    dtype, device, total = _validate(tensors)
+    if not 1 <= k <= total:
+        raise ValueError(f"k must be in [1, {total}] for {total} weights, got {k}")
+    return key_to_value(select_magnitude_key(tensors, k).key, dtype, device)
+
+
+def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tensor]:
+    """Masks (tensor dtype and device) with exactly `prune` zeros over all `tensors` together.
+
+    Every |w| below the threshold is pruned; among entries equal to it, the earliest in flat
+    order (tensor order, then row-major) are pruned until the count is exact.
+    """
+    dtype, device, total = _validate(tensors)
+    if not 0 <= prune <= total:
+        raise ValueError(f"cannot prune {prune} of {total} weights (must be in [0, {total}])")
+    if prune == 0:
+        return [torch.ones_like(t) for t in tensors]
+    if prune == total:
+        return [torch.zeros_like(t) for t in tensors]
+    sel = select_magnitude_key(tensors, prune)
+    ties_to_prune = prune - sel.below
+    if ties_to_prune == sel.equal:
+        return [(magnitude_keys(t) > sel.key).to(t.dtype) for t in tensors]
+    tie_counts = torch.stack([(magnitude_keys(t) == sel.key).sum() for t in tensors]).tolist()
+    masks = []
+    for tensor, ties in zip(tensors, tie_counts, strict=True):
+        keys = magnitude_keys(tensor)
+        if ties_to_prune >= ties:
+            keep = keys > sel.key
+            ties_to_prune -= ties
+        elif ties_to_prune == 0:
+            keep = keys >= sel.key
+        else:
+            equal = (keys == sel.key).reshape(-1)
+            rank = equal.cumsum(0, dtype=torch.int32 if equal.numel() < 2**31 else torch.int64)
+            pruned_tie = equal & (rank <= ties_to_prune)
+            keep = (keys >= sel.key) & ~pruned_tie.view(keys.shape)
+            ties_to_prune = 0
+        masks.append(keep.to(tensor.dtype))
+    return masks
+
+
+def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
+    """Radix select of the k-th smallest (1-based) magnitude key over `tensors`."""
+    width = torch.iinfo(_int_view(tensors[0].dtype)).bits
+    compact = tensors[0].device.type == "cpu"
+    hist = _top_word_histogram(tensors)
+    digit, below, count = _pick(hist, k)
+    prefix, known, rank = digit, _TOP_BITS, k - below
+    candidates: Tensor | None = None
+    while known < width - 1:
+        shift = width - 1 - known - _DIGIT_BITS
+        if candidates is None and count <= _CANDIDATE_BUDGET and compact:
+            candidates = _gather_matching(tensors, prefix, shift + _DIGIT_BITS)
+        if candidates is not None:
+            hist = _histogram((candidates >> shift) & 0xFFFF, 1 << _DIGIT_BITS)
+        else:
+            hist = _streamed_digit_histogram(tensors, prefix, shift, compact)
+        digit, below_in_digit, count = _pick(hist, rank)
+        below += below_in_digit
+        rank -= below_in_digit
+        prefix = (prefix << _DIGIT_BITS) | digit
+        known += _DIGIT_BITS
+        if candidates is not None:
+            candidates = candidates[(candidates >> shift) == prefix]
+    return Selection(key=prefix, below=below, equal=count)
+
+
+def _int_view(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in _INT_VIEW:
+        supported = ", ".join(str(d).removeprefix("torch.") for d in _INT_VIEW)
+        raise TypeError(f"magnitude selection supports {supported}; got {dtype}")
+    return _INT_VIEW[dtype]
+
+
+def _validate(tensors: Sequence[Tensor]) -> tuple[torch.dtype, torch.device, int]:
+    if not tensors:
+        raise ValueError("magnitude selection needs at least one tensor")
+    dtype, device = tensors[0].dtype, tensors[0].device
+    _int_view(dtype)
+    for i, t in enumerate(tensors):
+        if t.dtype != dtype or t.device != device:
+            raise ValueError(
+                f"tensors in one selection must share dtype and device: tensor 0 is "
+                f"{dtype} on {device}, tensor {i} is {t.dtype} on {t.device}"
+            )
+    return dtype, device, sum(t.numel() for t in tensors)
+
+
+def _chunks(tensors: Sequence[Tensor]):
+    for tensor in tensors:
+        yield from tensor.detach().reshape(-1).split(_CHUNK)
+
+
+def _top_words(chunk: Tensor) -> Tensor:
+    """The most significant 16 bits of each element without the sign, as int16."""
+    words = chunk.element_size() // 2
+    top = words - 1 if sys.byteorder == "little" else 0
+    return chunk.view(torch.int16).view(-1, words)[:, top] & 0x7FFF
+
+
+def _top_word_histogram(tensors: Sequence[Tensor]) -> Tensor:
+    hist = torch.zeros(1 << _TOP_BITS, dtype=torch.int64, device=tensors[0].device)
+    for chunk in _chunks(tensors):
+        hist += _histogram(_top_words(chunk), 1 << _TOP_BITS)
+    return hist
+
+
+def _gather_matching(tensors: Sequence[Tensor], prefix: int, shift: int) -> Tensor:
+    """All magnitude keys whose bits above `shift` equal `prefix` (few: within the budget)."""
+    found = []
+    for chunk in _chunks(tensors):
+        keys = magnitude_keys(chunk)
+        found.append(keys[(keys >> shift) == prefix])
+    return torch.cat(found)
+
+
+def _streamed_digit_histogram(
+    tensors: Sequence[Tensor], prefix: int, shift: int, compact: bool
+) -> Tensor:
+    """Histogram of the 16-bit digit at `shift` over keys matching `prefix` above it.
+
+    `compact` gathers matches (CPU: cheap, no sync); otherwise non-matching keys go to an
+    overflow bin that is dropped, which avoids the host sync of boolean indexing on GPU.
+    """
+    bins = 1 << _DIGIT_BITS
+    hist = torch.zeros(bins + 1, dtype=torch.int64, device=tensors[0].device)
+    pending: list[Tensor] = []
+    pending_size = 0
+    for chunk in _chunks(tensors):
+        keys = magnitude_keys(chunk)
+        match = (keys >> (shift + _DIGIT_BITS)) == prefix
+        if not compact:
+            digits = torch.where(match, (keys >> shift) & 0xFFFF, bins)
+            hist += _histogram(digits, bins + 1)
+            continue
+        pending.append(keys[match])
+        pending_size += pending[-1].numel()
+        if pending_size >= _CANDIDATE_BUDGET:
+            hist[:bins] += _histogram((torch.cat(pending) >> shift) & 0xFFFF, bins)
+            pending, pending_size = [], 0
+    if pending:
+        hist[:bins] += _histogram((torch.cat(pending) >> shift) & 0xFFFF, bins)
+    return hist[:bins]
+
+
+def _histogram(values: Tensor, bins: int) -> Tensor:
+    """int64 counts of each value in [0, bins) (CPU bincount; sync-free scatter elsewhere)."""
+    if values.device.type == "cpu":
+        return torch.bincount(values, minlength=bins)
+    hist = torch.zeros(bins, dtype=torch.int64, device=values.device)
+    return hist.scatter_add_(0, values.long(), torch.ones_like(values, dtype=torch.int64))
+
+
+def _pick(hist: Tensor, rank: int) -> tuple[int, int, int]:
+    """The bin holding the rank-th (1-based) entry, the count below that bin, and its count."""
+    cumulative = hist.cumsum(0)
+    digit = torch.searchsorted(cumulative, torch.tensor([rank], device=hist.device))
+    bin_count = hist[digit]
+    below = cumulative[digit] - bin_count
+    digit, below, count = torch.cat([digit, below, bin_count]).tolist()
+    return digit, below, count

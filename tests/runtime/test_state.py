@@ -1,0 +1,290 @@
+"""SparsityRuntime: phase actions at the right steps, masking, events, errors, compile/autocast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from standin import compile  # noqa: E402  TEMPORARY
+
+from acdc_recipe.runtime.events import DenseSnapshot, MasksComputed, PhaseStarted  # noqa: E402
+from acdc_recipe.runtime.mask_sync import mask_checksum, verify_masks_identical  # noqa: E402
+from acdc_recipe.runtime.state import RuntimeStateError, SparsityRuntime  # noqa: E402
+from acdc_recipe.schema import Recipe  # noqa: E402
+
+
+def make_recipe(phases, target=0.75, unit="step", policy="reset") -> Recipe:
+    return Recipe.model_validate(
+        {
+            "name": "test",
+            "sparsity": {"target": target},
+            "schedule": {"unit": unit, "phases": phases},
+            "optimizer_state": {"on_decompress": policy},
+        }
+    )
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+
+
+def train_step(model, optimizer, generator, runtime=None, clip=None):
+    x = torch.randn(8, 6, generator=generator)
+    y = torch.randint(0, 3, (8,), generator=generator)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    if clip is not None:
+        runtime.mask_gradients()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+
+
+PHASES = [{"dense": 3}, {"sparse": 4}, {"dense": 3}, {"sparse": 5}]
+
+
+def setup(phases=PHASES, policy="reset", target=0.75, optimizer="sgd"):
+    model = mlp()
+    compiled = compile(model, make_recipe(phases, target=target, policy=policy))
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    return model, compiled, opt, compiled.attach(opt)
+
+
+def pruned_counts(compiled, runtime):
+    """(exact zeros under the mask, mask zeros, the group's prune count)."""
+    masks = runtime.masks
+    under = sum(int((w[m == 0] == 0).sum()) for w, m in zip(compiled.parameters, masks))
+    mask_zeros = sum(int((m == 0).sum()) for m in masks)
+    prune = sum(g.prune for g in compiled.mask_groups(runtime.sparsity_target))
+    return under, mask_zeros, prune
+
+
+def test_phase_actions_and_events_follow_the_timeline():
+    model, compiled, opt, runtime = setup()
+    events, snapshot, masks = [], {}, []
+
+    def listen(event):
+        events.append(event)
+        if isinstance(event, MasksComputed):
+            masks.append([m.clone() for m in runtime.masks])
+        if isinstance(event, DenseSnapshot):
+            snapshot.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    runtime.add_listener(listen)
+    gen = torch.Generator().manual_seed(0)
+    before_snapshot = None
+    for step in range(15):
+        assert runtime.step == step
+        if step == 10:
+            before_snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+        train_step(model, opt, gen)
+        sparse = 3 <= step < 7 or step >= 10
+        assert (runtime.masks is not None) == sparse
+        assert runtime.sparsity_target == (0.75 if sparse else 0.0)
+        if sparse:
+            under, mask_zeros, prune = pruned_counts(compiled, runtime)
+            assert under == mask_zeros == prune
+    kinds = [(type(e).__name__, e.step) for e in events]
+    assert kinds == [
+        ("PhaseStarted", 0),
+        ("PhaseStarted", 3),
+        ("MasksComputed", 3),
+        ("PhaseStarted", 7),
+        ("DenseSnapshot", 10),
+        ("PhaseStarted", 10),
+        ("MasksComputed", 10),
+    ]
+    assert list(runtime.history) == events
+    assert events[1] == PhaseStarted(3, 1, "sparse", 0.75)
+    assert events[4] == DenseSnapshot(10, 2)
+    # The snapshot holds the weights after step 9, before any mask: the dense half.
+    assert all(torch.equal(snapshot[k], before_snapshot[k]) for k in snapshot)
+    first, second = events[2], events[6]
+    assert first.changed_fraction is None and first.per_layer_changed is None
+    flips = [int((a != b).sum()) for a, b in zip(*masks)]
+    total = sum(m.numel() for m in masks[0])
+    assert second.changed_fraction == pytest.approx(sum(flips) / total)
+    expected = {p.name: f / m.numel() for p, f, m in zip(compiled.params, flips, masks[0])}
+    assert second.per_layer_changed == pytest.approx(expected)
+    assert set(second.per_layer_changed) == {p.name for p in compiled.params}
+    assert first.achieved_sparsity == 0.75 and second.seconds >= 0.0
+    assert set(first.per_layer_sparsity) == {p.name for p in compiled.params}
+
+
+def test_threshold_separates_kept_from_pruned():
+    model, compiled, opt, runtime = setup([{"sparse": 2}])
+    dense_weights = [p.detach().clone() for p in compiled.parameters]
+    train_step(model, opt, torch.Generator().manual_seed(1))
+    event = next(e for e in runtime.history if isinstance(e, MasksComputed))
+    kept = torch.cat([w[m != 0].abs() for w, m in zip(dense_weights, runtime.masks)])
+    pruned = torch.cat([w[m == 0].abs() for w, m in zip(dense_weights, runtime.masks)])
+    assert event.threshold == float(kept.min())
+    assert float(pruned.max()) <= event.threshold
+
+
+def test_pruned_entries_move_again_in_the_dense_phase():
+    model, compiled, opt, runtime = setup([{"sparse": 3}, {"dense": 3}])
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        train_step(model, opt, gen)
+    pruned = [m == 0 for m in runtime.masks]
+    train_step(model, opt, gen)
+    assert runtime.masks is None
+    # Reset momentum + zero weights: each pruned entry takes exactly one plain SGD step.
+    for w, p in zip(compiled.parameters, pruned):
+        assert torch.allclose(w[p], -0.1 * w.grad[p])
+    moved = sum(int((w[p] != 0).sum()) for w, p in zip(compiled.parameters, pruned))
+    assert moved > 0.4 * sum(int(p.sum()) for p in pruned)
+
+
+def test_mask_gradients_before_clipping_sees_masked_gradients():
+    model, compiled, opt, runtime = setup([{"sparse": 4}])
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    nn.functional.cross_entropy(model(x), y).backward()
+    # Step 0 enters the sparse phase: mask_gradients runs that action first.
+    runtime.mask_gradients()
+    assert runtime.masks is not None
+    for p, m in zip(compiled.parameters, runtime.masks):
+        assert torch.equal(p.grad[m == 0], torch.zeros_like(p.grad[m == 0]))
+    for _ in range(3):
+        train_step(model, opt, gen, runtime=runtime, clip=0.5)
+        under, mask_zeros, prune = pruned_counts(compiled, runtime)
+        assert under == mask_zeros == prune
+
+
+def test_parameters_without_gradients_are_skipped():
+    model, compiled, opt, runtime = setup([{"sparse": 3}])
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        opt.zero_grad()
+        hidden = model[1](model[0](torch.randn(8, 6, generator=gen)))
+        hidden.sum().backward()  # only the first layer gets a gradient
+        assert model[2].weight.grad is None
+        opt.step()
+        under, mask_zeros, prune = pruned_counts(compiled, runtime)
+        assert under == mask_zeros == prune
+
+
+def test_gradual_phase_recomputes_masks_on_the_curve():
+    phases = [{"dense": 2}, {"gradual": 6, "initial": 0.2, "update": 2}, {"sparse": 2}]
+    model, compiled, opt, runtime = setup(phases, target=0.8)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(10):
+        train_step(model, opt, gen)
+        if runtime.masks is not None:
+            under, mask_zeros, prune = pruned_counts(compiled, runtime)
+            assert under == mask_zeros == prune
+    computed = [(e.step, e.target) for e in runtime.history if isinstance(e, MasksComputed)]
+    phase = compiled.timeline.phases[1]
+    assert [s for s, _ in computed] == [2, 4, 6, 8]
+    assert [t for _, t in computed[:3]] == [phase.sparsity_at(s, 0.8) for s in (2, 4, 6)]
+    assert computed[0][1] == pytest.approx(0.2) and computed[-1][1] == 0.8
+    assert computed[0][1] < computed[1][1] < computed[2][1] <= 0.8
+
+
+def test_epoch_schedule_needs_steps_per_epoch():
+    model = mlp()
+    compiled = compile(model, make_recipe([{"dense": 1}, {"sparse": 2}], unit="epoch"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeStateError, match="steps_per_epoch"):
+        compiled.attach(opt)
+    runtime = compiled.attach(opt, steps_per_epoch=4)
+    assert [(p.start, p.end) for p in runtime.timeline.phases] == [(0, 4), (4, 12)]
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(5):
+        train_step(model, opt, gen)
+    assert runtime.phase.kind == "sparse" and runtime.phase_index == 1
+
+
+def test_non_finite_weights_name_the_layer():
+    model, compiled, opt, runtime = setup([{"dense": 1}, {"sparse": 2}])
+    gen = torch.Generator().manual_seed(7)
+    train_step(model, opt, gen)
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"2\.weight"):
+        train_step(model, opt, gen)
+
+
+def test_close_removes_the_hooks():
+    model, compiled, opt, runtime = setup([{"sparse": 3}])
+    runtime.close()
+    train_step(model, opt, torch.Generator().manual_seed(8))
+    assert runtime.step == 0 and runtime.masks is None
+    assert all(int((p == 0).sum()) == 0 for p in compiled.parameters)
+
+
+def test_state_dict_rejects_another_recipe():
+    _, _, _, runtime = setup()
+    state = runtime.state_dict()
+    _, _, _, other = setup(target=0.5)
+    with pytest.raises(RuntimeStateError, match="different recipe"):
+        other.load_state_dict(state)
+    with pytest.raises(RuntimeStateError, match="format_version"):
+        runtime.load_state_dict({**state, "format_version": 99})
+
+
+def test_state_dict_rejects_masks_of_another_shape():
+    model, compiled, opt, runtime = setup([{"sparse": 3}])
+    train_step(model, opt, torch.Generator().manual_seed(9))
+    state = runtime.state_dict()
+    state["masks"][1] = torch.ones(2, 2, dtype=torch.bool)
+    with pytest.raises(RuntimeStateError, match=r"2\.weight"):
+        runtime.load_state_dict(state)
+
+
+def test_compiled_model_does_not_recompile_at_phase_switches():
+    compilations = []
+
+    def counting_backend(gm, example_inputs):
+        compilations.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model, compiled, opt, runtime = setup([{"dense": 2}, {"sparse": 2}, {"dense": 2}, {"sparse": 2}])
+    fast = torch.compile(model, backend=counting_backend)
+    gen = torch.Generator().manual_seed(10)
+    for _ in range(8):
+        train_step(fast, opt, gen)
+    assert len(compilations) == 1
+    assert sum(isinstance(e, MasksComputed) for e in runtime.history) == 2
+    under, mask_zeros, prune = pruned_counts(compiled, runtime)
+    assert under == mask_zeros == prune
+
+
+def test_autocast_bf16_keeps_pruned_weights_zero():
+    model, compiled, opt, runtime = setup([{"sparse": 4}], optimizer="adamw")
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(4):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = torch.randn(8, 6, generator=gen)
+            loss = model(x).float().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        under, mask_zeros, prune = pruned_counts(compiled, runtime)
+        assert under == mask_zeros == prune
+
+
+def test_mask_checksum_tells_masks_apart():
+    a = [torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.ones(3)]
+    same = [m.clone() for m in a]
+    moved = [torch.tensor([0.0, 1.0, 1.0, 0.0]), torch.ones(3)]
+    assert torch.equal(mask_checksum(a), mask_checksum(same))
+    assert not torch.equal(mask_checksum(a), mask_checksum(moved))
+    assert mask_checksum(a)[0] == mask_checksum(moved)[0]  # same count, other positions
+    verify_masks_identical(a, ["a", "b"])  # single process: nothing to compare
+
+
+def test_runtime_is_the_attach_result():
+    _, _, _, runtime = setup()
+    assert isinstance(runtime, SparsityRuntime)
