@@ -115,4 +115,3 @@ def planned_targets(params: Sequence[PrunableParam], sparsity: Sparsity) -> list
         for i in group.indices:
             targets[i] = group.prune / size if size else 0.0
     return targets
-

@@ -11,6 +11,7 @@ over the schedule's units.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
@@ -21,7 +22,7 @@ from torch import fx, nn
 
 from acdc_recipe.compiler.discovery import Discovery, WeightSite
 from acdc_recipe.compiler.errors import CompileError
-from acdc_recipe.compiler.tracing import TraceResult
+from acdc_recipe.compiler.tracing import TraceResult, set_mode
 
 if TYPE_CHECKING:
     from acdc_recipe.compiler.compiled import CompiledRecipe
@@ -54,7 +55,9 @@ def site_flops(
     """Per-sample dense forward FLOPs: site key -> {parameter name: FLOPs}."""
     layer_sites = {s.key: s for s in discovery.sites if not s.functional}
     functional = {s.key: s for s in discovery.sites if s.functional}
-    counts: dict[str, dict[str, int]] = {s.key: dict.fromkeys((n for n, _ in s.weights), 0) for s in discovery.sites}
+    counts: dict[str, dict[str, int]] = {
+        s.key: dict.fromkeys((n for n, _ in s.weights), 0) for s in discovery.sites
+    }
     modules = dict(result.root.named_modules())
 
     def record(site: WeightSite, args: tuple, kwargs: dict, output: Any) -> None:
@@ -67,7 +70,7 @@ def site_flops(
 
     handles = [modules[k].register_forward_hook(hook(k), with_kwargs=True) for k in layer_sites]
     try:
-        _run_once(result, inputs, functional, record)
+        _run_once(result, inputs, functional, record, reset=lambda: _zero(counts))
     finally:
         for handle in handles:
             handle.remove()
@@ -163,18 +166,19 @@ def scheduled_multipliers(compiled: CompiledRecipe) -> FlopsMultipliers:
     return FlopsMultipliers(total / timeline.length, final)
 
 
-def _run_once(result: TraceResult, inputs: tuple, functional: dict, record) -> None:
+def _run_once(result: TraceResult, inputs: tuple, functional: dict, record, reset) -> None:
     """Run the eval-mode forward once, fake tensors first, recording functional sites."""
-    modes = {m: m.training for m in result.root.modules()}
     graph_module = result.graph_module
-    gm_mode = graph_module.training if graph_module is not None else None
+    everything = [result.root, *([graph_module] if graph_module is not None else [])]
+    modes = {m: m.training for top in everything for m in top.modules()}
     try:
         if graph_module is not None:
-            graph_module.eval()
+            set_mode(graph_module, False)
         result.root.eval()
         try:
             _forward(result, inputs, functional, record, fake=True)
         except Exception:  # noqa: BLE001 - fake tensors cannot run everything; run for real
+            reset()
             _forward(result, inputs, functional, record, fake=False)
     except Exception as error:  # noqa: BLE001 - any failure here is the example input's fault
         shapes = [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
@@ -186,10 +190,10 @@ def _run_once(result: TraceResult, inputs: tuple, functional: dict, record) -> N
             ("train", "model", "input_shape"),
         ) from None
     finally:
+        if graph_module is not None:
+            set_mode(graph_module, modes[graph_module])
         for module, mode in modes.items():
             module.training = mode
-        if graph_module is not None:
-            graph_module.train(gm_mode)
 
 
 def _forward(result: TraceResult, inputs: tuple, functional: dict, record, fake: bool) -> None:
@@ -197,20 +201,48 @@ def _forward(result: TraceResult, inputs: tuple, functional: dict, record, fake:
 
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     args = tuple(mode.from_tensor(t) if mode and isinstance(t, torch.Tensor) else t for t in inputs)
-    with torch.no_grad(), (mode if mode is not None else _nothing()):
+    with torch.no_grad(), mode if mode is not None else contextlib.nullcontext():
         if result.graph_module is None:
             result.root(*args)
         else:
             _Recorder(result.graph_module, result.eval_graph(), functional, record).run(*args)
 
 
+# Layers whose output has their input's shape; the shape run skips them (fake batch norm is slow).
+SHAPE_PRESERVING = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+)
+
+
 class _Recorder(fx.Interpreter):
-    """Interpreter that reports the functional weight sites' calls."""
+    """Interpreter that reports the functional weight sites' calls and skips shape-preserving layers."""
 
     def __init__(self, module: fx.GraphModule, graph: fx.Graph, sites: dict, record) -> None:
         super().__init__(module, graph=graph)
         self.sites = sites
         self.record = record
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        module = self.fetch_attr(target)
+        if isinstance(module, SHAPE_PRESERVING) and len(args) == 1 and not kwargs:
+            return args[0]
+        return super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         output = super().run_node(n)
@@ -220,12 +252,10 @@ class _Recorder(fx.Interpreter):
         return output
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _zero(counts: dict[str, dict[str, int]]) -> None:
+    for per_weight in counts.values():
+        for name in per_weight:
+            per_weight[name] = 0
 
 
 def _tokens(tensor: torch.Tensor) -> int:

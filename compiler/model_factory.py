@@ -82,7 +82,9 @@ def _import_callable(module_name: str, attribute: str, name: str) -> Callable[..
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise CompileError(f"cannot import {module_name!r} for model {name!r}: {error}", _PATH) from None
+        raise CompileError(
+            f"cannot import {module_name!r} for model {name!r}: {error}", _PATH
+        ) from None
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):

@@ -108,9 +108,17 @@ def _unclaimed_message(
             head + f"only matches parameters that are not pruned by default: {shown}. Norms, "
             f"biases and layers outside sparsity.prunable ({', '.join(prunable)}) are never "
             "pruned unless a rule sets include: true; "
-            + ("a dense rule for them is not needed, remove it." if rule.dense else "add include: true or remove the rule.")
+            + (
+                "a dense rule for them is not needed, remove it."
+                if rule.dense
+                else "add include: true or remove the rule."
+            )
         )
-    return head + "matches no layer or parameter in this model. " + _near_misses(rule.match, candidates)
+    return (
+        head
+        + "matches no layer or parameter in this model. "
+        + _near_misses(rule.match, candidates)
+    )
 
 
 def _near_misses(text: str, candidates: Sequence[Candidate]) -> str:

@@ -123,8 +123,15 @@ def trace(model: nn.Module) -> TraceResult:
         graph_module = fx.GraphModule(root, train_graph, name)
     else:
         graph_module = DualGraphModule(root, train_graph, eval_graph)
-    graph_module.train(root.training)
+    set_mode(graph_module, root.training)
     return TraceResult(root, graph_module, None, unwrapped)
+
+
+def set_mode(graph_module: fx.GraphModule, training: bool) -> None:
+    """Put a traced module in train/eval mode without touching the shared layers' own flags."""
+    if isinstance(graph_module, DualGraphModule):
+        graph_module.graph = graph_module.train_graph if training else graph_module.eval_graph
+    graph_module.training = training
 
 
 def _one_line(error: BaseException) -> str:

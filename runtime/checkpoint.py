@@ -167,6 +167,8 @@ def load_latest(run_dir: Path, recipe_hash: str) -> LoadedCheckpoint | None:
     Raises `CheckpointError` when checkpoints exist but none is usable.
     """
     refused = []
+    for stale in run_dir.glob(".checkpoint-*.pt.tmp-*") if run_dir.is_dir() else ():
+        stale.unlink(missing_ok=True)  # left by a crash mid-write
     for path in list_checkpoints(run_dir):
         try:
             return LoadedCheckpoint(path, read_checkpoint(path, recipe_hash), tuple(refused))

@@ -53,7 +53,9 @@ class DenseSnapshot:
 
 
 RuntimeEvent = PhaseStarted | MasksComputed | DenseSnapshot
-EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (PhaseStarted, MasksComputed, DenseSnapshot)}
+EVENT_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (PhaseStarted, MasksComputed, DenseSnapshot)
+}
 
 
 def event_to_dict(event: RuntimeEvent) -> dict:

@@ -30,7 +30,9 @@ def mask_checksum(masks: Sequence[Tensor]) -> Tensor:
         weighted = torch.zeros((), dtype=torch.float64, device=mask.device)
         for start in range(0, kept.numel(), _CHUNK):
             chunk = kept[start : start + _CHUNK]
-            positions = torch.arange(start, start + chunk.numel(), dtype=torch.float64, device=mask.device)
+            positions = torch.arange(
+                start, start + chunk.numel(), dtype=torch.float64, device=mask.device
+            )
             weighted = weighted + (positions * chunk).sum()
         values += [kept.sum(dtype=torch.float64), weighted]
     if not values:

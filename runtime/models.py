@@ -33,7 +33,7 @@ def _conv_block(cin: int, cout: int) -> list[nn.Module]:
 
 
 def cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> nn.Module:
-    """Three conv blocks (width, 2x, 4x; pooling after the first two), global average pooling,
+    """Three conv blocks (width, 2x, 4x; pooling after the first two), average pooling to 2x2,
     a Linear classifier. Works for any input of at least 4x4 (8x8 digits, 28x28, 32x32)."""
     return nn.Sequential(
         *_conv_block(in_channels, width),
@@ -41,9 +41,9 @@ def cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> nn.Modu
         *_conv_block(width, 2 * width),
         nn.MaxPool2d(2),
         *_conv_block(2 * width, 4 * width),
-        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
-        nn.Linear(4 * width, num_classes),
+        nn.Linear(16 * width, num_classes),
     )
 
 

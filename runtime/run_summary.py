@@ -2,7 +2,8 @@
 
 FLOPs follow the paper's accounting: a layer's forward FLOPs scale with its density, backward
 is twice forward, so a training step costs 3x forward at the densities in force during it.
-Only the prunable layers (the compiler's per-layer `dense_flops`) are counted.
+Prunable layers count at their density (the compiler's per-layer `dense_flops`); the other
+weighted ops the compiler counted (`fixed_flops`, e.g. a layer a rule keeps dense) at full cost.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class FlopsMeter:
     """Sums the forward FLOPs of every training step at the densities then in force."""
 
     dense_flops: tuple[int, ...]  # per prunable parameter, one sample at density 1
+    fixed_flops: int = 0  # ops that are never pruned, one sample
     densities: list[float] = field(default_factory=list)
     step_flops_sum: float = 0.0
     steps: int = 0
@@ -40,18 +42,19 @@ class FlopsMeter:
             self.densities = [float(m.count_nonzero()) / m.numel() for m in masks]
 
     def forward_flops(self) -> float:
-        return float(sum(f * d for f, d in zip(self.dense_flops, self.densities, strict=True)))
+        pruned = sum(f * d for f, d in zip(self.dense_flops, self.densities, strict=True))
+        return float(self.fixed_flops + pruned)
 
     def count_step(self) -> None:
         self.step_flops_sum += 3 * self.forward_flops()
         self.steps += 1
 
     def training_multiplier(self) -> float:
-        dense = 3 * sum(self.dense_flops) * self.steps
+        dense = 3 * (self.fixed_flops + sum(self.dense_flops)) * self.steps
         return self.step_flops_sum / dense if dense else 1.0
 
     def inference_multiplier(self) -> float:
-        total = sum(self.dense_flops)
+        total = self.fixed_flops + sum(self.dense_flops)
         return self.forward_flops() / total if total else 1.0
 
     def state_dict(self) -> dict[str, Any]:

@@ -34,13 +34,14 @@ class Sink:
 
 
 class JsonlSink(Sink):
-    """One JSON object per line, flushed as written. On resume, records after the resumed
-    step (work that is being redone) are dropped first, so the log reads as one run."""
+    """One JSON object per line, flushed as written. On resume, the records written after the
+    resumed checkpoint (work that is being redone) are dropped first, so the log reads as one
+    uninterrupted run."""
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in read_records(path) if line.get("step", 0) <= resume_step]
+            kept = records_until_checkpoint(read_records(path), resume_step)
             temporary = path.with_name(path.name + ".tmp")
             temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             os.replace(temporary, path)
@@ -54,6 +55,15 @@ class JsonlSink(Sink):
 
     def close(self) -> None:
         self.handle.close()
+
+
+def records_until_checkpoint(records: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+    """The records up to the `checkpoint` record of `step` (those with an earlier step when
+    that record is missing)."""
+    marks = [i for i, r in enumerate(records) if r["event"] == "checkpoint" and r["step"] == step]
+    if marks:
+        return records[: marks[-1] + 1]
+    return [r for r in records if r.get("step", 0) < step]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -138,27 +148,24 @@ class TerminalSink(Sink):
                 )
             )
             self.bars.start()
-            start_epoch = record.get("resumed_from", 0) // self.steps_per_epoch
+            start_epoch = (record.get("resumed_from") or 0) // self.steps_per_epoch
             self.epochs_task = self.bars.add_task(
                 "epochs", total=self.epochs, completed=start_epoch, status=""
             )
             self.batch_task = self.bars.add_task("batches", total=self.steps_per_epoch, status="")
-        elif kind == "PhaseStarted":
-            self.console.print(
-                f"step {record['step']} (epoch {record['step'] / self.steps_per_epoch:g}): "
-                f"{record['kind']} phase {record['phase_index']}"
-                + (f", target {_percent(record['target'])}" if record["kind"] != "dense" else "")
-            )
+        elif kind == "PhaseStarted" and record["kind"] == "dense":
+            self._line(f"{self._where(record)}: dense phase {record['phase_index']}")
         elif kind == "MasksComputed":
             changed = record["changed_fraction"]
-            self.console.print(
-                f"  masks: achieved sparsity {_percent(record['achieved_sparsity'])}, "
-                f"changed {_percent(changed) if changed is not None else '- (first mask)'}, "
+            self._line(
+                f"{self._where(record)}: sparse phase {record['phase_index']}, sparsity "
+                f"{_percent(record['achieved_sparsity'])} (target {_percent(record['target'])}), "
+                f"mask changed {_percent(changed) if changed is not None else '- (first mask)'}, "
                 f"{record['seconds']:.3f}s"
             )
         elif kind == "DenseSnapshot":
-            self.console.print(
-                f"step {record['step']}: saved the dense model (end of the last dense phase)"
+            self._line(
+                f"{self._where(record)}: saved the dense model (end of the last dense phase)"
             )
         elif kind == "epoch":
             self._epoch_line(record)
@@ -166,9 +173,15 @@ class TerminalSink(Sink):
             self.bars.stop()
             self.console.print(summary_table(record["summary"]))
 
+    def _where(self, record: dict[str, Any]) -> str:
+        return f"epoch {record['step'] / self.steps_per_epoch:g} (step {record['step']})"
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def _epoch_line(self, record: dict[str, Any]) -> None:
-        self.console.print(
-            f"epoch {record['epoch'] + 1}/{self.epochs} [{record['phase']}] "
+        self._line(
+            f"epoch {record['epoch'] + 1}/{self.epochs} ({record['phase']})  "
             f"train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
             f"top-1 {_percent(record['top1'])}  sparsity {_percent(record['sparsity'])}  "
             f"{record['seconds']:.1f}s"

@@ -32,9 +32,10 @@ from acdc_recipe.runtime.events import (
     event_from_dict,
     event_to_dict,
 )
-from acdc_recipe.runtime.masks import check_finite, compute_masks, mask_change_fraction, mask_sparsity
 from acdc_recipe.runtime.mask_sync import verify_masks_identical
+from acdc_recipe.runtime.masks import compute_masks, mask_change_fraction, mask_sparsity
 from acdc_recipe.runtime.optimizer_state import apply_decompress_policy, zero_state_where_pruned
+from acdc_recipe.runtime.threshold import check_finite
 from acdc_recipe.timeline import Phase, Timeline
 
 FORMAT_VERSION = 1
@@ -68,18 +69,24 @@ def _action_positions(timeline: Timeline, snapshot_step: int | None) -> list[int
     return sorted(positions)
 
 
-def _pool_threshold(weights: Sequence[Tensor], masks: Sequence[Tensor], groups: Sequence[Any]) -> float | None:
+def _pool_threshold(
+    weights: Sequence[Tensor], masks: Sequence[Tensor], groups: Sequence[Any]
+) -> float | None:
     """Smallest kept |w| when one unstructured group holds every pruned entry, else None."""
     if len(groups) != 1 or groups[0].pattern != "unstructured" or groups[0].prune == 0:
         return None
-    kept = [weights[i].abs().masked_fill(masks[i] == 0, float("inf")).amin() for i in groups[0].indices]
+    kept = [
+        weights[i].abs().masked_fill(masks[i] == 0, float("inf")).amin() for i in groups[0].indices
+    ]
     return float(torch.stack(kept).amin())
 
 
 class SparsityRuntime:
     """Phase-state machine over a `CompiledRecipe`, driven by the optimizer's step hooks."""
 
-    def __init__(self, compiled: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None) -> None:
+    def __init__(
+        self, compiled: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None
+    ) -> None:
         recipe = compiled.recipe
         self.compiled = compiled
         self.optimizer = optimizer
@@ -104,7 +111,7 @@ class SparsityRuntime:
         self._masks: list[Tensor] | None = None  # in the weights' dtype, during sparse phases
         self._mask_view: tuple[Tensor, ...] | None = None
         self._previous: list[Tensor] | None = None  # bool, the last mask while dense
-        self._grads_masked = False
+        self._masked_grad: tuple[Tensor, int] | None = None  # grads masked this step
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -156,20 +163,29 @@ class SparsityRuntime:
     def mask_gradients(self) -> None:
         """Run this step's phase actions and mask the gradients now, e.g. before clipping.
 
-        The pre-step hook then skips re-masking. Call it after `backward()` (and after
-        `scaler.unscale_`); if you call it, call it every iteration.
+        Call it after `backward()` (and after `scaler.unscale_`). The pre-step hook then finds
+        the same gradient tensors unchanged (same object, same version counter) and does not
+        mask them twice; new gradients, e.g. after a step a GradScaler skipped, are masked.
         """
         if self._step == self._next_action:
             self._run_actions(self._step)
-        if self._masks is not None and not self._grads_masked:
-            grads = [param.grad for param in self._parameters]
-            if any(grad is None for grad in grads):
-                pairs = [(g, m) for g, m in zip(grads, self._masks) if g is not None]
-                if pairs:
-                    torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-            else:
-                torch._foreach_mul_(grads, self._masks)
-            self._grads_masked = True
+        if self._masks is None:
+            return
+        grads = [param.grad for param in self._parameters]
+        first = (
+            grads[0] if grads[0] is not None else next((g for g in grads if g is not None), None)
+        )
+        marked = self._masked_grad
+        if first is None or (
+            marked is not None and marked[0] is first and marked[1] == first._version
+        ):
+            return
+        if first is grads[0] and all(g is not None for g in grads):
+            torch._foreach_mul_(grads, self._masks)
+        else:
+            pairs = [(g, m) for g, m in zip(grads, self._masks) if g is not None]
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+        self._masked_grad = (first, first._version)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.mask_gradients()
@@ -179,7 +195,7 @@ class SparsityRuntime:
             with torch.no_grad():
                 torch._foreach_mul_(self._parameters, self._masks)
         self._step += 1
-        self._grads_masked = False
+        self._masked_grad = None
 
     # -- phase actions (rare) --------------------------------------------------------------
     def _emit(self, event: RuntimeEvent) -> None:
@@ -206,12 +222,12 @@ class SparsityRuntime:
     def _decompress(self) -> None:
         if self._masks is None:
             return
-        self._previous = [mask != 0 for mask in self._masks]
-        self._masks, self._mask_view = None, None
-        self._target = 0.0
-        apply_decompress_policy(self._policy, self.optimizer, self._parameters, self._previous)
-        if self._step >= self._last_mask_step:
-            self._previous = None
+        remask_later = self._step < self._last_mask_step  # keep it for the change statistics
+        needed = remask_later or self._policy == "reset_reactivated"
+        previous = [mask != 0 for mask in self._masks] if needed else None
+        self._masks, self._mask_view, self._target = None, None, 0.0
+        apply_decompress_policy(self._policy, self.optimizer, self._parameters, previous)
+        self._previous = previous if remask_later else None
 
     @torch.no_grad()
     def _recompute_masks(self, step: int, index: int, target: float) -> None:
@@ -223,11 +239,10 @@ class SparsityRuntime:
         threshold = _pool_threshold(weights, masks, groups)
         seconds = time.perf_counter() - start
         verify_masks_identical(masks, self._names)
-        previous = self._previous if self._masks is None else [m != 0 for m in self._masks]
+        previous = self._previous if self._masks is None else self._masks
         changed, per_layer_changed = None, None
         if previous is not None:
-            new = [mask != 0 for mask in masks]
-            changed, per_changed = mask_change_fraction(previous, new)
+            changed, per_changed = mask_change_fraction(previous, masks)
             per_layer_changed = dict(zip(self._names, per_changed, strict=True))
         torch._foreach_mul_(weights, masks)
         zero_state_where_pruned(self.optimizer, self._parameters, masks)
@@ -236,8 +251,15 @@ class SparsityRuntime:
         achieved, per_layer = mask_sparsity(masks)
         self._emit(
             MasksComputed(
-                step, index, target, achieved, dict(zip(self._names, per_layer, strict=True)),
-                changed, per_layer_changed, threshold, seconds,
+                step,
+                index,
+                target,
+                achieved,
+                dict(zip(self._names, per_layer, strict=True)),
+                changed,
+                per_layer_changed,
+                threshold,
+                seconds,
             )
         )
 
@@ -284,7 +306,7 @@ class SparsityRuntime:
         self._masks, self._previous = masks, previous
         self._mask_view = None if masks is None else tuple(masks)
         self._history = [event_from_dict(event) for event in state["history"]]
-        self._grads_masked = False
+        self._masked_grad = None
         after = bisect.bisect_right(self._actions, self._done_through)
         self._next_action = self._actions[after] if after < len(self._actions) else -1
 

@@ -25,7 +25,7 @@ _INT_VIEW = {
     torch.float32: torch.int32,
     torch.float64: torch.int64,
 }
-_CHUNK = 1 << 20  # elements streamed per step: bounds every temporary
+_CHUNK = 1 << 21  # elements streamed per step: bounds every temporary
 _TOP_BITS = 15  # the first digit: the top 16-bit word without the sign
 _DIGIT_BITS = 16  # every later digit: one more 16-bit word
 _CANDIDATE_BUDGET = 1 << 22  # matched keys kept before folding them into the histogram
@@ -125,7 +125,7 @@ def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tenso
 def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
     """Radix select of the k-th smallest (1-based) magnitude key over `tensors`."""
     width = torch.iinfo(_int_view(tensors[0].dtype)).bits
-    compact = tensors[0].device.type == "cpu"
+    compact = not _sync_free(tensors[0].device)
     hist = _top_word_histogram(tensors)
     digit, below, count = _pick(hist, k)
     prefix, known, rank = digit, _TOP_BITS, k - below
@@ -190,11 +190,7 @@ def _top_word_histogram(tensors: Sequence[Tensor]) -> Tensor:
 
 def _gather_matching(tensors: Sequence[Tensor], prefix: int, shift: int) -> Tensor:
     """All magnitude keys whose bits above `shift` equal `prefix` (few: within the budget)."""
-    found = []
-    for chunk in _chunks(tensors):
-        keys = magnitude_keys(chunk)
-        found.append(keys[(keys >> shift) == prefix])
-    return torch.cat(found)
+    return torch.cat([_matching_keys(chunk, prefix, shift) for chunk in _chunks(tensors)])
 
 
 def _streamed_digit_histogram(
@@ -210,13 +206,13 @@ def _streamed_digit_histogram(
     pending: list[Tensor] = []
     pending_size = 0
     for chunk in _chunks(tensors):
-        keys = magnitude_keys(chunk)
-        match = (keys >> (shift + _DIGIT_BITS)) == prefix
         if not compact:
-            digits = torch.where(match, (keys >> shift) & 0xFFFF, bins)
+            bits = chunk.view(_int_view(chunk.dtype))
+            match = _prefix_matches(bits, prefix, shift + _DIGIT_BITS)
+            digits = torch.where(match, (bits >> shift) & 0xFFFF, bins)
             hist += _histogram(digits, bins + 1)
             continue
-        pending.append(keys[match])
+        pending.append(_matching_keys(chunk, prefix, shift + _DIGIT_BITS))
         pending_size += pending[-1].numel()
         if pending_size >= _CANDIDATE_BUDGET:
             hist[:bins] += _histogram((torch.cat(pending) >> shift) & 0xFFFF, bins)
@@ -226,12 +222,42 @@ def _streamed_digit_histogram(
     return hist[:bins]
 
 
+def _prefix_matches(bits: Tensor, prefix: int, shift: int) -> Tensor:
+    """Whether each element's magnitude bits above `shift` equal `prefix` (one and, one compare)."""
+    width = torch.iinfo(bits.dtype).bits
+    above = ((1 << (width - 1)) - 1) >> shift << shift
+    return (bits & above) == (prefix << shift)
+
+
+def _matching_keys(chunk: Tensor, prefix: int, shift: int) -> Tensor:
+    """Magnitude keys of the chunk's elements that match `prefix` above `shift`.
+
+    Matches are rare, so compaction first finds the 8-element blocks holding any match (one
+    int64 word of flags per block) and filters only those: about 8x less scanning than
+    boolean indexing over the whole chunk.
+    """
+    bits = chunk.view(_int_view(chunk.dtype))
+    match = _prefix_matches(bits, prefix, shift)
+    whole = match.numel() // 8 * 8
+    blocks = match[:whole].view(torch.int64).nonzero().squeeze(1)
+    in_blocks = bits[:whole].view(-1, 8).index_select(0, blocks)
+    flags = match[:whole].view(-1, 8).index_select(0, blocks)
+    found = torch.cat([in_blocks[flags], bits[whole:][match[whole:]]])
+    width = torch.iinfo(bits.dtype).bits
+    return found & ((1 << (width - 1)) - 1)
+
+
 def _histogram(values: Tensor, bins: int) -> Tensor:
     """int64 counts of each value in [0, bins) (CPU bincount; sync-free scatter elsewhere)."""
-    if values.device.type == "cpu":
+    if not _sync_free(values.device):
         return torch.bincount(values, minlength=bins)
     hist = torch.zeros(bins, dtype=torch.int64, device=values.device)
     return hist.scatter_add_(0, values.long(), torch.ones_like(values, dtype=torch.int64))
+
+
+def _sync_free(device: torch.device) -> bool:
+    """Avoid ops that read sizes back to the host (boolean indexing, CUDA bincount)?"""
+    return device.type != "cpu"
 
 
 def _pick(hist: Tensor, rank: int) -> tuple[int, int, int]:

@@ -201,7 +201,9 @@ def prepare(
         network = nn.parallel.DistributedDataParallel(network, device_ids=ids)
     if spec.compile:
         network = torch.compile(network)
-    flops = FlopsMeter(tuple(p.dense_flops for p in compiled.params))
+    prunable_flops = tuple(p.dense_flops for p in compiled.params)
+    fixed_flops = max(0, getattr(compiled, "dense_forward_flops", 0) - sum(prunable_flops))
+    flops = FlopsMeter(prunable_flops, fixed_flops)
     session = TrainingSession(
         recipe,
         run_dir,
@@ -441,6 +443,7 @@ def fit(session: TrainingSession) -> RunSummary:
 def _finish(session: TrainingSession, started: float) -> RunSummary:
     timeline, notes = session.runtime.timeline, list(session.refused)
     names = [p.name for p in session.compiled.params]
+    _sync_buffers(session)
     verify_replicas(
         list(session.model.state_dict().values()), list(session.model.state_dict()), session.context
     )

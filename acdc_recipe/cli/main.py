@@ -13,7 +13,7 @@ import sys
 
 from acdc_recipe.errors import UserError
 
-VERBS = ("validate", "schedule")
+VERBS = ("validate", "schedule", "compile", "run", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

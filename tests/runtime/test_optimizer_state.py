@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from standin import compile  # noqa: E402  TEMPORARY
-
-from acdc_recipe.runtime.optimizer_state import (  # noqa: E402
+from acdc_recipe.compiler import compile
+from acdc_recipe.runtime.optimizer_state import (
     MOMENT_KEYS,
     apply_decompress_policy,
     reset_state,
     zero_state_where_pruned,
 )
-from acdc_recipe.schema import Recipe  # noqa: E402
+from acdc_recipe.schema import Recipe
 
 OPTIMIZERS = {
     "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
-    "sgd_nesterov_wd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "sgd_nesterov_wd": lambda ps: torch.optim.SGD(
+        ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+    ),
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
     "adam_amsgrad_wd": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=1e-3, amsgrad=True),
     "adamw_wd": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.05),
@@ -80,7 +77,9 @@ def test_sparse_phases_are_exact_and_policies_hold(phases, optimizer_name, polic
         nn.functional.mse_loss(model(x), x[:, :2].sin()).backward()
         before = state_copy(optimizer)
         runtime.mask_gradients()  # runs the actions of this step (policy, masks) now
-        entering_dense = phase.kind == "dense" and phase.start == step and previous_masks is not None
+        entering_dense = (
+            phase.kind == "dense" and phase.start == step and previous_masks is not None
+        )
         if entering_dense:
             check_policy(policy, optimizer, before, compiled.parameters, previous_masks, prunable)
         optimizer.step()

@@ -15,13 +15,17 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from standin import compile  # noqa: E402  TEMPORARY
+from acdc_recipe.compiler import compile
+from acdc_recipe.runtime.state import RuntimeStateError
+from acdc_recipe.schema import Recipe
 
-from acdc_recipe.runtime.state import RuntimeStateError  # noqa: E402
-from acdc_recipe.schema import Recipe  # noqa: E402
-
-PHASES = [{"dense": 3}, {"sparse": 4}, {"dense": 3}, {"gradual": 4, "initial": 0.3, "update": 2}, {"sparse": 3}]
+PHASES = [
+    {"dense": 3},
+    {"sparse": 4},
+    {"dense": 3},
+    {"gradual": 4, "initial": 0.3, "update": 2},
+    {"sparse": 3},
+]
 CONFIGS = {
     "sgd_reset": ("sgd", "reset", "step", None),
     "adamw_reactivated_epochs": ("adamw", "reset_reactivated", "epoch", 2),
@@ -31,7 +35,9 @@ CONFIGS = {
 def build(config: str):
     optimizer_name, policy, unit, steps_per_epoch = CONFIGS[config]
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = nn.Sequential(
+        nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
     recipe = Recipe.model_validate(
         {
             "name": "resume",
@@ -42,7 +48,9 @@ def build(config: str):
     )
     compiled = compile(model, recipe)
     if optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.05)
     return model, optimizer, compiled.attach(optimizer, steps_per_epoch=steps_per_epoch)
@@ -60,7 +68,11 @@ def train_until(model, optimizer, runtime, stop: int) -> None:
 
 
 def snapshot(model, optimizer, runtime) -> dict:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "runtime": runtime.state_dict()}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "runtime": runtime.state_dict(),
+    }
 
 
 def resume_and_finish(config: str, checkpoint: Path) -> None:

@@ -1,0 +1,22 @@
+"""`acdc report RUN_DIR`: write a self-contained HTML report of a run."""
+
+from __future__ import annotations
+
+import argparse
+
+from acdc_recipe.cli.common import console
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="write an HTML report of a run directory")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `acdc run`")
+    parser.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/report.html")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from acdc_recipe.runtime.report import render_report
+
+    path = render_report(args.run_dir, args.output)
+    console.print(f"[green]wrote[/] {path}")
+    return 0

@@ -1,0 +1,208 @@
+"""`compile(model, recipe)`: the ordered compiler passes.
+
+trace -> discover -> resolve rules -> distribute (patterns, targets) -> FLOPs -> emit.
+Each pass is a plain function of the previous results and lives in its own module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from acdc_recipe.compiler.compiled import CompiledRecipe
+from acdc_recipe.compiler.discovery import Discovery, discover
+from acdc_recipe.compiler.distribution import planned_targets, pool_member
+from acdc_recipe.compiler.flops import example_inputs_for, site_flops
+from acdc_recipe.compiler.patterns import check_pattern, implied_sparsity
+from acdc_recipe.compiler.plan import PrunableParam
+from acdc_recipe.compiler.rules import Resolution, resolve_rules
+from acdc_recipe.compiler.tracing import TraceResult, trace
+from acdc_recipe.schema import Recipe, Sparsity
+from acdc_recipe.timeline import lower
+
+
+def compile(  # noqa: A001 - the public name the API promises
+    model: nn.Module, recipe: Recipe, example_inputs: Any = None
+) -> CompiledRecipe:
+    """Compile `recipe` against `model`; raise `CompileError` for a recipe that cannot apply.
+
+    `example_inputs` (a tensor or tuple of positional inputs) drives shape propagation for
+    FLOPs; by default one zero sample of ``recipe.train.model.input_shape``.
+    """
+    timeline = lower(recipe.schedule)
+    result = trace(model)
+    found = discover(result)
+    sparsity = recipe.sparsity
+    resolution = (
+        resolve_rules(sparsity.rules, found.candidates, sparsity.prunable)
+        if sparsity is not None
+        else Resolution({}, {})
+    )
+    params, dense = distribute(found, resolution, sparsity)
+    inputs = _example_inputs(result.root, recipe, example_inputs)
+    flops = site_flops(result, found, inputs) if inputs is not None else {}
+    weight_flops = _flops_by_weight(found, flops)
+    params = tuple(replace(p, dense_flops=weight_flops.get(p.name, 0)) for p in params)
+    dense = tuple(replace(p, dense_flops=weight_flops.get(p.name, 0)) for p in dense)
+    compiled = CompiledRecipe(
+        recipe=recipe,
+        module=result.graph_module if result.traced else result.root,
+        params=params,
+        parameters=[found.parameters[p.name] for p in params],
+        timeline=timeline,
+        traced=result.traced,
+        trace_error=result.error,
+        warnings=tuple(_warnings(result, params, sparsity, inputs, timeline.warnings())),
+        recipe_hash=recipe_hash(recipe),
+        dense=dense,
+        weight_flops=weight_flops,
+        unwrapped=result.unwrapped,
+        dual_graph=result.dual,
+        example_shapes=tuple(tuple(t.shape) for t in inputs or () if isinstance(t, torch.Tensor)),
+    )
+    instrument(compiled, result, found, flops)
+    return compiled
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """sha256 of the recipe's canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def distribute(
+    found: Discovery, resolution: Resolution, sparsity: Sparsity | None
+) -> tuple[tuple[PrunableParam, ...], tuple[PrunableParam, ...]]:
+    """Prunable parameters with their pattern, scope and target; and those kept dense."""
+    if sparsity is None:
+        return (), ()
+    params = []
+    for name, rule_index in resolution.pruned.items():
+        candidate = found.candidate(name)
+        rule = sparsity.rules[rule_index] if rule_index is not None else None
+        pattern = (rule.pattern if rule else None) or sparsity.pattern
+        from_rule = rule is not None and rule.pattern is not None
+        path = (
+            ("sparsity", "rules", rule_index, "pattern") if from_rule else ("sparsity", "pattern")
+        )
+        check_pattern(pattern, candidate.layer, candidate.op, candidate.shape, path)
+        params.append(
+            PrunableParam(
+                candidate.name,
+                candidate.layer,
+                candidate.op,
+                candidate.shape,
+                rule_index,
+                0.0,
+                pattern,
+                "layer",
+                0,
+            )
+        )
+    scoped = [
+        replace(p, scope="global") if sparsity.scope == "global" and pool_member(p, sparsity) else p
+        for p in params
+    ]
+    targets = planned_targets(scoped, sparsity)
+    final = tuple(replace(p, target=t) for p, t in zip(scoped, targets))
+    dense = tuple(
+        PrunableParam(c.name, c.layer, c.op, c.shape, index, 0.0, "dense", "dense", 0)
+        for name, index in resolution.dense.items()
+        for c in [found.candidate(name)]
+    )
+    return final, dense
+
+
+def instrument(
+    compiled: CompiledRecipe,
+    result: TraceResult,
+    found: Discovery,
+    flops: dict[str, dict[str, int]],
+) -> None:
+    """Annotate weight-site nodes with ``node.meta["acdc"]`` and link the module to `compiled`."""
+    by_name = {p.name: p for p in (*compiled.params, *compiled.dense)}
+    sites = {s.key: s for s in found.sites}
+    for graph in result.graphs():
+        for node in graph.nodes:
+            key = node.name if node.op == "call_function" else node.target
+            if node.op == "call_function" and key not in sites:
+                key = f"train:{node.name}"
+            inside = [s for k, s in sites.items() if not s.functional and _within(k, key)]
+            if node.op == "call_module" and inside:
+                node.meta["acdc"] = [_site_meta(s, by_name, flops) for s in inside]
+            elif node.op == "call_function" and key in sites:
+                node.meta["acdc"] = [_site_meta(sites[key], by_name, flops)]
+    compiled.module.acdc_compiled = compiled
+
+
+def _within(layer: str, path: Any) -> bool:
+    return isinstance(path, str) and (layer == path or layer.startswith(f"{path}."))
+
+
+def _site_meta(site, by_name: dict[str, PrunableParam], flops: dict) -> dict[str, Any]:
+    weights = []
+    for name, role in site.weights:
+        param = by_name.get(name)
+        weights.append(
+            {
+                "name": name,
+                "role": role,
+                "rule": param.rule if param else None,
+                "target": param.target if param else 0.0,
+                "pattern": param.pattern if param else "dense",
+                "flops": flops.get(site.key, {}).get(name, 0),
+            }
+        )
+    return {"site": site.key, "op": site.op, "weights": weights}
+
+
+def _flops_by_weight(found: Discovery, flops: dict[str, dict[str, int]]) -> dict[str, int]:
+    totals = {c.name: 0 for c in found.candidates if c.kind is not None}
+    for per_weight in flops.values():
+        for name, value in per_weight.items():
+            totals[name] = totals.get(name, 0) + value
+    return totals
+
+
+def _example_inputs(root: nn.Module, recipe: Recipe, given: Any) -> tuple | None:
+    if given is not None:
+        return tuple(given) if isinstance(given, (tuple, list)) else (given,)
+    shape = recipe.train.model.input_shape if recipe.train is not None else None
+    return example_inputs_for(root, shape) if shape is not None else None
+
+
+def _warnings(
+    result: TraceResult,
+    params: Sequence[PrunableParam],
+    sparsity: Sparsity | None,
+    inputs: tuple | None,
+    schedule_notes: list[str],
+) -> list[str]:
+    notes = []
+    if not result.traced:
+        notes.append(
+            f"torch.fx could not trace the model ({result.error}); compiled by walking the "
+            "module tree instead: weights used through functional calls are not discovered"
+        )
+    if inputs is None:
+        notes.append(
+            "no example input (train.model.input_shape or example_inputs): FLOPs not computed"
+        )
+    if sparsity is None:
+        notes.append("the recipe has no sparsity section: nothing is pruned")
+    elif not params:
+        notes.append("no prunable parameters found: nothing will be pruned")
+    else:
+        fixed = implied_sparsity(sparsity.pattern)
+        if fixed is not None and abs(fixed - sparsity.target) > 1e-9:
+            notes.append(
+                f"pattern {sparsity.pattern} fixes the sparsity of its layers at {fixed:g}; "
+                f"sparsity.target {sparsity.target:g} applies only to unstructured/block layers"
+            )
+    return notes + schedule_notes

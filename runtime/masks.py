@@ -1,0 +1,167 @@
+"""Magnitude masks for mask groups: unstructured (one exact threshold), N:M and block:RxC.
+
+Every mask is in its weight's dtype and on its device (so the runtime can `_foreach_mul_` with
+it), has exactly `group.prune` zeros per group, and breaks ties by position: among equal
+scores, the earliest in flat order (group tensor order, then row-major) are pruned first.
+Tensors are treated as ``[out, in, *kernel]`` (Linear and Conv weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+from torch import Tensor
+
+from acdc_recipe.compiler.plan import MaskGroup
+from acdc_recipe.runtime.threshold import (
+    NonFiniteWeightError,
+    check_finite,
+    prune_mask_unstructured,
+)
+from acdc_recipe.schema import parse_pattern
+
+__all__ = [
+    "NonFiniteWeightError",
+    "check_finite",
+    "compute_masks",
+    "mask_change_fraction",
+    "mask_sparsity",
+    "prune_mask_block",
+    "prune_mask_n_m",
+]
+
+
+def compute_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> list[Tensor]:
+    """One mask per tensor (aligned with `tensors`), each group pruned by its pattern."""
+    _check_partition(len(tensors), groups)
+    masks: list[Tensor] = [torch.empty(0)] * len(tensors)
+    for group in groups:
+        members = [tensors[i] for i in group.indices]
+        try:
+            kind, a, b = parse_pattern(group.pattern)
+            if kind == "n:m":
+                group_masks = prune_mask_n_m(members, a, b, group.prune)
+            elif kind == "block":
+                group_masks = prune_mask_block(members, a, b, group.prune)
+            else:
+                group_masks = prune_mask_unstructured(members, group.prune)
+        except ValueError as error:
+            raise ValueError(
+                f"mask group of tensors {list(group.indices)} (pattern {group.pattern!r}, "
+                f"prune {group.prune}): {error}"
+            ) from error
+        for i, mask in zip(group.indices, group_masks, strict=True):
+            masks[i] = mask
+    return masks
+
+
+def _check_partition(count: int, groups: Sequence[MaskGroup]) -> None:
+    seen = [0] * count
+    for group in groups:
+        for i in group.indices:
+            if not 0 <= i < count:
+                raise ValueError(f"mask group refers to tensor {i}, but there are {count}")
+            seen[i] += 1
+    repeated = [i for i, n in enumerate(seen) if n > 1]
+    if repeated:
+        raise ValueError(f"tensors {repeated} appear in more than one mask group")
+    missing = [i for i, n in enumerate(seen) if n == 0]
+    if missing:
+        raise ValueError(f"tensors {missing} belong to no mask group")
+
+
+def prune_mask_n_m(tensors: Sequence[Tensor], n: int, m: int, prune: int) -> list[Tensor]:
+    """Keep the `n` largest |w| of every `m` consecutive weights along the input-channel axis.
+
+    `prune` must be 0 (all kept) or exactly what the pattern removes. Among equal magnitudes in
+    one run of `m`, the earlier input channels are pruned first.
+    """
+    for tensor in tensors:
+        if tensor.dim() < 2 or tensor.shape[1] % m:
+            raise ValueError(
+                f"a weight of shape {list(tensor.shape)} has no input-channel axis divisible by "
+                f"{m}, so it cannot hold the {n}:{m} pattern"
+            )
+    implied = sum(t.numel() // m * (m - n) for t in tensors)
+    if prune == 0:
+        return [torch.ones_like(t) for t in tensors]
+    if prune != implied:
+        raise ValueError(f"{n}:{m} prunes exactly {implied} entries here, not {prune}")
+    masks = []
+    for tensor in tensors:
+        channels_last = tensor.detach().movedim(1, -1)
+        runs = channels_last.abs().reshape(-1, m)
+        order = runs.argsort(dim=1, stable=True)
+        keep = torch.ones_like(runs, dtype=torch.bool)
+        keep.scatter_(1, order[:, : m - n], False)
+        mask = keep.view(channels_last.shape).movedim(-1, 1).contiguous()
+        masks.append(mask.to(tensor.dtype))
+    return masks
+
+
+def prune_mask_block(tensors: Sequence[Tensor], rows: int, cols: int, prune: int) -> list[Tensor]:
+    """Prune the `prune // (rows*cols)` whole blocks with the smallest L1 norm over the group.
+
+    Each tensor is viewed as ``[out, in * prod(kernel)]`` and tiled by `rows` x `cols` blocks;
+    blocks are ranked across the group's tensors with ties pruned in flat block order.
+    """
+    size = rows * cols
+    scores = []
+    for tensor in tensors:
+        out, inner = tensor.shape[0], prod(tensor.shape[1:])
+        if out % rows or inner % cols:
+            raise ValueError(
+                f"a weight viewed as {out}x{inner} is not tiled by {rows}x{cols} blocks"
+            )
+        grid = tensor.detach().reshape(out // rows, rows, inner // cols, cols)
+        scores.append(grid.abs().sum(dim=(1, 3), dtype=torch.float64))
+    blocks = sum(s.numel() for s in scores)
+    if prune % size or not 0 <= prune <= blocks * size:
+        raise ValueError(
+            f"block:{rows}x{cols} prunes whole blocks of {size}: {prune} is not a multiple of "
+            f"{size} in [0, {blocks * size}]"
+        )
+    block_masks = prune_mask_unstructured(scores, prune // size)
+    masks = []
+    for tensor, block_mask in zip(tensors, block_masks, strict=True):
+        grid_rows, grid_cols = block_mask.shape
+        expanded = block_mask.view(grid_rows, 1, grid_cols, 1).expand(-1, rows, -1, cols)
+        masks.append(expanded.reshape(tensor.shape).to(tensor.dtype))
+    return masks
+
+
+def mask_sparsity(masks: Sequence[Tensor]) -> tuple[float, list[float]]:
+    """Fraction of zero entries: over all masks together, and per mask."""
+    sizes = [m.numel() for m in masks]
+    kept = _to_host([torch.count_nonzero(m) for m in masks])
+    zeros = [s - k for s, k in zip(sizes, kept, strict=True)]
+    per_tensor = [z / s if s else 0.0 for z, s in zip(zeros, sizes, strict=True)]
+    total = sum(sizes)
+    return (sum(zeros) / total if total else 0.0), per_tensor
+
+
+def mask_change_fraction(
+    old_masks: Sequence[Tensor], new_masks: Sequence[Tensor]
+) -> tuple[float, list[float]]:
+    """Fraction of entries whose kept/pruned state differs between two mask lists (any dtype)."""
+    if len(old_masks) != len(new_masks):
+        raise ValueError(f"cannot compare {len(old_masks)} masks with {len(new_masks)}")
+    flips = []
+    for i, (old, new) in enumerate(zip(old_masks, new_masks, strict=True)):
+        if old.shape != new.shape:
+            raise ValueError(f"mask {i} changed shape from {list(old.shape)} to {list(new.shape)}")
+        flips.append(torch.count_nonzero((old != 0) != (new != 0)))
+    counts = _to_host(flips)
+    sizes = [m.numel() for m in old_masks]
+    per_tensor = [c / s if s else 0.0 for c, s in zip(counts, sizes, strict=True)]
+    total = sum(sizes)
+    return (sum(counts) / total if total else 0.0), per_tensor
+
+
+def _to_host(counts: Sequence[Tensor]) -> list[int]:
+    """0-dim count tensors as Python ints, read to the host in one transfer."""
+    if not counts:
+        return []
+    return torch.stack([c.to(counts[0].device) for c in counts]).tolist()

@@ -1,0 +1,107 @@
+"""Targets and exact prune counts: global, uniform, ERK, rule targets, patterns."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from math import prod
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acdc_recipe.compiler.distribution import apportion, erk_densities, mask_groups
+from acdc_recipe.compiler.plan import PrunableParam
+from acdc_recipe.schema import Sparsity
+
+shape = st.one_of(
+    st.tuples(st.integers(1, 64), st.integers(1, 64)),
+    st.tuples(
+        st.integers(1, 32), st.integers(1, 32), st.sampled_from([1, 3, 5]), st.sampled_from([1, 3])
+    ),
+)
+
+
+def params(shapes, pattern="unstructured", rule=None) -> list[PrunableParam]:
+    return [
+        PrunableParam(f"p{i}.weight", f"p{i}", "Linear", tuple(s), rule, 0.0, pattern, "layer", 0)
+        for i, s in enumerate(shapes)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(shape, min_size=1, max_size=12),
+    st.floats(0.01, 0.99),
+    st.sampled_from(["uniform", "erk"]),
+)
+def test_per_layer_counts_sum_exactly(shapes, overall, scope) -> None:
+    sparsity = Sparsity(target=0.9, scope=scope)
+    plist = params(shapes)
+    groups = mask_groups(plist, sparsity, overall)
+    total = sum(prod(s) for s in shapes)
+    assert [g.indices for g in groups] == [(i,) for i in range(len(shapes))]
+    assert sum(g.prune for g in groups) == round(overall * total)
+    for g in groups:
+        assert 0 <= g.prune <= plist[g.indices[0]].numel
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(shape, min_size=1, max_size=12), st.floats(0.01, 0.99))
+def test_erk_densities_are_capped_and_exact(shapes, overall) -> None:
+    densities = erk_densities(shapes, 1 - overall)
+    sizes = [prod(s) for s in shapes]
+    assert all(0 < d <= 1.0 for d in densities)
+    kept = sum(d * n for d, n in zip(densities, sizes))
+    assert abs(kept - (1 - overall) * sum(sizes)) < 1e-6 * sum(sizes)
+
+
+def test_erk_prefers_small_layers_and_caps_them() -> None:
+    shapes = [(2, 3, 3, 3), (128, 128, 3, 3), (10, 256)]
+    densities = erk_densities(shapes, 0.02)
+    assert densities[0] == 1.0  # tiny first conv: its ERK density would exceed 1
+    assert densities[2] > densities[1]  # the classifier keeps more than the big conv
+    scores = [sum(s) / prod(s) for s in shapes]
+    assert abs(densities[2] / densities[1] - scores[2] / scores[1]) < 1e-9
+
+
+def test_apportion_respects_caps() -> None:
+    assert apportion([2.5, 2.5, 0.0], 5, [3, 3, 0]) == [3, 2, 0]
+    assert apportion([0.4, 0.4, 0.4], 1, [1, 1, 1]) == [1, 0, 0]
+    assert sum(apportion([1.9, 0.0], 2, [2, 0])) == 2
+
+
+def test_global_is_one_group() -> None:
+    plist = params([(10, 10), (20, 5), (3, 3)])
+    (group,) = mask_groups(plist, Sparsity(target=0.9), 0.9)
+    assert group.indices == (0, 1, 2) and group.prune == round(0.9 * 209)
+    assert mask_groups(plist, Sparsity(target=0.9), 0.0)[0].prune == 0
+
+
+def test_rule_targets_scale_with_the_ramp() -> None:
+    sparsity = Sparsity.model_validate(
+        {
+            "target": 0.8,
+            "rules": [{"match": "p1", "target": 0.96}, {"match": "p2", "pattern": "2:4"}],
+        }
+    )
+    pool = params([(10, 10)])[0]
+    plist = [
+        pool,
+        replace(pool, name="p1.weight", rule=0),
+        replace(pool, name="p2.weight", shape=(8, 8), rule=1, pattern="2:4"),
+    ]
+    at_target = mask_groups(plist, sparsity, 0.8)
+    assert [g.prune for g in at_target] == [80, 96, 32]
+    halfway = mask_groups(plist, sparsity, 0.4)
+    assert [g.prune for g in halfway] == [40, 48, 32]  # N:M keeps its pattern count
+    beyond = mask_groups(plist, sparsity, 0.9)
+    assert beyond[1].prune == 99  # 0.96 * 0.9 / 0.8 > 1: capped, one weight survives
+
+
+def test_block_layers_get_their_own_group() -> None:
+    sparsity = Sparsity(target=0.5, pattern="block:2x2")
+    plist = params([(4, 4), (8, 4)], "block:2x2")
+    groups = mask_groups(plist, sparsity, 0.5)
+    assert [(g.indices, g.prune, g.pattern) for g in groups] == [
+        ((0,), 8, "block:2x2"),
+        ((1,), 16, "block:2x2"),
+    ]

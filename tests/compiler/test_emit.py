@@ -1,0 +1,35 @@
+"""The build folder: resolved recipe, plan.json, readable module code; atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+from acdc_recipe.compiler import compile
+from acdc_recipe.compiler.emit import module_code, write_atomic, write_build
+
+from .conftest import BranchyNet, make_recipe, vision_model
+
+
+def test_write_build(tmp_path, small_cnn) -> None:
+    compiled = compile(small_cnn, make_recipe((3, 8, 8)))
+    written = write_build(compiled, tmp_path / "out", "name: test\n")
+    assert sorted(p.name for p in written) == ["module.py", "plan.json", "recipe.yaml"]
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan == json.loads(json.dumps(compiled.plan()))
+    assert "def forward(self" in (tmp_path / "out" / "module.py").read_text()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_module_code_for_dual_and_fallback() -> None:
+    dual = compile(vision_model("efficientnet_b0"), make_recipe((3, 32, 32)))
+    code = module_code(dual)
+    assert "# train mode" in code and "# eval mode" in code and "stochastic_depth" in code
+    fallback = module_code(compile(BranchyNet(), make_recipe((3, 8, 8))))
+    assert fallback.startswith("# not traced by torch.fx: TraceError")
+
+
+def test_write_atomic_replaces(tmp_path) -> None:
+    target = tmp_path / "file.txt"
+    write_atomic(target, "one")
+    write_atomic(target, "two")
+    assert target.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["file.txt"]

@@ -1,0 +1,36 @@
+"""build_model: built-ins, import paths, torchvision names, helpful errors."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from acdc_recipe.compiler import CompileError, build_model
+from acdc_recipe.schema import ModelSpec
+
+
+def test_builtin_import_path_and_torchvision() -> None:
+    assert isinstance(build_model(ModelSpec(name="mlp", kwargs={"in_features": 4})), nn.Module)
+    linear = build_model(
+        ModelSpec(name="torch.nn:Linear", kwargs={"in_features": 3, "out_features": 2})
+    )
+    assert isinstance(linear, nn.Linear) and linear.weight.shape == (2, 3)
+    bare = build_model(ModelSpec(name="resnet18", kwargs={"num_classes": 7}))
+    prefixed = build_model(ModelSpec(name="torchvision:resnet18", kwargs={"num_classes": 7}))
+    assert bare.fc.out_features == prefixed.fc.out_features == 7
+
+
+def test_unknown_name_suggests() -> None:
+    with pytest.raises(CompileError, match="unknown model 'resnt50'.*Did you mean 'resnet50'"):
+        build_model(ModelSpec(name="resnt50"))
+    with pytest.raises(CompileError, match="has no attribute 'Linearr'.*'Linear'"):
+        build_model(ModelSpec(name="torch.nn:Linearr"))
+    with pytest.raises(CompileError, match="cannot import 'no_such_package'"):
+        build_model(ModelSpec(name="no_such_package:thing"))
+
+
+def test_bad_kwargs_and_non_modules() -> None:
+    with pytest.raises(CompileError, match=r"train\.model\.kwargs.*rejected its kwargs"):
+        build_model(ModelSpec(name="mlp", kwargs={"nope": 1}))
+    with pytest.raises(CompileError, match="not a torch.nn.Module"):
+        build_model(ModelSpec(name="builtins:dict"))

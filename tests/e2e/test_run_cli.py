@@ -1,0 +1,173 @@
+"""`acdc run` and `acdc report` as a user runs them: outputs, kill -9 and resume, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from acdc_recipe.cli.main import main
+from acdc_recipe.runtime.checkpoint import (
+    CRASH_BEFORE_RENAME_ENV,
+    list_checkpoints,
+    load_safetensors,
+)
+from acdc_recipe.runtime.sinks import read_records
+
+HERE = Path(__file__).parent
+TINY = HERE / "data" / "tiny.yaml"
+SLOW = ["--set", "train.data.source=callable", "--set", "train.data.callable=slow_data:slow_digits"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+
+
+def acdc(*args, env=ENV, timeout=120):
+    command = [sys.executable, "-m", "acdc_recipe.cli.main", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def same_weights(first: Path, second: Path) -> bool:
+    a, b = load_safetensors(first), load_safetensors(second)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    result = acdc("run", TINY, *SLOW, "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_quickstart_finishes_within_a_minute_and_prints_the_pair(tmp_path):
+    started = time.perf_counter()
+    result = acdc("run", "quickstart", "--out", tmp_path)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 60
+    for label in ("dense top-1", "sparse top-1", "achieved sparsity"):
+        assert label in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert summary["dense_top1"] > 0.9 and summary["sparse_top1"] > 0.9
+    assert f"{100 * summary['sparse_top1']:.2f}%" in result.stdout
+    assert len(result.stdout.splitlines()) < 60  # no progress-bar spam without a terminal
+
+
+def wait_for_checkpoint(metrics: Path, step: int, process: subprocess.Popen) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists():
+            steps = [r["step"] for r in read_records(metrics) if r["event"] == "checkpoint"]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"the run ended or stalled before checkpointing step {step}")
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(reference, tmp_path):
+    command = [sys.executable, "-m", "acdc_recipe.cli.main", "run", str(TINY), *SLOW,
+               "--out", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_checkpoint(tmp_path / "metrics.jsonl", 30, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "sparse.safetensors").exists()
+    # the newest checkpoint was torn apart as well: resume must refuse it and use the previous
+    newest, previous = list_checkpoints(tmp_path)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    result = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert f"resumed at step {int(previous.name[11:20])}" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert any("cannot be read" in note for note in summary["notes"])
+    assert same_weights(reference / "sparse.safetensors", tmp_path / "sparse.safetensors")
+    assert same_weights(reference / "dense.safetensors", tmp_path / "dense.safetensors")
+
+
+def test_crash_while_writing_a_checkpoint_then_resume_is_bitwise_equal(reference, tmp_path):
+    env = {**ENV, CRASH_BEFORE_RENAME_ENV: "7"}  # 5, 10, 12, 15, 20, 24, then dies writing 25
+    crashed = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", env=env)
+    assert crashed.returncode == 17
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "checkpoint-000000024.pt", "checkpoint-000000020.pt"]  # fmt: skip
+    assert list(tmp_path.glob(".checkpoint-000000025.pt.tmp-*"))
+    result = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resumed at step 24" in result.stdout
+    assert same_weights(reference / "sparse.safetensors", tmp_path / "sparse.safetensors")
+    epochs = [r for r in read_records(tmp_path / "metrics.jsonl") if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == list(range(6))  # redone work is not logged twice
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_report_is_a_self_contained_page(reference, tmp_path, capsys):
+    assert main(["report", str(reference), "-o", str(tmp_path / "report.html")]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<svg") == 5
+    assert "<script" not in html and "http" not in html
+    assert "Mask entries changed at each re-pruning" in html and "band-sparse" in html
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_run_accepts_a_compiled_build_folder(tmp_path, one_thread):
+    build = tmp_path / "build"
+    assert main(["compile", str(TINY), "-o", str(build)]) == 0
+    args = [
+        "run",
+        str(build),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "train.checkpoint_every_steps=100",
+    ]
+    assert main(args) == 0
+    assert (tmp_path / "run" / "sparse.safetensors").exists()
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "run2")]) == 2  # no recipe.yaml
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.model.name=resnet21"], "unknown model 'resnet21'"),
+        (["--set", "train.data.source=fashion_mnist", "--set", "train.data.root=/nowhere"],
+         "apt-get install dataset-fashion-mnist"),
+        (["--nproc-per-node", "0"], "at least 1"),
+        (["--set", "train.optimizer.nam=adam"], "did you mean 'name'"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, capsys, args, message):
+    assert main(["run", str(TINY), "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    result = acdc(
+        "run",
+        TINY,
+        "--out",
+        tmp_path,
+        "--device",
+        "cuda" if not torch.cuda.is_available() else "bogus",
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_from_foreign_checkpoints_is_refused(tmp_path, capsys, one_thread):
+    (tmp_path / "checkpoint-000000010.pt").write_bytes(b"not a checkpoint")
+    assert main(["run", str(TINY), "--out", str(tmp_path), "--resume"]) == 2
+    assert "no usable checkpoint" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""Checkpoints: atomic writes, keep-last-two, refusal of truncated and foreign files."""
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from acdc_recipe.runtime import checkpoint as ckpt
+
+
+def state(value):
+    return {
+        "model": {"w": torch.full((3,), float(value))},
+        "rng": ckpt.rng_state(),
+        "note": [1, "a"],
+    }
+
+
+def test_save_keeps_the_newest_two_and_loads_the_newest(tmp_path):
+    for step in (10, 20, 30):
+        ckpt.save_checkpoint(tmp_path, step, state(step), "hash-a")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "checkpoint-000000030.pt", "checkpoint-000000020.pt"]  # fmt: skip
+    loaded = ckpt.load_latest(tmp_path, "hash-a")
+    assert loaded.state["step"] == 30 and loaded.refused == ()
+    assert torch.equal(loaded.state["model"]["w"], torch.full((3,), 30.0))
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_truncated_newest_falls_back_to_the_previous(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 1, state(1), "h")
+    newest = ckpt.save_checkpoint(tmp_path, 2, state(2), "h")
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    loaded = ckpt.load_latest(tmp_path, "h")
+    assert loaded.state["step"] == 1
+    assert "checkpoint-000000002.pt cannot be read" in loaded.refused[0]
+
+
+def test_foreign_files_and_other_recipes_are_refused(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 5, state(5), "other-recipe")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "checkpoint-000000009.pt")
+    with pytest.raises(ckpt.CheckpointError) as error:
+        ckpt.load_latest(tmp_path, "mine")
+    message = str(error.value)
+    assert "checkpoint-000000009.pt is not an acdc-recipe checkpoint" in message
+    assert "checkpoint-000000005.pt was written for a different recipe" in message
+    assert ckpt.load_latest(tmp_path / "empty", "mine") is None
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": ckpt.FORMAT, "x": Evil()}, tmp_path / "checkpoint-000000001.pt")
+    with pytest.raises(ckpt.CheckpointError, match="cannot be read"):
+        ckpt.load_latest(tmp_path, "h")
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 1, {"rng": ckpt.rng_state()}, "h")
+    expected = (torch.rand(3), random.random())
+    ckpt.restore_rng_state(ckpt.load_latest(tmp_path, "h").state["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):
+    code = (
+        "import sys, torch\nfrom pathlib import Path\nfrom acdc_recipe.runtime import checkpoint as c\n"
+        "folder = Path(sys.argv[1])\n"
+        "for step in (1, 2):\n    c.save_checkpoint(folder, step, {'w': torch.full((2,), step)}, 'h')\n"
+    )
+    env = {**os.environ, ckpt.CRASH_BEFORE_RENAME_ENV: "2"}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, timeout=120)
+    assert result.returncode == 17
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-000000001.pt"]
+    assert ckpt.load_latest(tmp_path, "h").state["step"] == 1
+
+
+def test_safetensors_round_trip_with_shared_storage(tmp_path):
+    weight = torch.randn(4, 4)
+    tensors = {"a": weight, "b": weight[:2]}  # views of one storage
+    ckpt.save_safetensors(tmp_path / "m.safetensors", tensors, {"recipe": "x"})
+    loaded = ckpt.load_safetensors(tmp_path / "m.safetensors")
+    assert torch.equal(loaded["a"], weight) and torch.equal(loaded["b"], weight[:2])
