@@ -10,7 +10,7 @@ temporary the method allocates (the concatenation included for the baselines); o
 `torch.cuda.max_memory_allocated` over the allocated weights. Thresholds of all methods are
 checked to be identical.
 
-    python benchmarks/threshold.py [--quick] [--sizes 1e6,25.5e6] [--device cuda]
+    python benchmarks/threshold.py [--quick] [--sizes 1e6,25.5e6] [--device cuda] [--threads 1]
 
 Prints a table and writes benchmarks/results/threshold.json.
 """
@@ -95,6 +95,8 @@ def threshold_of(method: str, result, weights: list[torch.Tensor]) -> float:
 
 def measure(method: str, total: int, repeats: int, device: str) -> dict:
     """In this process: peak extra bytes of one run, then median times of method and read pass."""
+    warm = make_weights(10_000, device)  # load kernels and thread pools before measuring
+    run_method(method, warm, 9_000)
     weights = make_weights(total, device)
     k = round(SPARSITY * total)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -131,8 +133,9 @@ def measure(method: str, total: int, repeats: int, device: str) -> dict:
     }
 
 
-def spawn(method: str, total: int, repeats: int, device: str) -> dict:
+def spawn(method: str, total: int, repeats: int, device: str, threads: int) -> dict:
     command = [sys.executable, __file__, "--child", method, str(total), str(repeats), device]
+    command += ["--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -153,8 +156,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1M and 11M weights, 3 repeats")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         method, total, repeats, device = args.child
         print(json.dumps(measure(method, int(total), int(repeats), device)))
@@ -164,31 +171,35 @@ def main() -> None:
     )
     repeats = 3 if args.quick else args.repeats
     rows, skipped = [], []
+    load_before = os.getloadavg()[0]
     for total in sizes:
         for method in METHODS:
             if method == "sort" and total > SORT_LIMIT:
                 skipped.append({"method": method, "weights": total, "reason": "too slow / memory"})
                 continue
             slow = method in ("sort", "kthvalue", "topk") and total > 20_000_000
-            rows.append(spawn(method, total, 3 if slow else repeats, args.device))
+            rows.append(spawn(method, total, 3 if slow else repeats, args.device, args.threads))
         found = {
             r["threshold"] for r in rows if r["weights"] == total and r["method"] != "read pass"
         }
         if len(found) != 1:
             raise SystemExit(f"methods disagree at {total} weights: {sorted(found)}")
     print_table(rows, skipped)
-    write_json(RESULTS, {
+    write_json(args.out, {
         "sparsity": SPARSITY,
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_before_after": [load_before, os.getloadavg()[0]],
         "machine": platform.processor() or platform.machine(),
         "memory_method": "CUDA max_memory_allocated" if args.device.startswith("cuda")
         else "peak RSS rise in a fresh subprocess (resource.getrusage)",
         "rows": rows,
         "skipped": skipped,
     })  # fmt: skip
-    print(f"wrote {RESULTS}")
+    print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"wrote {args.out}")
 
 
 def print_table(rows: list[dict], skipped: list[dict]) -> None:

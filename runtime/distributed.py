@@ -81,6 +81,7 @@ def local_rank_from_environment() -> int:
 
 def shutdown(context: DistContext) -> None:
     if context.enabled and dist.is_initialized():
+        dist.barrier()  # no rank leaves while another still talks to it (gloo aborts then)
         dist.destroy_process_group()
 
 

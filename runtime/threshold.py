@@ -49,11 +49,13 @@ def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
 
     One max-|w| reduction per tensor (fused on GPU) and a single host read.
     """
-    if not tensors:
+    present = [(t.detach(), name) for t, name in zip(tensors, names, strict=True) if t.numel()]
+    if not present:
         return
-    peaks = torch._foreach_norm(list(tensors), float("inf"))
-    finite = torch.isfinite(torch.stack([p.float() for p in peaks])).tolist()
-    for name, ok in zip(names, finite, strict=True):
+    peaks = torch._foreach_norm([t for t, _ in present], float("inf"))
+    device = peaks[0].device
+    finite = torch.isfinite(torch.stack([p.float().to(device) for p in peaks])).tolist()
+    for (_, name), ok in zip(present, finite, strict=True):
         if not ok:
             raise NonFiniteWeightError(
                 f"weight '{name}' contains NaN or infinite values, so no magnitude threshold "
@@ -66,7 +68,7 @@ def magnitude_keys(tensor: Tensor) -> Tensor:
     """|w| as integers in the same-width int dtype (monotone in |w| for finite values)."""
     int_dtype = _int_view(tensor.dtype)
     bits = torch.iinfo(int_dtype).bits
-    return tensor.view(int_dtype) & ((1 << (bits - 1)) - 1)
+    return tensor.detach().view(int_dtype) & ((1 << (bits - 1)) - 1)
 
 
 def key_to_value(key: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:

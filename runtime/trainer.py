@@ -39,7 +39,6 @@ from acdc_recipe.runtime.distributed import (
     verify_replicas,
 )
 from acdc_recipe.runtime.events import (
-    DenseSnapshot,
     MasksComputed,
     PhaseStarted,
     RuntimeEvent,
@@ -278,13 +277,23 @@ def _open_sinks(session: TrainingSession) -> None:
 def _on_runtime_event(session: TrainingSession, event: RuntimeEvent) -> None:
     if isinstance(event, (PhaseStarted, MasksComputed)):
         session.masks_changed = True
-    if isinstance(event, DenseSnapshot):
-        session.dense_state = {
-            k: v.detach().cpu().clone() for k, v in session.model.state_dict().items()
-        }
-        if session.context.is_main:
-            _save_model(session, "dense.safetensors", session.dense_state)
     session.emit({**event_to_dict(event), "epoch": event.step / session.steps_per_epoch})
+
+
+def _snapshot_step(timeline: Any) -> int | None:
+    """The step count at which the last dense phase is complete, when a sparse phase follows."""
+    last = timeline.last_dense
+    return last.end if last is not None and last.end < timeline.length else None
+
+
+def _capture_dense(session: TrainingSession) -> None:
+    """Keep the dense half of the pair: the model right after the last dense step, before the
+    next forward pass moves the batch-norm statistics (the runtime's DenseSnapshot event comes
+    after that forward)."""
+    state = session.model.state_dict()
+    session.dense_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    if session.context.is_main:
+        _save_model(session, "dense.safetensors", session.dense_state)
 
 
 def _save_model(session: TrainingSession, name: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -353,6 +362,8 @@ def _train_epoch(session: TrainingSession, epoch: int, start_batch: int) -> None
             session.flops.set_masks(session.runtime.masks)
             session.masks_changed = False
         session.flops.count_step()
+        if session.runtime.step == _snapshot_step(session.runtime.timeline):
+            _capture_dense(session)
         session.loss_sum = session.loss_sum.to(loss.device) + loss.detach().double()
         session.loss_count += 1
         if show:

@@ -51,14 +51,14 @@ def test_cli_ranks_crash_and_resume_to_the_same_weights(worker_run, tmp_path):
     sets = [item for pair in zip(["--set"] * len(CNN), CNN) for item in pair]
     command = [sys.executable, "-m", "acdc_recipe.cli.main", "run", TINY, *sets,
                "--out", str(tmp_path), "--device", "cpu", "--nproc-per-node", "2"]  # fmt: skip
-    env = {**ENV, CRASH_BEFORE_RENAME_ENV: "5"}  # rank 0 dies writing the step-20 checkpoint
+    env = {**ENV, CRASH_BEFORE_RENAME_ENV: "5"}  # 5, 6, 10, 12, then dies writing 15
     crashed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert crashed.returncode != 0 and not (tmp_path / "sparse.safetensors").exists()
     result = subprocess.run(
         command + ["--resume"], capture_output=True, text=True, env=ENV, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed at step 18" in result.stdout and "(2 processes)" in result.stdout
+    assert "resumed at step 12" in result.stdout and "(2 processes)" in result.stdout
     reference = torch.load(worker_run / "rank0.pt", weights_only=True)["weights"]
     resumed = load_safetensors(tmp_path / "sparse.safetensors")
     assert reference.keys() == resumed.keys()

@@ -146,3 +146,10 @@ def test_a_recipe_without_train_section_is_refused(tmp_path):
     recipe = load_recipe(TINY).model_copy(update={"train": None})
     with pytest.raises(TrainingSetupError, match="no `train` section"):
         train(recipe, tmp_path)
+
+
+def test_dense_twin_with_batch_norm_is_exactly_the_last_dense_epoch(tmp_path):
+    cnn = {"train.model.name": "cnn", "train.model.kwargs": {"in_channels": 1, "width": 4}}
+    summary = train(load_recipe(TINY, cnn), tmp_path, device="cpu")
+    epochs = [r for r in read_records(tmp_path / "metrics.jsonl") if r["event"] == "epoch"]
+    assert (summary.dense_top1, summary.dense_loss) == (epochs[3]["top1"], epochs[3]["val_loss"])
