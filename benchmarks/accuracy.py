@@ -29,7 +29,7 @@ import sys
 import traceback
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,6 @@ class Mode:
     seeds: int  # seeds of the 3-seed configurations
     study: bool = False  # add the MLP mask-change study (dense-block length, learning rate)
     archs: tuple[str, ...] = ("cnn", "mlp")
-    variables: dict[str, Any] = field(default_factory=dict)
 
 
 MODES = {
@@ -179,7 +178,6 @@ def overrides(job: Job, mode: Mode) -> dict[str, Any]:
         "val_size": mode.val_size,
         "sparsity": job.target,
         "scope": job.scope,
-        **mode.variables,
         **dict(job.extra),
     }
     declared = declared_variables(job.method)

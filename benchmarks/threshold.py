@@ -8,7 +8,8 @@ is measured in one process. Peak extra memory: on CPU the rise of the process's 
 (`resource.getrusage`, ru_maxrss) over its value after the weights were created, i.e. every
 temporary the method allocates (the concatenation included for the baselines); on CUDA
 `torch.cuda.max_memory_allocated` over the allocated weights. Thresholds of all methods are
-checked to be identical.
+checked to be identical. Times are medians of interleaved repeats, as wall clock and as the
+process's CPU time (with --threads 1 the CPU time is the compute time even on a shared machine).
 
     python benchmarks/threshold.py [--quick] [--sizes 1e6,25.5e6] [--device cuda] [--threads 1]
 
@@ -114,21 +115,24 @@ def measure(method: str, total: int, repeats: int, device: str) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     value = threshold_of(method, result, weights)
     del result
-    times, floors = [], []
+    wall: dict[str, list[float]] = {"method": [], "read": []}
+    cpu: dict[str, list[float]] = {"method": [], "read": []}
     for _ in range(repeats):
-        for fn, out in ((lambda: run_method("read pass", weights, k), floors),
-                        (lambda: run_method(method, weights, k), times)):  # fmt: skip
+        for name, which in (("read", "read pass"), ("method", method)):
             sync()
-            start = time.perf_counter()
-            fn()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run_method(which, weights, k)
             sync()
-            out.append(time.perf_counter() - start)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     return {
         "method": method,
         "weights": total,
         "threshold": value,
-        "seconds": statistics.median(times),
-        "read_pass_seconds": statistics.median(floors),
+        "seconds": statistics.median(wall["method"]),
+        "read_pass_seconds": statistics.median(wall["read"]),
+        "cpu_seconds": statistics.median(cpu["method"]),
+        "read_pass_cpu_seconds": statistics.median(cpu["read"]),
         "extra_bytes_per_weight": max(peak, 0) / total,
     }
 
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,7 +178,7 @@ def main() -> None:
     rows, skipped = [], []
     load_before = os.getloadavg()[0]
     for total in sizes:
-        for method in METHODS:
+        for method in args.methods.split(","):
             if method == "sort" and total > SORT_LIMIT:
                 skipped.append({"method": method, "weights": total, "reason": "too slow / memory"})
                 continue
@@ -203,13 +208,17 @@ def main() -> None:
 
 
 def print_table(rows: list[dict], skipped: list[dict]) -> None:
-    header = f"{'weights':>11} {'method':<13} {'ms':>9} {'x read pass':>12} {'extra B/weight':>15}"
+    header = (
+        f"{'weights':>11} {'method':<13} {'wall ms':>9} {'x read':>7} {'cpu ms':>9} "
+        f"{'x read':>7} {'extra B/weight':>15}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        ratio = r["seconds"] / r["read_pass_seconds"]
         print(
-            f"{r['weights']:>11,} {r['method']:<13} {r['seconds'] * 1e3:>9.1f} {ratio:>12.1f} "
+            f"{r['weights']:>11,} {r['method']:<13} {r['seconds'] * 1e3:>9.1f} "
+            f"{r['seconds'] / r['read_pass_seconds']:>7.1f} {r['cpu_seconds'] * 1e3:>9.1f} "
+            f"{r['cpu_seconds'] / max(r['read_pass_cpu_seconds'], 1e-9):>7.1f} "
             f"{r['extra_bytes_per_weight']:>15.2f}"
         )
     for s in skipped:

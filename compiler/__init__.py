@@ -3,7 +3,7 @@
 from acdc_recipe.compiler.compiled import CompiledRecipe
 from acdc_recipe.compiler.errors import CompileError
 from acdc_recipe.compiler.flops import FlopsMultipliers, flops_multipliers, scheduled_multipliers
-from acdc_recipe.compiler.model_factory import build_model
+from acdc_recipe.compiler.model_factory import build_model, compile_plan
 from acdc_recipe.compiler.passes import compile, recipe_hash
 from acdc_recipe.compiler.plan import MaskGroup, PrunableParam
 
@@ -15,6 +15,7 @@ __all__ = [
     "PrunableParam",
     "build_model",
     "compile",
+    "compile_plan",
     "flops_multipliers",
     "recipe_hash",
     "scheduled_multipliers",

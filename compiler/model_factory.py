@@ -10,11 +10,16 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from acdc_recipe.compiler.errors import CompileError
-from acdc_recipe.schema import ModelSpec
+from acdc_recipe.schema import ModelSpec, Recipe
+
+if TYPE_CHECKING:
+    from acdc_recipe.compiler.compiled import CompiledRecipe
 
 _PATH = ("train", "model", "name")
 
@@ -96,3 +101,27 @@ def _import_callable(module_name: str, attribute: str, name: str) -> Callable[..
     if not callable(target):
         raise CompileError(f"{name!r} is not callable", _PATH)
     return target
+
+
+def compile_plan(recipe: Recipe) -> CompiledRecipe:
+    """Compile `recipe` against its `train.model` built on the meta device.
+
+    A plan needs shapes, not weights, so nothing is allocated or initialised. A model that only
+    runs on real tensors (data-dependent control flow) is rebuilt on the CPU.
+    """
+    from acdc_recipe.compiler.passes import compile as compile_recipe
+
+    if recipe.train is None:
+        raise CompileError(
+            f"recipe {recipe.name!r} has no `train.model`, so there is no model to build; add "
+            "train.model (name and input_shape), or call acdc_recipe.compile(model, recipe)",
+            ("train",),
+        )
+    try:
+        with torch.device("meta"):
+            model = build_model(recipe.train.model)
+        return compile_recipe(model, recipe)
+    except CompileError as error:
+        if error.path != ("train", "model", "input_shape"):
+            raise
+    return compile_recipe(build_model(recipe.train.model), recipe)

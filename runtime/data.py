@@ -169,42 +169,56 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar_batch(path: Path, source: str, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with path.open("rb") as handle:
             batch = _ArraysOnly(handle, encoding="bytes").load()
         data = torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
-        labels = torch.as_tensor(batch[b"labels"], dtype=torch.long)
+        labels = torch.as_tensor(batch[label_key], dtype=torch.long)
     except FileNotFoundError:
-        raise DataError(f"data source 'cifar10': {path} is missing") from None
+        raise DataError(f"data source '{source}': {path} is missing") from None
     except Exception as error:  # any malformed pickle: truncated, wrong keys, wrong size
         raise DataError(
-            f"data source 'cifar10': {path} is not a CIFAR-10 python batch file ({error})"
+            f"data source '{source}': {path} is not a {source} python batch file ({error})"
         ) from None
     if len(data) != len(labels):
         raise DataError(
-            f"data source 'cifar10': {path} has {len(data)} images, {len(labels)} labels"
+            f"data source '{source}': {path} has {len(data)} images, {len(labels)} labels"
         )
     return data.float() / 255.0, labels
 
 
-def load_cifar10(spec: DataSpec) -> DataBundle:
-    """The python-pickle CIFAR-10 folder (cifar-10-batches-py: data_batch_1..5, test_batch)."""
-    root = Path(spec.root or "data/cifar-10-batches-py")
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
+def _cifar_root(spec: DataSpec, folder: str, archive: str) -> Path:
+    root = Path(spec.root or f"data/{folder}")
+    if (root / folder).is_dir():
+        root = root / folder
     if not root.is_dir():
         raise DataError(
-            f"data source 'cifar10' needs the python version of CIFAR-10 and {root} does not "
-            "exist; download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
-            "unpack it and set train.data.root to the cifar-10-batches-py folder"
+            f"data source '{spec.source}' needs the python version of the data set and {root} "
+            f"does not exist; download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html, "
+            f"unpack it and set train.data.root to the {folder} folder"
         )
-    parts = [_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    return root
+
+
+def load_cifar10(spec: DataSpec) -> DataBundle:
+    """The python-pickle CIFAR-10 folder (cifar-10-batches-py: data_batch_1..5, test_batch)."""
+    root = _cifar_root(spec, "cifar-10-batches-py", "cifar-10-python.tar.gz")
+    parts = [_cifar_batch(root / f"data_batch_{i}", "cifar10", b"labels") for i in range(1, 6)]
     train_x = torch.cat([x for x, _ in parts])
     train_y = torch.cat([y for _, y in parts])
-    val_x, val_y = _cifar_batch(root / "test_batch")
+    val_x, val_y = _cifar_batch(root / "test_batch", "cifar10", b"labels")
     train_x, val_x = _standardize(train_x, val_x)
     return DataBundle(TensorData(train_x, train_y), TensorData(val_x, val_y), 10, (3, 32, 32))
+
+
+def load_cifar100(spec: DataSpec) -> DataBundle:
+    """The python-pickle CIFAR-100 folder (cifar-100-python: train, test; fine labels)."""
+    root = _cifar_root(spec, "cifar-100-python", "cifar-100-python.tar.gz")
+    train_x, train_y = _cifar_batch(root / "train", "cifar100", b"fine_labels")
+    val_x, val_y = _cifar_batch(root / "test", "cifar100", b"fine_labels")
+    train_x, val_x = _standardize(train_x, val_x)
+    return DataBundle(TensorData(train_x, train_y), TensorData(val_x, val_y), 100, (3, 32, 32))
 
 
 def _image_folder(folder: Path) -> tuple[Dataset, list[str]]:
@@ -287,6 +301,7 @@ DATA_SOURCES: dict[str, Callable[[DataSpec], DataBundle]] = {
         "mnist", None, "download the IDX files from https://yann.lecun.com/exdb/mnist/"
     ),
     "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
     "imagefolder": load_imagefolder,
     "callable": load_callable,
 }

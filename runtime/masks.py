@@ -3,7 +3,9 @@
 Every mask is in its weight's dtype and on its device (so the runtime can `_foreach_mul_` with
 it), has exactly `group.prune` zeros per group, and breaks ties by position: among equal
 scores, the earliest in flat order (group tensor order, then row-major) are pruned first.
-Tensors are treated as ``[out, in, *kernel]`` (Linear and Conv weights).
+Tensors are treated as ``[out, in, *kernel]`` (Linear and Conv weights); transposed-conv
+weights (``[in, out/groups, *kernel]``) are not reinterpreted, and the compiler rejects N:M
+for them.
 """
 
 from __future__ import annotations

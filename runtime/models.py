@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from acdc_recipe.runtime.paper_models import PAPER_MODELS
+
 
 def mlp(
     in_features: int = 64, hidden: int | Sequence[int] = (64,), num_classes: int = 10
@@ -127,4 +129,5 @@ BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cnn": cnn,
     "resnet20": resnet20,
+    **PAPER_MODELS,
 }

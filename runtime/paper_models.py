@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def _conv_bn(in_ch: int, out_ch: int, stride: int, groups: int = 1, kernel: int = 3) -> nn.Sequential:
+def _conv_bn(
+    in_ch: int, out_ch: int, stride: int, groups: int = 1, kernel: int = 3
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch),

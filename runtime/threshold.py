@@ -25,7 +25,7 @@ _INT_VIEW = {
     torch.float32: torch.int32,
     torch.float64: torch.int64,
 }
-_CHUNK = 1 << 21  # elements streamed per step: bounds every temporary
+_CHUNK = 1 << 20  # elements streamed per step: bounds every temporary
 _TOP_BITS = 15  # the first digit: the top 16-bit word without the sign
 _DIGIT_BITS = 16  # every later digit: one more 16-bit word
 _CANDIDATE_BUDGET = 1 << 22  # matched keys kept before folding them into the histogram
@@ -92,7 +92,8 @@ def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tenso
     """Masks (tensor dtype and device) with exactly `prune` zeros over all `tensors` together.
 
     Every |w| below the threshold is pruned; among entries equal to it, the earliest in flat
-    order (tensor order, then row-major) are pruned until the count is exact.
+    order (tensor order, then row-major) are pruned until the count is exact. Comparisons are
+    on the integer keys, so flush-to-zero modes cannot blur denormals.
     """
     dtype, device, total = _validate(tensors)
     if not 0 <= prune <= total:
@@ -117,8 +118,8 @@ def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tenso
         else:
             equal = (keys == sel.key).reshape(-1)
             rank = equal.cumsum(0, dtype=torch.int32 if equal.numel() < 2**31 else torch.int64)
-            pruned_tie = equal & (rank <= ties_to_prune)
-            keep = (keys >= sel.key) & ~pruned_tie.view(keys.shape)
+            pruned_tie = (equal & (rank <= ties_to_prune)).view(keys.shape)
+            keep = (keys >= sel.key) & ~pruned_tie
             ties_to_prune = 0
         masks.append(keep.to(tensor.dtype))
     return masks
@@ -184,9 +185,19 @@ def _top_words(chunk: Tensor) -> Tensor:
 
 
 def _top_word_histogram(tensors: Sequence[Tensor]) -> Tensor:
-    hist = torch.zeros(1 << _TOP_BITS, dtype=torch.int64, device=tensors[0].device)
+    """Histogram of the top 15 magnitude bits; small tensors are pooled into one bincount."""
+    bins = 1 << _TOP_BITS
+    hist = torch.zeros(bins, dtype=torch.int64, device=tensors[0].device)
+    pending: list[Tensor] = []
+    pending_size = 0
     for chunk in _chunks(tensors):
-        hist += _histogram(_top_words(chunk), 1 << _TOP_BITS)
+        pending.append(_top_words(chunk))
+        pending_size += chunk.numel()
+        if pending_size >= _CHUNK:
+            hist += _histogram(torch.cat(pending), bins)
+            pending, pending_size = [], 0
+    if pending:
+        hist += _histogram(torch.cat(pending), bins)
     return hist
 
 

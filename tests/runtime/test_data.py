@@ -89,11 +89,27 @@ def test_cifar10_python_batches(tmp_path):
     assert bundle.train[0][0].shape == (3, 32, 32)
 
 
+def test_cifar100_python_files_use_fine_labels(tmp_path):
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for name, n in (("train", 6), ("test", 3)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": rng.integers(0, 100, n).tolist(),
+                 b"coarse_labels": rng.integers(0, 20, n).tolist()}  # fmt: skip
+        (root / name).write_bytes(pickle.dumps(batch))
+    bundle = load_data(DataSpec(source="cifar100", root=str(tmp_path)))
+    assert (len(bundle.train), len(bundle.val), bundle.num_classes) == (6, 3, 100)
+    assert int(bundle.val[2][1]) == batch[b"fine_labels"][2]
+    with pytest.raises(DataError, match="cifar-100-python.tar.gz"):
+        load_data(DataSpec(source="cifar100", root=str(tmp_path / "missing")))
+
+
 def test_cifar10_truncated_and_hostile_pickles_are_refused(tmp_path):
     root = tmp_path / "cifar"
     write_cifar(root)
     (root / "data_batch_3").write_bytes((root / "data_batch_3").read_bytes()[:50])
-    with pytest.raises(DataError, match="data_batch_3 is not a CIFAR-10 python batch"):
+    with pytest.raises(DataError, match="data_batch_3 is not a cifar10 python batch"):
         load_data(DataSpec(source="cifar10", root=str(root)))
     (root / "data_batch_3").write_bytes(pickle.dumps(print))  # a global that is not an array
     with pytest.raises(DataError, match="refusing to load"):

@@ -123,6 +123,18 @@ def test_edge_counts_and_signed_zero(dtype):
         prune_mask_unstructured(tensors, 6)
 
 
+def test_denormals_stay_distinct_under_flush_to_zero():
+    tiny = torch.finfo(torch.float32).tiny
+    weight = torch.tensor([tiny / 2, tiny / 4, tiny / 8, 0.0, 1.0])
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    try:
+        mask = prune_mask_unstructured([weight], 2)[0]
+    finally:
+        torch.set_flush_denormal(False)
+    assert mask.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
 def test_selection_reports_counts_below_and_at_the_key():
     tensors = [torch.tensor([3.0, 1.0, 2.0, 2.0]), torch.tensor([-2.0, 5.0])]
     sel = select_magnitude_key(tensors, 3)
