@@ -150,13 +150,24 @@ def _check_model_fits_data(model: nn.Module, recipe: Recipe, data: DataBundle) -
 _RUN_FILES = ("metrics.jsonl", "summary.json", "dense.safetensors", "sparse.safetensors")
 
 
-def _start_fresh(run_dir: Path) -> list[str]:
-    """Remove a previous run's checkpoints and outputs from `run_dir`; returns what went."""
-    gone = [p for p in ckpt.list_checkpoints(run_dir)]
-    gone += [run_dir / name for name in _RUN_FILES if (run_dir / name).exists()]
-    for path in gone:
+def _previous_run_files(run_dir: Path) -> list[Path]:
+    """Checkpoints and outputs of an earlier run in `run_dir`."""
+    found = list(ckpt.list_checkpoints(run_dir))
+    return found + [run_dir / name for name in _RUN_FILES if (run_dir / name).exists()]
+
+
+def _start_fresh(run_dir: Path, overwrite: bool) -> list[str]:
+    """Make room for a new run; a previous run is only removed when `overwrite` says so."""
+    previous = _previous_run_files(run_dir)
+    if previous and not overwrite:
+        raise TrainingSetupError(
+            f"{run_dir} already holds a run ({', '.join(p.name for p in previous[:4])}"
+            f"{', ...' if len(previous) > 4 else ''}); continue it with --resume, replace it "
+            "with --overwrite, or choose another --out"
+        )
+    for path in previous:
         path.unlink()
-    return [p.name for p in gone]
+    return [p.name for p in previous]
 
 
 def prepare(
@@ -164,8 +175,12 @@ def prepare(
     out_dir: str | Path | None = None,
     resume: bool = False,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> TrainingSession:
-    """Build the run (and restore its newest checkpoint when `resume`)."""
+    """Build the run (and restore its newest checkpoint when `resume`).
+
+    A run directory that already holds a run is refused unless `resume` or `overwrite`.
+    """
     if recipe.train is None:
         raise TrainingSetupError(
             f"recipe {recipe.name!r} has no `train` section, so `acdc run` does not know what "
@@ -222,9 +237,8 @@ def prepare(
     )
     if resume:
         _restore(session)
-    elif context.is_main and ckpt.list_checkpoints(run_dir):
-        removed = _start_fresh(run_dir)
-        session.refused = (f"started fresh (no --resume): removed {', '.join(removed)}",)
+    elif context.is_main and (removed := _start_fresh(run_dir, overwrite)):
+        session.refused = (f"started fresh (--overwrite): removed {', '.join(removed)}",)
     if context.is_main:
         _open_sinks(session)
     runtime.add_listener(lambda event: _on_runtime_event(session, event))
@@ -516,9 +530,10 @@ def train(
     out_dir: str | Path | None = None,
     resume: bool = False,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> RunSummary:
     """Train `recipe` into `out_dir` (default runs/<recipe.name>); see the module docstring."""
-    session = prepare(recipe, out_dir, resume, device)
+    session = prepare(recipe, out_dir, resume, device, overwrite)
     try:
         return fit(session)
     finally:

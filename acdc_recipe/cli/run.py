@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in --out (default: refuse)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
     parser.add_argument(
         "--nproc-per-node",
@@ -59,7 +62,7 @@ def _argv_from(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--out", args.out), ("--device", args.device)):
         if value:
             argv += [flag, value]
-    return argv + (["--resume"] if args.resume else [])
+    return argv + [flag for flag in ("--resume", "--overwrite") if getattr(args, flag[2:])]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from acdc_recipe.runtime.trainer import train
 
     try:
-        train(recipe, args.out, resume=args.resume, device=args.device)
+        train(recipe, args.out, resume=args.resume, device=args.device, overwrite=args.overwrite)
     except UserError:
         raise
     except Exception as error:  # a failure during training: one paragraph, exit 1
