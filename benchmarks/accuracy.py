@@ -109,7 +109,7 @@ class Job:
             shown = self.method == "acdc" or self.scope != "global"
             scope = f"-{self.scope}" if shown else ""
             label = f"{self.method}{scope}{percent}"
-        return label + "".join(f"-{k}{v}" for k, v in self.extra)
+        return label + "".join(f"-{v}" if isinstance(v, str) else f"-{k}{v}" for k, v in self.extra)
 
     @property
     def key(self) -> str:
@@ -139,25 +139,30 @@ MODES = {
 }
 
 ACDC_TARGETS = (0.8, 0.9, 0.95, 0.98)
+BASELINE_TARGETS = (0.9, 0.95, 0.98)  # GMP and one-shot
 MULTI_SEED = {("dense", None), ("acdc", 0.9), ("acdc", 0.95), ("gmp", 0.9), ("gmp", 0.95)}
+MULTI_SEED_MLP = MULTI_SEED | {("acdc", 0.98), ("gmp", 0.98), ("oneshot", 0.98)}  # MLPs are cheap
 
 
 def matrix(mode: Mode) -> list[Job]:
     """Every run of `mode`, the most informative first (an interrupted run leaves those)."""
     configs: list[tuple[str, float | None, str]] = [("dense", None, "global")]
     configs += [("acdc", t, "global") for t in ACDC_TARGETS] + [("acdc", 0.9, "uniform")]
-    configs += [(m, t, "global") for m in ("gmp", "oneshot") for t in (0.9, 0.95)]
+    configs += [(m, t, "global") for m in ("gmp", "oneshot") for t in BASELINE_TARGETS]
     jobs = [Job(a, m, 0, t, s) for a in mode.archs for m, t, s in configs]
     if "cnn" in mode.archs:  # ERK keeps the small conv layers denser (see docs/benchmarks.md)
         jobs += [Job("cnn", m, 0, t, "erk") for m in ("acdc", "gmp") for t in (0.9, 0.95)]
-    jobs += [
-        Job("cnn", m, seed, t, s)
-        for seed in range(1, mode.seeds)
-        for m, t, s in configs
-        if (m, t) in MULTI_SEED and s == "global" and "cnn" in mode.archs
-    ]
+    for arch in mode.archs:
+        repeated = MULTI_SEED_MLP if arch == "mlp" else MULTI_SEED
+        jobs += [
+            Job(arch, m, seed, t, s)
+            for seed in range(1, mode.seeds)
+            for m, t, s in configs
+            if (m, t) in repeated and s == "global"
+        ]
     if mode.study and "mlp" in mode.archs:
-        for extra in ((("block", 1),), (("block", 3),), (("lr", 0.02),), (("lr", 0.2),)):
+        study = (("block", 1),), (("block", 3),), (("lr", 0.02),), (("lr", 0.2),)
+        for extra in (*study, (("lr_shape", "constant"),)):
             jobs.append(Job("mlp", "acdc", 0, 0.9, "global", extra))  # block 1/3 fit 18 epochs
     return jobs
 
@@ -320,7 +325,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         changes = [[r["changed"] for r in m["remasks"][1:]] for m in members]
         row["mask_changed"] = [statistics.fmean(c) for c in zip(*changes)]
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda row: row["arch"])  # stable: matrix order within a model
 
 
 def _pct(mean: float | None, std: float | None, seeds: int) -> str:
@@ -350,6 +355,19 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) + 1)]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
+
+
+def mask_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Mask entries flipped at each AC/DC re-pruning (vs. the previous sparse phase's mask), as
+    % of all prunable weights and, in brackets, as % of the kept weights that were replaced."""
+    lines = ["model  config                     flipped at re-pruning 1, 2, ... (% replaced)"]
+    for r in rows:
+        if r["method"] != "acdc" or not r["mask_changed"]:
+            continue
+        kept = 1 - r["target"]
+        cells = [f"{100 * c:.2f}% ({100 * c / (2 * kept):.1f}%)" for c in r["mask_changed"]]
+        lines.append(f"{r['arch']:<6} {r['config']:<26} " + ", ".join(cells))
+    return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
@@ -407,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = RESULTS / f"accuracy{suffix}.json"
     payload = benchmark(mode, out, args.jobs, results, PLOTS / mode.name)
     print(table(payload["configs"]))
+    print()
+    print(mask_table(payload["configs"]))
     print(f"wrote {results} and figures under {PLOTS / mode.name}")
     if payload["failed"] or payload["missing"]:
         print(f"failed: {payload['failed']}; missing: {payload['missing']}")

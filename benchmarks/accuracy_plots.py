@@ -43,7 +43,10 @@ def line_chart(
     ys = [y for _, points in series for _, y in points]
     x_ticks = _ticks(min(xs, default=0.0), max(xs, default=1.0), 9, min_step=1.0)
     pad = (max(ys, default=1.0) - min(ys, default=0.0)) * 0.05 or 0.01
-    y_ticks = _ticks(min(ys, default=0.0) - pad, max(ys, default=1.0) + pad)
+    y_min = min(ys, default=0.0)
+    y_ticks = _ticks(
+        max(y_min - pad, 0.0) if y_min >= 0 else y_min - pad, max(ys, default=1.0) + pad
+    )
     (x_lo, x_hi), (y_lo, y_hi) = (x_ticks[0], x_ticks[-1]), (y_ticks[0], y_ticks[-1])
     right, bottom = WIDTH - RIGHT, HEIGHT - BOTTOM
 
@@ -140,14 +143,14 @@ def mask_figure(payload: dict[str, Any], arch: str, study: bool = False) -> str 
         is_study = run["config"].count("-") > 1
         if is_study != study and not (study and run["config"] == "acdc-global90"):
             continue
-        points = [(i + 1, m["changed"]) for i, m in enumerate(run["remasks"][1:])]
+        points = [(m["epoch"], m["changed"]) for m in run["remasks"][1:]]
         if points:
             series.append((run["config"].replace("acdc-", ""), points))
     if not series or (study and len(series) < 2):
         return None
     what = "dense-block length and learning rate" if study else "mask entries flipped"
     title = f"{arch.upper()}: {what} at each AC/DC re-pruning (seed 0)"
-    x_label = "re-pruning (1 = start of the 2nd sparse phase; vs. the previous mask)"
+    x_label = "epoch of the re-pruning (compared with the previous sparse phase's mask)"
     return line_chart(title, x_label, "mask entries flipped", series)
 
 

@@ -88,6 +88,8 @@ def test_smoke_run_of_the_harness(tmp_path: Path) -> None:
     assert rows[1]["mask_changed"] == [acdc["remasks"][1]["changed"]]
     text = accuracy.table(rows)
     assert all(r["config"] in text for r in rows)
+    assert "acdc-global90" in accuracy.mask_table(rows)
+    assert "gmp90" not in accuracy.mask_table(rows)
     from benchmarks.accuracy_plots import write_figures
 
     payload = {"runs": runs}

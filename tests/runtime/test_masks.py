@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from math import prod
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -112,7 +114,7 @@ def test_n_m_rejects_a_wrong_count_and_accepts_zero():
 )
 def test_block_prunes_whole_lowest_norm_blocks(shape, block, fraction, seed, tied):
     rows, cols = block
-    out, inner = shape[0], weight_inner(shape)
+    out, inner = shape[0], prod(shape[1:])
     if out % rows or inner % cols:
         return
     generator = torch.Generator().manual_seed(seed)
@@ -128,13 +130,6 @@ def test_block_prunes_whole_lowest_norm_blocks(shape, block, fraction, seed, tie
     scores = weight.abs().reshape(out // rows, rows, inner // cols, cols).sum(dim=(1, 3))
     expected = scores.reshape(-1).double().argsort(stable=True)[:pruned_blocks]
     assert set((per_block.reshape(-1) == 0).nonzero().flatten().tolist()) == set(expected.tolist())
-
-
-def weight_inner(shape):
-    inner = 1
-    for d in shape[1:]:
-        inner *= d
-    return inner
 
 
 def test_block_rejects_partial_blocks():
