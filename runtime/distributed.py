@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from acdc_recipe.errors import UserError
+from acdc_recipe.runtime.mask_sync import differing_across_ranks, tensor_checksum
 
 
 class DeviceError(UserError, ValueError):
@@ -93,23 +94,10 @@ def all_reduce_sum(values: Tensor, context: DistContext) -> Tensor:
 
 
 def verify_replicas(tensors: Sequence[Tensor], names: Sequence[str], context: DistContext) -> None:
-    """Raise `ReplicaMismatchError` naming a tensor whose exact bytes differ between ranks.
-
-    Each rank reduces every tensor to (sum, position-weighted sum) in float64; one all-reduce
-    of [checksum, -checksum] with MAX gives the maximum and minimum over ranks.
-    """
+    """Raise `ReplicaMismatchError` naming a tensor whose values differ between ranks."""
     if not context.enabled or not tensors:
         return
-    sums = []
-    for tensor in tensors:
-        flat = tensor.detach().reshape(-1).double()
-        positions = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
-        sums += [flat.sum(), (flat * positions).sum()]
-    checksum = torch.stack(sums)
-    both = torch.cat([checksum, -checksum])
-    dist.all_reduce(both, op=dist.ReduceOp.MAX)
-    highest, lowest = both[: len(checksum)], -both[len(checksum) :]
-    differs = (highest != lowest).reshape(-1, 2).any(dim=1).nonzero().flatten().tolist()
+    differs = differing_across_ranks(tensor_checksum(tensors))
     if differs:
         raise ReplicaMismatchError(
             f"data-parallel ranks hold different values for {names[differs[0]]}"

@@ -22,22 +22,39 @@ class MaskMismatchError(RuntimeError):
     """Data-parallel ranks computed different masks."""
 
 
-def mask_checksum(masks: Sequence[Tensor]) -> Tensor:
-    """Per mask: number of kept entries and the sum of their flat positions (float64)."""
+def tensor_checksum(tensors: Sequence[Tensor]) -> Tensor:
+    """Per tensor: the sum of its values and the sum of values times flat position (float64).
+
+    For a mask that is the kept count and the sum of kept positions.
+    """
     values = []
-    for mask in masks:
-        kept = mask.reshape(-1) != 0
-        weighted = torch.zeros((), dtype=torch.float64, device=mask.device)
-        for start in range(0, kept.numel(), _CHUNK):
-            chunk = kept[start : start + _CHUNK]
+    for tensor in tensors:
+        flat = tensor.detach().reshape(-1)
+        weighted = torch.zeros((), dtype=torch.float64, device=flat.device)
+        for start in range(0, flat.numel(), _CHUNK):
+            chunk = flat[start : start + _CHUNK].double()
             positions = torch.arange(
-                start, start + chunk.numel(), dtype=torch.float64, device=mask.device
+                start, start + chunk.numel(), dtype=torch.float64, device=flat.device
             )
             weighted = weighted + (positions * chunk).sum()
-        values += [kept.sum(dtype=torch.float64), weighted]
-    if not values:
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.stack(values)
+        values += [flat.sum(dtype=torch.float64), weighted]
+    return torch.stack(values) if values else torch.zeros(0, dtype=torch.float64)
+
+
+def differing_across_ranks(checksum: Tensor) -> list[int]:
+    """Indices of the tensors whose two checksum entries are not equal on every rank.
+
+    One all-reduce of [checksum, -checksum] with MAX yields the maximum and minimum over ranks.
+    """
+    both = torch.cat([checksum, -checksum])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    highest, lowest = both[: len(checksum)], -both[len(checksum) :]
+    return (highest != lowest).reshape(-1, 2).any(dim=1).nonzero().flatten().tolist()
+
+
+def mask_checksum(masks: Sequence[Tensor]) -> Tensor:
+    """Per mask: number of kept entries and the sum of their flat positions (float64)."""
+    return tensor_checksum([mask != 0 for mask in masks])
 
 
 def verify_masks_identical(masks: Sequence[Tensor], names: Sequence[str]) -> None:
@@ -50,10 +67,7 @@ def verify_masks_identical(masks: Sequence[Tensor], names: Sequence[str]) -> Non
     checksum = mask_checksum(masks)
     if dist.get_backend() == "nccl":
         checksum = checksum.cuda()
-    both = torch.cat([checksum, -checksum])
-    dist.all_reduce(both, op=dist.ReduceOp.MAX)
-    highest, lowest = both[: len(checksum)], -both[len(checksum) :]
-    differs = (highest != lowest).reshape(-1, 2).any(dim=1).nonzero().flatten().tolist()
+    differs = differing_across_ranks(checksum)
     if differs:
         raise MaskMismatchError(
             f"data-parallel ranks computed different masks for {names[differs[0]]}"
