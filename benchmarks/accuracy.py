@@ -8,7 +8,11 @@ learning-rate schedule. Per run: sparse top-1, dense-twin top-1, exact sparsity,
 inference FLOPs as multiples of dense, wall time, and the mask change at every re-pruning;
 per configuration: mean and sample std over seeds.
 
-    python benchmarks/accuracy.py [--quick] [--jobs 2] [--out runs/accuracy]
+    python benchmarks/accuracy.py [--quick | --only wide] [--jobs 2] [--out runs/accuracy]
+
+`--only wide` runs just the wide-CNN check (cnn32: the built-in cnn at width 32) with the full
+mode's budget: dense, AC/DC global 90/95% and GMP 90/95%, one seed; it writes
+accuracy_wide.json and the figures under benchmarks/plots/wide.
 
 Resumable: a run whose summary.json exists is skipped, an interrupted one resumes from its
 newest checkpoint. Prints a table, writes benchmarks/results/accuracy.json (accuracy_quick.json
@@ -133,7 +137,9 @@ class Mode:
 
 
 MODES = {
-    "full": Mode("full", 18, 2, 2, 4, {"cnn": 10000, "mlp": 20000}, 10000, 3, study=True),
+    "full": Mode(
+        "full", 18, 2, 2, 4, {"cnn": 10000, "cnn32": 10000, "mlp": 20000}, 10000, 3, study=True
+    ),
     "quick": Mode("quick", 9, 1, 1, 2, {"cnn": 3000, "mlp": 3000}, 2000, 1),
     "smoke": Mode("smoke", 4, 1, 1, 1, {"cnn": 256, "mlp": 256}, 256, 1, archs=("cnn",)),
 }
@@ -165,6 +171,15 @@ def matrix(mode: Mode) -> list[Job]:
         for extra in (*study, (("lr_shape", "constant"),)):
             jobs.append(Job("mlp", "acdc", 0, 0.9, "global", extra))  # block 1/3 fit 18 epochs
     return jobs
+
+
+WIDE_ARCH = "cnn32"  # the built-in cnn at width 32: 97,568 prunable weights (width 8: 7,112)
+
+
+def wide_matrix() -> list[Job]:
+    """The wide-CNN check: does the small CNN's AC/DC collapse at 95% survive more weights?"""
+    configs = [("acdc", 0.95), ("gmp", 0.95), ("dense", None), ("acdc", 0.9), ("gmp", 0.9)]
+    return [Job(WIDE_ARCH, method, 0, target) for method, target in configs]
 
 
 @functools.cache
@@ -292,7 +307,13 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
             if r["event"] == "epoch"
         ],
         "remasks": [
-            {"epoch": r["epoch"], "target": r["target"], "changed": r["changed_fraction"]}
+            {
+                "epoch": r["epoch"],
+                "target": r["target"],
+                "changed": r["changed_fraction"],
+                "per_layer_sparsity": r["per_layer_sparsity"],
+                "emptied": sorted(k for k, v in r["per_layer_sparsity"].items() if v == 1.0),
+            }
             for r in records
             if r["event"] == "MasksComputed"
         ],
@@ -370,6 +391,22 @@ def mask_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def emptied_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Per run, the layers a mask left with no weight at all, at each (re-)pruning."""
+    lines = ["model  config                     layers fully pruned at each mask computation"]
+    for run in runs:
+        if not run["remasks"]:
+            continue
+        cells = [
+            f"ep{m['epoch']:g}: " + (", ".join(m["emptied"]) if m["emptied"] else "none")
+            for m in run["remasks"]
+        ]
+        if run["method"] == "gmp":  # a mask every epoch: show the first and last only
+            cells = [cells[0], "...", cells[-1]] if len(cells) > 2 else cells
+        lines.append(f"{run['arch']:<6} {run['config']:<26} " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     return {
         "torch": torch.__version__,
@@ -389,9 +426,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-def benchmark(mode: Mode, out: Path, workers: int, results: Path, plots: Path | None) -> dict:
-    """Run (or finish) the matrix of `mode`, then write the JSON and the figures."""
-    jobs = matrix(mode)
+def benchmark(
+    mode: Mode,
+    out: Path,
+    workers: int,
+    results: Path,
+    plots: Path | None,
+    jobs: Sequence[Job] | None = None,
+) -> dict:
+    """Run (or finish) `jobs` (default: the matrix of `mode`), then write the JSON and figures."""
+    jobs = matrix(mode) if jobs is None else list(jobs)
     errors = run_matrix(jobs, mode, out, workers)
     runs = [r for r in (collect(j, mode, out) for j in jobs) if r is not None]
     rows = aggregate(runs)
@@ -416,18 +460,28 @@ def benchmark(mode: Mode, out: Path, workers: int, results: Path, plots: Path | 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="9 epochs, 3k samples, 1 seed")
+    parser.add_argument(
+        "--only", choices=("wide",), default=None, help="wide: just the width-32 CNN check"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     parser.add_argument("--out", type=Path, default=None, help="run directories")
     args = parser.parse_args(argv)
+    if args.quick and args.only:
+        parser.error("--only wide uses the full mode's budget; it cannot be combined with --quick")
     mode = MODES["quick" if args.quick else "full"]
     out = args.out or ROOT / "runs" / f"accuracy-{mode.name}"
-    suffix = "_quick" if args.quick else ""
+    suffix = f"_{args.only}" if args.only else ("_quick" if args.quick else "")
     results = RESULTS / f"accuracy{suffix}.json"
-    payload = benchmark(mode, out, args.jobs, results, PLOTS / mode.name)
+    plots = PLOTS / (args.only or mode.name)
+    jobs = wide_matrix() if args.only == "wide" else None
+    payload = benchmark(mode, out, args.jobs, results, plots, jobs)
     print(table(payload["configs"]))
     print()
     print(mask_table(payload["configs"]))
-    print(f"wrote {results} and figures under {PLOTS / mode.name}")
+    if args.only == "wide":
+        print()
+        print(emptied_table(payload["runs"]))
+    print(f"wrote {results} and figures under {plots}")
     if payload["failed"] or payload["missing"]:
         print(f"failed: {payload['failed']}; missing: {payload['missing']}")
         raise SystemExit(1)

@@ -50,6 +50,24 @@ def test_full_mode_has_three_seeds_for_the_headline_cnn_configs() -> None:
         assert seeds == {0, 1, 2}, config
 
 
+def test_wide_check_runs_the_width_32_cnn_with_the_full_budget() -> None:
+    mode = accuracy.MODES["full"]
+    jobs = accuracy.wide_matrix()
+    configs = {job.config for job in jobs}
+    assert configs == {"dense", "acdc-global90", "acdc-global95", "gmp90", "gmp95"}
+    assert {job.seed for job in jobs} == {0} and len(configs) == len(jobs)
+    setups = set()
+    for job in jobs:
+        recipe = _load(job, mode)
+        assert lower(recipe.schedule).length == mode.epochs, job.key
+        assert recipe.train.model.name == "cnn" and recipe.train.model.kwargs["width"] == 32
+        setups.add(recipe.train.model_dump_json())
+    assert len(setups) == 1  # same model, data, optimizer, lr schedule and seed
+    narrow = _load(accuracy.Job("cnn", "acdc", 0, 0.95), mode)
+    assert narrow.train.model.kwargs["width"] == 8  # the existing matrix is unchanged
+    assert not any(job.arch == accuracy.WIDE_ARCH for job in accuracy.matrix(mode))
+
+
 def test_unknown_subset_name_is_an_attribute_error() -> None:
     assert callable(accuracy.fashion_mnist_train100_val50)
     with pytest.raises(AttributeError):
@@ -83,6 +101,12 @@ def test_smoke_run_of_the_harness(tmp_path: Path) -> None:
     assert [m["epoch"] for m in acdc["remasks"]] == [1.0, 3.0]  # D0 S1 D2 S3
     assert acdc["remasks"][0]["changed"] is None and 0 <= acdc["remasks"][1]["changed"] <= 0.2
     assert "acdc.yaml" in acdc["command"] and "--set sparsity=0.9" in acdc["command"]
+    for remask in acdc["remasks"] + gmp["remasks"]:
+        layers = remask["per_layer_sparsity"]
+        assert set(layers) == {"0.weight", "4.weight", "8.weight", "13.weight"}
+        assert remask["emptied"] == sorted(k for k, v in layers.items() if v == 1.0)
+    emptied = accuracy.emptied_table(runs)
+    assert "acdc-global90" in emptied and "oneshot95" in emptied and "dense" not in emptied
     rows = accuracy.aggregate(runs)
     assert [r["config"] for r in rows] == ["dense", "acdc-global90", "gmp90", "oneshot95"]
     assert rows[1]["mask_changed"] == [acdc["remasks"][1]["changed"]]

@@ -71,9 +71,9 @@ def test_dense_twin_is_the_model_at_the_end_of_the_last_dense_phase(finished):
     assert float((dense["1.weight"] == 0).float().mean()) < 0.5
 
 
-def test_flops_multipliers_follow_the_schedule(finished):
+def test_flops_multipliers_follow_the_schedule(finished, tmp_path):
     summary, _ = finished
-    session = prepare(load_recipe(TINY), Path("/nonexistent/never-written"), device="cpu")
+    session = prepare(load_recipe(TINY), tmp_path / "fresh", device="cpu")
     close(session)
     flops = {p.name: p.dense_flops for p in session.compiled.params}
     total = session.compiled.dense_forward_flops
@@ -122,10 +122,13 @@ def test_resume_after_a_crash_at_a_phase_switch_is_bitwise_equal(finished, tmp_p
     assert epochs(tmp_path) == epochs(reference)
 
 
-def test_a_fresh_run_replaces_old_checkpoints(tmp_path):
+def test_a_previous_run_is_kept_unless_overwrite_is_asked(tmp_path):
     recipe = load_recipe(TINY, {"train.checkpoint_every_steps": 100})
     (tmp_path / "checkpoint-000000999.pt").write_bytes(b"old")
-    train(recipe, tmp_path, device="cpu")
+    with pytest.raises(TrainingSetupError, match="already holds a run"):
+        train(recipe, tmp_path, device="cpu")
+    assert (tmp_path / "checkpoint-000000999.pt").read_bytes() == b"old"
+    train(recipe, tmp_path, device="cpu", overwrite=True)
     assert [p.name for p in list_checkpoints(tmp_path)] == [
         "checkpoint-000000072.pt", "checkpoint-000000060.pt"]  # fmt: skip
 
