@@ -11,9 +11,12 @@ temporary the method allocates (the concatenation included for the baselines); o
 checked to be identical. Times are medians of interleaved repeats, as wall clock and as the
 process's CPU time (with --threads 1 the CPU time is the compute time even on a shared machine).
 
-    python benchmarks/threshold.py [--quick] [--sizes 1e6,25.5e6] [--device cuda] [--threads 1]
+    python benchmarks/threshold.py [--quick] [--sizes 1e6,25.5e6] [--device cuda] [--threads 0]
 
-Prints a table and writes benchmarks/results/threshold.json.
+Prints a table and writes benchmarks/results/threshold.json. The default is one torch thread:
+on a shared machine, multi-threaded runs measure mostly barrier stalls of the thread pool
+(every parallel op waits for a descheduled worker), which punishes many-op methods. Pass
+`--threads 0` (torch's default) on a dedicated machine.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1M and 11M weights, 3 repeats")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
