@@ -40,6 +40,6 @@ def test_resnet_rejects_a_depth_that_is_not_6n_plus_2():
 
 
 def test_registry_is_what_the_compiler_builds_from():
-    assert set(BUILTIN_MODELS) == {"mlp", "cnn", "resnet20"}
+    assert set(BUILTIN_MODELS) == {"mlp", "cnn", "resnet20", "mobilenet_v1", "wide_resnet28_10"}
     model = build_model(ModelSpec(name="cnn", kwargs={"width": 4}))
     assert isinstance(model[0], torch.nn.Conv2d) and model[0].out_channels == 4
