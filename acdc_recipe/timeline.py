@@ -23,6 +23,7 @@ from acdc_recipe.schema import (
 )
 
 PhaseKind = Literal["dense", "sparse", "gradual"]
+MAX_PHASES = 100_000  # far beyond any real schedule; bounds memory for hostile recipes
 
 
 class ScheduleError(ValueError):
@@ -136,6 +137,7 @@ def lower(schedule: Schedule) -> Timeline:
     elif schedule.transitions is not None:
         items = _transition_items(schedule.transitions)
     else:
+        _check_phase_count(_count(schedule.phases or ()), ("schedule", "phases"))
         items = list(_flatten(schedule.phases or ()))
     return Timeline(schedule.unit, _merge(_place(items)))
 
@@ -154,6 +156,7 @@ def _acdc_items(macro: AcdcMacro) -> list[tuple[PhaseKind, int]]:
             f"start and end sparse; epochs that fit: {fit + k * period} or {fit + (k + 1) * period}",
             ("schedule", "acdc", "epochs"),
         )
+    _check_phase_count(2 * blocks + 2, ("schedule", "acdc"))
     items: list[tuple[PhaseKind, int]] = [("dense", macro.warmup)]
     for block in range(blocks):
         items.append(("sparse", macro.sparse))
@@ -186,6 +189,22 @@ def _transition_items(spec: Transitions) -> list[tuple[PhaseKind, int]]:
         bounds[0] = (0, marks[0][1])
     ends = [pos for pos, _ in bounds[1:]] + [spec.epochs]
     return [(kind, end - start) for (start, kind), end in zip(bounds, ends)]  # type: ignore[misc]
+
+
+def _check_phase_count(count: int, path: tuple[str | int, ...]) -> None:
+    if count > MAX_PHASES:
+        raise ScheduleError(
+            f"the schedule expands to {count} phases, more than the {MAX_PHASES} allowed; "
+            "check the lengths and repeat counts",
+            path,
+        )
+
+
+def _count(items: tuple[PhaseItem, ...]) -> int:
+    """How many phases `items` expand to, without expanding them."""
+    return sum(
+        item.repeat * _count(item.phases) if isinstance(item, RepeatBlock) else 1 for item in items
+    )
 
 
 def _flatten(items: tuple[PhaseItem, ...]):

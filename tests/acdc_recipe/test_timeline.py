@@ -141,3 +141,11 @@ def test_any_phase_list_is_contiguous_and_covers_its_length(items, steps_per_epo
     steps = timeline.to_steps(steps_per_epoch)
     for position in range(0, steps.length, max(1, steps.length // 50)):
         assert steps.phase_at(position).kind == timeline.phase_at(position // steps_per_epoch).kind
+
+
+def test_schedules_that_expand_without_bound_are_refused_cheaply():
+    with pytest.raises(ScheduleError, match="more than the 100000 allowed"):
+        lower(Schedule(acdc={"epochs": 2_000_000_029, "sparse": 2, "dense": 2}))
+    nested = {"repeat": 10**6, "phases": [{"repeat": 10**6, "phases": [{"sparse": 1}, {"dense": 1}]}]}
+    with pytest.raises(ScheduleError, match="expands to"):
+        lower(Schedule(phases=[nested]))
