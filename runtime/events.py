@@ -25,7 +25,7 @@ class MasksComputed:
     """Masks were (re)computed from the current weights before step `step`.
 
     Per-layer values are keyed by `PrunableParam.name`. `changed_fraction` compares with the
-    previous mask (None for the first mask of the run); `threshold` is the smallest kept
+    previous mask (None for the first mask of the run); `threshold` is the largest pruned
     magnitude when all prunable tensors share one unstructured selection, else None.
     """
 

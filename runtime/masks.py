@@ -21,6 +21,7 @@ from acdc_recipe.runtime.threshold import (
     NonFiniteWeightError,
     check_finite,
     prune_mask_unstructured,
+    unstructured_masks,
 )
 from acdc_recipe.schema import parse_pattern
 
@@ -28,6 +29,7 @@ __all__ = [
     "NonFiniteWeightError",
     "check_finite",
     "compute_masks",
+    "compute_masks_and_thresholds",
     "mask_change_fraction",
     "mask_sparsity",
     "prune_mask_block",
@@ -37,9 +39,19 @@ __all__ = [
 
 def compute_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> list[Tensor]:
     """One mask per tensor (aligned with `tensors`), each group pruned by its pattern."""
+    return compute_masks_and_thresholds(tensors, groups)[0]
+
+
+def compute_masks_and_thresholds(
+    tensors: Sequence[Tensor], groups: Sequence[MaskGroup]
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """`compute_masks`, plus per group the largest pruned |w| of an unstructured group (None
+    for other patterns and for groups that prune nothing)."""
     _check_partition(len(tensors), groups)
     masks: list[Tensor] = [torch.empty(0)] * len(tensors)
+    thresholds: list[Tensor | None] = []
     for group in groups:
+        threshold = None
         members = [tensors[i] for i in group.indices]
         try:
             kind, a, b = parse_pattern(group.pattern)
@@ -48,7 +60,7 @@ def compute_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> lis
             elif kind == "block":
                 group_masks = prune_mask_block(members, a, b, group.prune)
             else:
-                group_masks = prune_mask_unstructured(members, group.prune)
+                group_masks, threshold = unstructured_masks(members, group.prune)
         except ValueError as error:
             raise ValueError(
                 f"mask group of tensors {list(group.indices)} (pattern {group.pattern!r}, "
@@ -56,7 +68,8 @@ def compute_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> lis
             ) from error
         for i, mask in zip(group.indices, group_masks, strict=True):
             masks[i] = mask
-    return masks
+        thresholds.append(threshold)
+    return masks, thresholds
 
 
 def _check_partition(count: int, groups: Sequence[MaskGroup]) -> None:
@@ -147,14 +160,15 @@ def mask_sparsity(masks: Sequence[Tensor]) -> tuple[float, list[float]]:
 def mask_change_fraction(
     old_masks: Sequence[Tensor], new_masks: Sequence[Tensor]
 ) -> tuple[float, list[float]]:
-    """Fraction of entries whose kept/pruned state differs between two mask lists (any dtype)."""
+    """Fraction of entries whose kept/pruned state differs between two lists of 0/1 masks
+    (any dtype, bool included)."""
     if len(old_masks) != len(new_masks):
         raise ValueError(f"cannot compare {len(old_masks)} masks with {len(new_masks)}")
     flips = []
     for i, (old, new) in enumerate(zip(old_masks, new_masks, strict=True)):
         if old.shape != new.shape:
             raise ValueError(f"mask {i} changed shape from {list(old.shape)} to {list(new.shape)}")
-        flips.append(torch.count_nonzero((old != 0) != (new != 0)))
+        flips.append(torch.count_nonzero(torch.ne(new, old)))
     counts = _to_host(flips)
     sizes = [m.numel() for m in old_masks]
     per_tensor = [c / s if s else 0.0 for c, s in zip(counts, sizes, strict=True)]

@@ -33,7 +33,11 @@ from acdc_recipe.runtime.events import (
     event_to_dict,
 )
 from acdc_recipe.runtime.mask_sync import verify_masks_identical
-from acdc_recipe.runtime.masks import compute_masks, mask_change_fraction, mask_sparsity
+from acdc_recipe.runtime.masks import (
+    compute_masks_and_thresholds,
+    mask_change_fraction,
+    mask_sparsity,
+)
 from acdc_recipe.runtime.optimizer_state import apply_decompress_policy, zero_state_where_pruned
 from acdc_recipe.runtime.threshold import check_finite
 from acdc_recipe.timeline import Phase, Timeline
@@ -69,16 +73,11 @@ def _action_positions(timeline: Timeline, snapshot_step: int | None) -> list[int
     return sorted(positions)
 
 
-def _pool_threshold(
-    weights: Sequence[Tensor], masks: Sequence[Tensor], groups: Sequence[Any]
-) -> float | None:
-    """Smallest kept |w| when one unstructured group holds every pruned entry, else None."""
-    if len(groups) != 1 or groups[0].pattern != "unstructured" or groups[0].prune == 0:
+def _pool_threshold(groups: Sequence[Any], thresholds: Sequence[Tensor | None]) -> float | None:
+    """The largest pruned |w| when one unstructured group holds every pruned entry, else None."""
+    if len(groups) != 1 or thresholds[0] is None:
         return None
-    kept = [
-        weights[i].abs().masked_fill(masks[i] == 0, float("inf")).amin() for i in groups[0].indices
-    ]
-    return float(torch.stack(kept).amin())
+    return float(thresholds[0])
 
 
 class SparsityRuntime:
@@ -235,8 +234,8 @@ class SparsityRuntime:
         check_finite(weights, self._names)
         groups = self.compiled.mask_groups(target)
         start = time.perf_counter()
-        masks = compute_masks(weights, groups)
-        threshold = _pool_threshold(weights, masks, groups)
+        masks, thresholds = compute_masks_and_thresholds(weights, groups)
+        threshold = _pool_threshold(groups, thresholds)
         seconds = time.perf_counter() - start
         verify_masks_identical(masks, self._names)
         previous = self._previous if self._masks is None else self._masks

@@ -95,17 +95,24 @@ def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tenso
     order (tensor order, then row-major) are pruned until the count is exact. Comparisons are
     on the integer keys, so flush-to-zero modes cannot blur denormals.
     """
+    return unstructured_masks(tensors, prune)[0]
+
+
+def unstructured_masks(tensors: Sequence[Tensor], prune: int) -> tuple[list[Tensor], Tensor | None]:
+    """`prune_mask_unstructured` and the threshold it used: the largest pruned |w| (0-dim, in
+    the input dtype), or None when nothing is pruned."""
     dtype, device, total = _validate(tensors)
     if not 0 <= prune <= total:
         raise ValueError(f"cannot prune {prune} of {total} weights (must be in [0, {total}])")
     if prune == 0:
-        return [torch.ones_like(t) for t in tensors]
+        return [torch.ones_like(t) for t in tensors], None
     if prune == total:
-        return [torch.zeros_like(t) for t in tensors]
+        return [torch.zeros_like(t) for t in tensors], max(t.detach().abs().max() for t in tensors)
     sel = select_magnitude_key(tensors, prune)
+    threshold = key_to_value(sel.key, dtype, device)
     ties_to_prune = prune - sel.below
     if ties_to_prune == sel.equal:
-        return [(magnitude_keys(t) > sel.key).to(t.dtype) for t in tensors]
+        return [(magnitude_keys(t) > sel.key).to(t.dtype) for t in tensors], threshold
     tie_counts = torch.stack([(magnitude_keys(t) == sel.key).sum() for t in tensors]).tolist()
     masks = []
     for tensor, ties in zip(tensors, tie_counts, strict=True):
@@ -122,7 +129,7 @@ def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tenso
             keep = (keys >= sel.key) & ~pruned_tie
             ties_to_prune = 0
         masks.append(keep.to(tensor.dtype))
-    return masks
+    return masks, threshold
 
 
 def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
