@@ -61,6 +61,8 @@ def compute_masks_and_thresholds(
                 group_masks = prune_mask_block(members, a, b, group.prune)
             else:
                 group_masks, threshold = unstructured_masks(members, group.prune)
+        except NonFiniteWeightError:
+            raise
         except ValueError as error:
             raise ValueError(
                 f"mask group of tensors {list(group.indices)} (pattern {group.pattern!r}, "

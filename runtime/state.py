@@ -39,7 +39,7 @@ from acdc_recipe.runtime.masks import (
     mask_sparsity,
 )
 from acdc_recipe.runtime.optimizer_state import apply_decompress_policy, zero_state_where_pruned
-from acdc_recipe.runtime.threshold import check_finite
+from acdc_recipe.runtime.threshold import NonFiniteWeightError, check_finite
 from acdc_recipe.timeline import Phase, Timeline
 
 FORMAT_VERSION = 1
@@ -109,7 +109,7 @@ class SparsityRuntime:
         self._target = 0.0
         self._masks: list[Tensor] | None = None  # in the weights' dtype, during sparse phases
         self._mask_view: tuple[Tensor, ...] | None = None
-        self._previous: list[Tensor] | None = None  # bool, the last mask while dense
+        self._previous: list[Tensor] | None = None  # the last mask, kept while dense
         self._masked_grad: tuple[Tensor, int] | None = None  # grads masked this step
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
@@ -223,7 +223,7 @@ class SparsityRuntime:
             return
         remask_later = self._step < self._last_mask_step  # keep it for the change statistics
         needed = remask_later or self._policy == "reset_reactivated"
-        previous = [mask != 0 for mask in self._masks] if needed else None
+        previous = list(self._masks) if needed else None  # the same tensors, no copy
         self._masks, self._mask_view, self._target = None, None, 0.0
         apply_decompress_policy(self._policy, self.optimizer, self._parameters, previous)
         self._previous = previous if remask_later else None
@@ -231,10 +231,22 @@ class SparsityRuntime:
     @torch.no_grad()
     def _recompute_masks(self, step: int, index: int, target: float) -> None:
         weights = [param.detach() for param in self._parameters]
-        check_finite(weights, self._names)
         groups = self.compiled.mask_groups(target)
+        # Unstructured selections detect NaN/inf in their first histogram pass; check the rest.
+        others = [
+            i
+            for g in groups
+            if g.pattern != "unstructured"
+            or g.prune in (0, sum(weights[j].numel() for j in g.indices))
+            for i in g.indices
+        ]
+        check_finite([weights[i] for i in others], [self._names[i] for i in others])
         start = time.perf_counter()
-        masks, thresholds = compute_masks_and_thresholds(weights, groups)
+        try:
+            masks, thresholds = compute_masks_and_thresholds(weights, groups)
+        except NonFiniteWeightError:
+            check_finite(weights, self._names)  # raises the same error, naming the layer
+            raise
         threshold = _pool_threshold(groups, thresholds)
         seconds = time.perf_counter() - start
         verify_masks_identical(masks, self._names)
@@ -273,7 +285,9 @@ class SparsityRuntime:
             "done_through": self._done_through,
             "target": self._target,
             "masks": None if self._masks is None else [(m != 0).cpu() for m in self._masks],
-            "previous_masks": None if self._previous is None else [m.cpu() for m in self._previous],
+            "previous_masks": None
+            if self._previous is None
+            else [(m != 0).cpu() for m in self._previous],
             "history": [event_to_dict(event) for event in self._history],
         }
 

@@ -27,6 +27,13 @@ _INT_VIEW = {
 }
 _CHUNK = 1 << 20  # elements streamed per step: bounds every temporary
 _TOP_BITS = 15  # the first digit: the top 16-bit word without the sign
+# The smallest top word of +inf; every larger word is inf or NaN (the exponent is all ones).
+_NON_FINITE_TOP_WORD = {
+    torch.float64: 0x7FF0,
+    torch.float32: 0x7F80,
+    torch.bfloat16: 0x7F80,
+    torch.float16: 0x7C00,
+}
 _DIGIT_BITS = 16  # every later digit: one more 16-bit word
 _CANDIDATE_BUDGET = 1 << 22  # matched keys kept before folding them into the histogram
 
@@ -137,6 +144,10 @@ def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
     width = torch.iinfo(_int_view(tensors[0].dtype)).bits
     compact = not _sync_free(tensors[0].device)
     hist = _top_word_histogram(tensors)
+    if bool(hist[_NON_FINITE_TOP_WORD[tensors[0].dtype] :].any()):  # free with the first pass
+        raise NonFiniteWeightError(
+            "the weights contain NaN or infinite values, so no magnitude threshold exists"
+        )
     digit, below, count = _pick(hist, k)
     prefix, known, rank = digit, _TOP_BITS, k - below
     candidates: Tensor | None = None

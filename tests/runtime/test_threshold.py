@@ -199,3 +199,14 @@ def test_check_finite_names_the_first_bad_layer():
     with pytest.raises(NonFiniteWeightError, match="'fc.weight'"):
         check_finite([torch.ones(2), bad_inf], ["conv.weight", "fc.weight"])
     assert issubclass(NonFiniteWeightError, ValueError)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_selection_itself_refuses_non_finite_weights(dtype, bad):
+    clean = torch.linspace(-3, 3, 50, dtype=dtype)
+    dirty = clean.clone()
+    dirty[7] = bad
+    assert prune_mask_unstructured([clean, clean], 30)[0].dtype == dtype  # finite: fine
+    with pytest.raises(threshold.NonFiniteWeightError, match="NaN or infinite"):
+        prune_mask_unstructured([clean, dirty], 30)
