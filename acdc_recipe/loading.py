@@ -38,6 +38,8 @@ def shipped_recipes() -> dict[str, str]:
 def read_source(source: str | Path) -> tuple[str, str]:
     """(text, display name) of a recipe file or a shipped recipe name."""
     path = Path(source)
+    if path.is_dir():
+        raise RecipeError([Problem("this is a folder; give a recipe file (.yaml)")], str(path))
     if path.is_file():
         try:
             return path.read_text(encoding="utf-8"), str(path)

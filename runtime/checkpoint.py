@@ -51,6 +51,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(temporary)
+        temporary.chmod(0o644)  # safetensors writes 0600; outputs are for sharing
         with temporary.open("rb+") as handle:
             os.fsync(handle.fileno())
         _maybe_crash(path)
@@ -176,7 +177,7 @@ def load_latest(run_dir: Path, recipe_hash: str) -> LoadedCheckpoint | None:
             refused.append(str(error))
     if refused:
         raise CheckpointError(
-            f"cannot resume from {run_dir}: no usable checkpoint. " + " ".join(refused)
+            f"cannot resume from {run_dir}: no usable checkpoint. " + "; ".join(refused)
         )
     return None
 

@@ -142,14 +142,17 @@ def _previous_run_files(run_dir: Path) -> list[Path]:
     return found + [run_dir / name for name in _RUN_FILES if (run_dir / name).exists()]
 
 
-def _start_fresh(run_dir: Path, overwrite: bool) -> list[str]:
+def _start_fresh(run_dir: Path, overwrite: bool, resuming: bool = False) -> list[str]:
     """Make room for a new run; a previous run is only removed when `overwrite` says so."""
     previous = _previous_run_files(run_dir)
     if previous and not overwrite:
+        found = ", ".join(p.name for p in previous[:4]) + (", ..." if len(previous) > 4 else "")
         raise TrainingSetupError(
-            f"{run_dir} already holds a run ({', '.join(p.name for p in previous[:4])}"
-            f"{', ...' if len(previous) > 4 else ''}); continue it with --resume, replace it "
-            "with --overwrite, or choose another --out"
+            f"{run_dir} has no checkpoint to resume from but holds a run's outputs ({found}); "
+            "replace it with --overwrite, or choose another --out"
+            if resuming
+            else f"{run_dir} already holds a run ({found}); continue it with --resume, replace "
+            "it with --overwrite, or choose another --out"
         )
     for path in previous:
         path.unlink()
@@ -221,9 +224,9 @@ def prepare(
         epochs,
         flops,
     )
-    if resume:
-        _restore(session)
-    elif context.is_main and (removed := _start_fresh(run_dir, overwrite)):
+    if resume and not _restore(session) and context.is_main:
+        _start_fresh(run_dir, overwrite, resuming=True)  # never replace a run silently
+    elif not resume and context.is_main and (removed := _start_fresh(run_dir, overwrite)):
         session.refused = (f"started fresh (--overwrite): removed {', '.join(removed)}",)
     if context.is_main:
         _open_sinks(session)
@@ -231,10 +234,11 @@ def prepare(
     return session
 
 
-def _restore(session: TrainingSession) -> None:
+def _restore(session: TrainingSession) -> bool:
+    """Restore the newest valid checkpoint; False when the run directory has none."""
     loaded = ckpt.load_latest(session.run_dir, session.compiled.recipe_hash)
     if loaded is None:
-        return
+        return False
     state = loaded.state
     if state["world_size"] != session.context.world_size:
         raise ckpt.CheckpointError(
@@ -255,6 +259,7 @@ def _restore(session: TrainingSession) -> None:
     dense_path = session.run_dir / "dense.safetensors"
     if dense_path.exists():
         session.dense_state = ckpt.load_safetensors(dense_path)
+    return True
 
 
 def _open_sinks(session: TrainingSession) -> None:

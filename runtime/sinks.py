@@ -67,13 +67,16 @@ def records_until_checkpoint(records: list[dict[str, Any]], step: int) -> list[d
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a torn last line (a crash mid-write) is ignored."""
+    """The records of a metrics.jsonl; a torn last line (a crash mid-write) and lines that are
+    not event records are ignored."""
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and isinstance(record.get("event"), str):
+            records.append(record)
     return records
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from acdc_recipe.errors import UserError
 from acdc_recipe.runtime.events import (
     DenseSnapshot,
     MasksComputed,
@@ -46,7 +47,7 @@ FORMAT_VERSION = 1
 Listener = Callable[[RuntimeEvent], None]
 
 
-class RuntimeStateError(ValueError):
+class RuntimeStateError(UserError, ValueError):
     """The runtime cannot run with this configuration or restore this state dict."""
 
 
@@ -159,6 +160,17 @@ class SparsityRuntime:
         self._hooks = []
 
     # -- the per-step path -----------------------------------------------------------------
+    def begin_step(self) -> None:
+        """Run this step's phase actions now, before the forward pass.
+
+        Optional but exact: without it the actions run in the pre-step hook, after this step's
+        backward, so the first step of a sparse phase would use a gradient (and batch-norm
+        statistics) of the still-dense model, and a `DenseSnapshot` would come after one more
+        forward pass. The hooks never run an action twice.
+        """
+        if self._step == self._next_action:
+            self._run_actions(self._step)
+
     def mask_gradients(self) -> None:
         """Run this step's phase actions and mask the gradients now, e.g. before clipping.
 
@@ -166,8 +178,7 @@ class SparsityRuntime:
         the same gradient tensors unchanged (same object, same version counter) and does not
         mask them twice; new gradients, e.g. after a step a GradScaler skipped, are masked.
         """
-        if self._step == self._next_action:
-            self._run_actions(self._step)
+        self.begin_step()
         if self._masks is None:
             return
         grads = [param.grad for param in self._parameters]

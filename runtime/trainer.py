@@ -93,6 +93,7 @@ def _train_epoch(session: TrainingSession, epoch: int, start_batch: int) -> None
             inputs = augment_batch(inputs, spec.seed, epoch, batch)
         inputs = inputs.to(session.device, non_blocking=True)
         labels = labels.to(session.device, non_blocking=True)
+        session.runtime.begin_step()  # phase actions before the forward pass
         with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.autocast):
             logits = session.network(inputs)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.label_smoothing)

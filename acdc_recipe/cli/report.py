@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from acdc_recipe.cli.common import console
+from acdc_recipe.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from acdc_recipe.runtime.report import render_report
 
-    path = render_report(args.run_dir, args.output)
+    try:
+        path = render_report(args.run_dir, args.output)
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, UserError):
+            raise
+        raise UserError(
+            f"{args.run_dir}/metrics.jsonl has a malformed record ({type(error).__name__}: "
+            f"{error}); it was not written by `acdc run`, or was edited"
+        ) from None
     console.print(f"[green]wrote[/] {path}")
     return 0

@@ -183,3 +183,25 @@ def test_resume_from_foreign_checkpoints_is_refused(tmp_path, capsys, one_thread
     (tmp_path / "checkpoint-000000010.pt").write_bytes(b"not a checkpoint")
     assert main(["run", str(TINY), "--out", str(tmp_path), "--resume"]) == 2
     assert "no usable checkpoint" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoints_never_replaces_a_finished_run(reference, tmp_path):
+    copy = tmp_path / "finished"
+    copy.mkdir()
+    for path in reference.iterdir():
+        if path.is_file() and not path.name.startswith("checkpoint-"):
+            (copy / path.name).write_bytes(path.read_bytes())
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    result = acdc("run", TINY, "--out", copy, "--device", "cpu", "--resume")
+    assert result.returncode == 2 and "no checkpoint to resume from" in result.stderr
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_report_ignores_lines_that_are_not_event_records(reference, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = (reference / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(["[1, 2]", '"text"', *lines, "{torn"]) + "\n")
+    result = acdc("report", run)
+    assert result.returncode == 0, result.stderr
+    assert (run / "report.html").stat().st_size > 1000

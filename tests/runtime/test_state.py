@@ -293,3 +293,27 @@ def test_gradients_after_a_skipped_step_are_masked_again():
         for w, m in zip(compiled.parameters, runtime.masks):
             assert torch.equal(opt.state[w]["exp_avg"][m == 0], torch.zeros_like(w[m == 0]))
     assert runtime.step == 2
+
+
+def test_begin_step_prunes_before_the_forward_pass():
+    model, compiled, opt, runtime = setup([{"dense": 2}, {"sparse": 3}])
+    gen = torch.Generator().manual_seed(11)
+    snapshots = []
+    runtime.add_listener(
+        lambda e: snapshots.append([w.clone() for w in compiled.parameters])
+        if isinstance(e, DenseSnapshot)
+        else None
+    )
+    for _ in range(2):
+        runtime.begin_step()
+        train_step(model, opt, gen)
+    dense_end = [w.clone() for w in compiled.parameters]
+    runtime.begin_step()  # step 2 starts the sparse phase: masks now, before any forward
+    assert runtime.masks is not None and runtime.phase.kind == "sparse"
+    under, mask_zeros, prune = pruned_counts(compiled, runtime)
+    assert under == mask_zeros == prune  # the forward below sees the sparse model
+    assert len(snapshots) == 1 and all(map(torch.equal, snapshots[0], dense_end))
+    train_step(model, opt, gen)  # the hooks do not run the actions again
+    assert runtime.step == 3
+    assert sum(isinstance(e, MasksComputed) for e in runtime.history) == 1
+    assert pruned_counts(compiled, runtime)[0] == prune
