@@ -419,11 +419,9 @@ def machine() -> dict[str, Any]:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Atomically (temp + fsync + rename)."""
-    from acdc_recipe.runtime.checkpoint import write_atomic
+    from acdc_recipe.files import write_text_atomic
 
-    text = json.dumps(payload, indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def benchmark(

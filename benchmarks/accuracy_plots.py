@@ -156,7 +156,7 @@ def mask_figure(payload: dict[str, Any], arch: str, study: bool = False) -> str 
 
 def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
     """Write every figure the payload has data for; returns the paths."""
-    from acdc_recipe.runtime.checkpoint import write_atomic
+    from acdc_recipe.files import write_text_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str | None] = {}
@@ -170,6 +170,6 @@ def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
     written = []
     for name, svg in figures.items():
         if svg is not None:
-            write_atomic(folder / name, lambda t, s=svg: t.write_text(s, encoding="utf-8"))
+            write_text_atomic(folder / name, svg)
             written.append(folder / name)
     return written

@@ -29,7 +29,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -148,13 +147,9 @@ def spawn(method: str, total: int, repeats: int, device: str, threads: int) -> d
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from acdc_recipe.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def main() -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acdc_recipe.compiler.flops import GLOBAL_ASSUMPTION, scheduled_multipliers
 from acdc_recipe.compiler.tracing import DualGraphModule
+from acdc_recipe.files import write_text_atomic
 
 if TYPE_CHECKING:
     from acdc_recipe.compiler.compiled import CompiledRecipe
@@ -112,26 +111,9 @@ def write_build(compiled: CompiledRecipe, folder: str | Path, recipe_text: str) 
     }
     written = []
     for name, text in files.items():
-        write_atomic(folder / name, text)
+        write_text_atomic(folder / name, text)
         written.append(folder / name)
     return written
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder, fsync, then rename."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _param(param, rules) -> dict[str, Any]:

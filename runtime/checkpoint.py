@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from acdc_recipe import files
 from acdc_recipe.errors import UserError
 
 FORMAT = "acdc-recipe-checkpoint"
@@ -33,32 +34,9 @@ class CheckpointError(UserError, ValueError):
     """No usable checkpoint; the message lists each candidate and why it was refused."""
 
 
-def fsync_directory(folder: Path) -> None:
-    """Make a rename in `folder` durable (a no-op where directories cannot be opened)."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary_path)`, fsync it, and rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        temporary.chmod(0o644)  # safetensors writes 0600; outputs are for sharing
-        with temporary.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        _maybe_crash(path)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_directory(path.parent)
+    """`acdc_recipe.files.write_atomic` with the crash-before-rename test hook."""
+    files.write_atomic(path, write, before_rename=lambda: _maybe_crash(path))
 
 
 _writes = {"count": 0}

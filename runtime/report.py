@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from acdc_recipe.errors import UserError
-from acdc_recipe.runtime.checkpoint import write_atomic
+from acdc_recipe.files import write_text_atomic
 from acdc_recipe.runtime.sinks import read_records
 
 WIDTH, HEIGHT = 760, 260
@@ -201,5 +201,5 @@ def render_report(run_dir: str | Path, output: str | Path | None = None) -> Path
     )
     html = environment.get_template("report.html.j2").render(**context)
     path = Path(output) if output is not None else run_dir / "report.html"
-    write_atomic(path, lambda temporary: temporary.write_text(html, encoding="utf-8"))
+    write_text_atomic(path, html)
     return path

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from acdc_recipe.runtime.checkpoint import write_atomic
+from acdc_recipe.files import write_text_atomic
 
 
 @dataclass
@@ -106,7 +106,7 @@ class RunSummary:
 
 def write_summary(path: Path, summary: RunSummary) -> None:
     text = json.dumps(summary.to_dict(), indent=2) + "\n"
-    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    write_text_atomic(path, text)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from acdc_recipe.errors import UserError
+from acdc_recipe.files import write_text_atomic
 from acdc_recipe.runtime import checkpoint as ckpt
 from acdc_recipe.runtime.data import (
     DataBundle,
@@ -274,9 +275,7 @@ def _open_sinks(session: TrainingSession) -> None:
     from acdc_recipe.loading import dump_recipe
 
     text = dump_recipe(session.recipe)
-    ckpt.write_atomic(
-        session.run_dir / "recipe.yaml", lambda t: t.write_text(text, encoding="utf-8")
-    )
+    write_text_atomic(session.run_dir / "recipe.yaml", text)
 
 
 def _on_runtime_event(session: TrainingSession, event: RuntimeEvent) -> None:

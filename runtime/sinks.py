@@ -9,13 +9,14 @@ events (`PhaseStarted`, `MasksComputed`, `DenseSnapshot`) as `event_to_dict` wri
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from acdc_recipe.files import write_text_atomic
 
 
 class Sink:
@@ -42,9 +43,7 @@ class JsonlSink(Sink):
         self.path = path
         if resume_step is not None and path.exists():
             kept = records_until_checkpoint(read_records(path), resume_step)
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(temporary, path)
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None:
             path.unlink(missing_ok=True)
         self.handle = path.open("a", encoding="utf-8")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from acdc_recipe.compiler import compile
-from acdc_recipe.compiler.emit import module_code, write_atomic, write_build
+from acdc_recipe.compiler.emit import module_code, write_build
+from acdc_recipe.files import write_text_atomic
 
 from .conftest import BranchyNet, make_recipe, vision_model
 
@@ -30,6 +31,6 @@ def test_module_code_for_dual_and_fallback() -> None:
 
 def test_write_atomic_replaces(tmp_path) -> None:
     target = tmp_path / "file.txt"
-    write_atomic(target, "one")
-    write_atomic(target, "two")
+    write_text_atomic(target, "one")
+    write_text_atomic(target, "two")
     assert target.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["file.txt"]
