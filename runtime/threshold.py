@@ -49,6 +49,7 @@ class Selection:
     key: int  # |w| bit pattern as a non-negative integer
     below: int  # entries with a smaller key
     equal: int  # entries with exactly this key
+    equal_by_tensor: tuple[int, ...] | None = None  # `equal` split by tensor, when known
 
 
 def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
@@ -119,24 +120,44 @@ def unstructured_masks(tensors: Sequence[Tensor], prune: int) -> tuple[list[Tens
     threshold = key_to_value(sel.key, dtype, device)
     ties_to_prune = prune - sel.below
     if ties_to_prune == sel.equal:
-        return [(magnitude_keys(t) > sel.key).to(t.dtype) for t in tensors], threshold
-    tie_counts = torch.stack([(magnitude_keys(t) == sel.key).sum() for t in tensors]).tolist()
+        return [_above(t, sel.key, threshold, inclusive=False) for t in tensors], threshold
+    tie_counts = sel.equal_by_tensor
+    if tie_counts is None:
+        tie_counts = torch.stack([(magnitude_keys(t) == sel.key).sum() for t in tensors]).tolist()
     masks = []
     for tensor, ties in zip(tensors, tie_counts, strict=True):
-        keys = magnitude_keys(tensor)
         if ties_to_prune >= ties:
-            keep = keys > sel.key
+            masks.append(_above(tensor, sel.key, threshold, inclusive=False))
             ties_to_prune -= ties
         elif ties_to_prune == 0:
-            keep = keys >= sel.key
+            masks.append(_above(tensor, sel.key, threshold, inclusive=True))
         else:
+            keys = magnitude_keys(tensor)
             equal = (keys == sel.key).reshape(-1)
             rank = equal.cumsum(0, dtype=torch.int32 if equal.numel() < 2**31 else torch.int64)
             pruned_tie = (equal & (rank <= ties_to_prune)).view(keys.shape)
-            keep = (keys >= sel.key) & ~pruned_tie
+            masks.append(((keys >= sel.key) & ~pruned_tie).to(tensor.dtype))
             ties_to_prune = 0
-        masks.append(keep.to(tensor.dtype))
     return masks, threshold
+
+
+def _above(tensor: Tensor, key: int, threshold: Tensor, inclusive: bool) -> Tensor:
+    """Mask (tensor dtype) of entries whose magnitude key is above `key` (or at it: inclusive).
+
+    A normal threshold is compared as a float (abs and an in-place compare: two cheap passes);
+    flush-to-zero cannot change that answer, since it only moves denormals, all below a normal
+    threshold. A denormal or zero threshold is compared on the integer keys.
+    """
+    if key >= _smallest_normal_key(tensor.dtype):
+        magnitude = tensor.detach().abs()
+        return magnitude.ge_(threshold) if inclusive else magnitude.gt_(threshold)
+    keys = magnitude_keys(tensor)
+    return (keys >= key if inclusive else keys > key).to(tensor.dtype)
+
+
+def _smallest_normal_key(dtype: torch.dtype) -> int:
+    tiny = torch.tensor(torch.finfo(dtype).tiny, dtype=dtype)
+    return int(magnitude_keys(tiny))
 
 
 def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
@@ -150,11 +171,13 @@ def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
         )
     digit, below, count = _pick(hist, k)
     prefix, known, rank = digit, _TOP_BITS, k - below
+    by_tensor: list[Tensor] | None = None  # the candidates, split by tensor
     candidates: Tensor | None = None
     while known < width - 1:
         shift = width - 1 - known - _DIGIT_BITS
         if candidates is None and count <= _CANDIDATE_BUDGET and compact:
-            candidates = _gather_matching(tensors, prefix, shift + _DIGIT_BITS)
+            by_tensor = _gather_matching(tensors, prefix, shift + _DIGIT_BITS)
+            candidates = torch.cat(by_tensor)
         if candidates is not None:
             hist = _histogram((candidates >> shift) & 0xFFFF, 1 << _DIGIT_BITS)
         else:
@@ -166,7 +189,10 @@ def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
         known += _DIGIT_BITS
         if candidates is not None:
             candidates = candidates[(candidates >> shift) == prefix]
-    return Selection(key=prefix, below=below, equal=count)
+    equal_by_tensor = None
+    if by_tensor is not None:
+        equal_by_tensor = tuple(torch.stack([(c == prefix).sum() for c in by_tensor]).tolist())
+    return Selection(key=prefix, below=below, equal=count, equal_by_tensor=equal_by_tensor)
 
 
 def _int_view(dtype: torch.dtype) -> torch.dtype:
@@ -191,8 +217,15 @@ def _validate(tensors: Sequence[Tensor]) -> tuple[torch.dtype, torch.device, int
 
 
 def _chunks(tensors: Sequence[Tensor]):
-    for tensor in tensors:
-        yield from tensor.detach().reshape(-1).split(_CHUNK)
+    for _, chunk in _indexed_chunks(tensors):
+        yield chunk
+
+
+def _indexed_chunks(tensors: Sequence[Tensor]):
+    """(tensor index, flat chunk of at most `_CHUNK` elements), in flat order."""
+    for index, tensor in enumerate(tensors):
+        for chunk in tensor.detach().reshape(-1).split(_CHUNK):
+            yield index, chunk
 
 
 def _top_words(chunk: Tensor) -> Tensor:
@@ -212,16 +245,24 @@ def _top_word_histogram(tensors: Sequence[Tensor]) -> Tensor:
         pending.append(_top_words(chunk))
         pending_size += chunk.numel()
         if pending_size >= _CHUNK:
-            hist += _histogram(torch.cat(pending), bins)
+            hist += _histogram(_joined(pending), bins)
             pending, pending_size = [], 0
     if pending:
-        hist += _histogram(torch.cat(pending), bins)
+        hist += _histogram(_joined(pending), bins)
     return hist
 
 
-def _gather_matching(tensors: Sequence[Tensor], prefix: int, shift: int) -> Tensor:
-    """All magnitude keys whose bits above `shift` equal `prefix` (few: within the budget)."""
-    return torch.cat([_matching_keys(chunk, prefix, shift) for chunk in _chunks(tensors)])
+def _joined(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _gather_matching(tensors: Sequence[Tensor], prefix: int, shift: int) -> list[Tensor]:
+    """Per tensor, the magnitude keys whose bits above `shift` equal `prefix` (few: within
+    the budget)."""
+    found: list[list[Tensor]] = [[] for _ in tensors]
+    for index, chunk in _indexed_chunks(tensors):
+        found[index].append(_matching_keys(chunk, prefix, shift))
+    return [_joined(parts) for parts in found]
 
 
 def _streamed_digit_histogram(
@@ -261,14 +302,18 @@ def _prefix_matches(bits: Tensor, prefix: int, shift: int) -> Tensor:
 
 
 def _matching_keys(chunk: Tensor, prefix: int, shift: int) -> Tensor:
-    """Magnitude keys of the chunk's elements that match `prefix` above `shift`.
+    """Magnitude keys of the chunk's elements that match `prefix` above `shift`."""
+    return _compact(chunk, _prefix_matches(chunk.view(_int_view(chunk.dtype)), prefix, shift))
+
+
+def _compact(chunk: Tensor, match: Tensor) -> Tensor:
+    """Magnitude keys of the chunk's elements where `match` (a flat bool tensor) holds.
 
     Matches are rare, so compaction first finds the 8-element blocks holding any match (one
     int64 word of flags per block) and filters only those: about 8x less scanning than
     boolean indexing over the whole chunk.
     """
     bits = chunk.view(_int_view(chunk.dtype))
-    match = _prefix_matches(bits, prefix, shift)
     whole = match.numel() // 8 * 8
     blocks = match[:whole].view(torch.int64).nonzero().squeeze(1)
     in_blocks = bits[:whole].view(-1, 8).index_select(0, blocks)
