@@ -140,6 +140,20 @@ def test_selection_reports_counts_below_and_at_the_key():
     sel = select_magnitude_key(tensors, 3)
     assert threshold.key_to_value(sel.key, torch.float32).item() == 2.0
     assert (sel.below, sel.equal) == (1, 3)
+    assert sel.equal_by_tensor == (2, 1)  # from the gathered candidates: no extra pass
+
+
+def test_normal_threshold_under_flush_to_zero_prunes_denormals_first():
+    """The float compare used for a normal threshold: flush-to-zero only moves denormals."""
+    tiny = torch.finfo(torch.float32).tiny
+    weight = torch.tensor([tiny / 2, 3.0, -tiny, 0.5, -0.5, 2.0])
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    try:
+        mask = prune_mask_unstructured([weight], 4)[0]
+    finally:
+        torch.set_flush_denormal(False)
+    assert mask.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
 
 def test_rejects_mixed_dtypes_and_integer_tensors():
