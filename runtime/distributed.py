@@ -1,14 +1,14 @@
 """Data-parallel setup for `acdc run`: read torchrun's environment, pick the backend, check
 that replicas agree.
 
-`acdc run --nproc-per-node N` re-executes itself under `torch.distributed.run`; a plain
-`torchrun ... -m acdc_recipe.cli.main run RECIPE` works the same way. Gloo on CPU, NCCL on GPU.
+`acdc run --nproc-per-node N` starts its workers with torch elastic in-process
+(`acdc_recipe.runtime.launch`); a plain `torchrun ... -m acdc_recipe.cli.main run RECIPE` works
+the same way, except that each rank then prints its own error. Gloo on CPU, NCCL on GPU.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -103,17 +103,3 @@ def verify_replicas(tensors: Sequence[Tensor], names: Sequence[str], context: Di
             f"data-parallel ranks hold different values for {names[differs[0]]}"
             + (f" and {len(differs) - 1} more tensors" if len(differs) > 1 else "")
         )
-
-
-def torchrun_command(nproc_per_node: int, cli_args: Sequence[str]) -> list[str]:
-    """The command that re-runs `acdc` with these arguments under `torch.distributed.run`."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc_per_node}",
-        "-m",
-        "acdc_recipe.cli.main",
-        *cli_args,
-    ]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import sys
 import traceback
 from pathlib import Path
 
 from acdc_recipe.cli.common import add_recipe_arguments, errors
 from acdc_recipe.errors import UserError
+from acdc_recipe.runtime.launch import report_worker_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +50,20 @@ def recipe_source(argument: str) -> str:
 
 
 def _relaunch(args: argparse.Namespace) -> int:
-    """Re-run this command (minus --nproc-per-node) under torch.distributed.run."""
-    from acdc_recipe.runtime.distributed import torchrun_command
+    """Re-run this command (minus --nproc-per-node) as data-parallel workers; print the
+    workers' error once (user errors exit 2, other failures 1)."""
+    from torch.distributed.elastic.multiprocessing import SignalException
 
-    return subprocess.call(torchrun_command(args.nproc_per_node, ["run", *_argv_from(args)]))
+    from acdc_recipe.runtime.launch import launch_workers
+
+    try:
+        result = launch_workers(args.nproc_per_node, ["run", *_argv_from(args)])
+    except SignalException as stop:  # Ctrl-C / SIGTERM: the workers have been stopped
+        print("interrupted", file=sys.stderr)
+        return 128 + int(stop.sigval)
+    if result.message:
+        print(result.message, file=sys.stderr)
+    return result.exit_code
 
 
 def _argv_from(args: argparse.Namespace) -> list[str]:
@@ -66,6 +77,22 @@ def _argv_from(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train the recipe (or launch its data-parallel workers). In a worker started by
+    `--nproc-per-node`, a user error or an interrupt goes to the launcher, which prints each
+    distinct paragraph once, instead of every rank printing it."""
+    try:
+        return _train_or_launch(args)
+    except UserError as error:
+        if report_worker_error(f"error: {error}", 2):
+            return 2
+        raise
+    except KeyboardInterrupt:
+        if report_worker_error("interrupted", 130):
+            return 130
+        raise
+
+
+def _train_or_launch(args: argparse.Namespace) -> int:
     from acdc_recipe.loading import load_recipe, parse_set_args
 
     if args.nproc_per_node < 1:
@@ -83,12 +110,12 @@ def run(args: argparse.Namespace) -> int:
         if os.environ.get("ACDC_TRACEBACK"):
             traceback.print_exc()
         out = args.out or f"runs/{recipe.name}"
-        errors.print(
+        paragraph = (
             f"error: training failed: {type(error).__name__}: {error}. Checkpoints written so "
             f"far are in {out}; fix the cause and continue with `acdc run {args.recipe} --out "
-            f"{out} --resume` (set ACDC_TRACEBACK=1 to see the traceback).",
-            markup=False,
-            highlight=False,
+            f"{out} --resume` (set ACDC_TRACEBACK=1 to see the traceback)."
         )
+        if not report_worker_error(paragraph, 1):
+            errors.print(paragraph, markup=False, highlight=False)
         return 1
     return 0
