@@ -300,9 +300,11 @@ def test_begin_step_prunes_before_the_forward_pass():
     gen = torch.Generator().manual_seed(11)
     snapshots = []
     runtime.add_listener(
-        lambda e: snapshots.append([w.clone() for w in compiled.parameters])
-        if isinstance(e, DenseSnapshot)
-        else None
+        lambda e: (
+            snapshots.append([w.clone() for w in compiled.parameters])
+            if isinstance(e, DenseSnapshot)
+            else None
+        )
     )
     for _ in range(2):
         runtime.begin_step()
