@@ -79,6 +79,25 @@ def test_three_forms_compile_to_the_identical_timeline():
     assert macro == reference == explicit
 
 
+CIFAR_MACRO = {"epochs": 200, "warmup": 10, "sparse": 20, "dense": 20, "last_dense": 20,
+               "final_sparse": 30}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "macro, sparse_at, dense_at",
+    [
+        ({"epochs": 150}, [*range(10, 121, 10), 135], [*range(15, 116, 10), 125]),
+        ({"epochs": 200}, [*range(10, 171, 10), 185], [*range(15, 166, 10), 175]),
+        (CIFAR_MACRO, [*range(10, 131, 40), 170], [*range(30, 111, 40), 150]),
+    ],
+)
+def test_reference_switch_epochs_equal_the_macro(macro, sparse_at, dense_at):
+    """The reference code's prune/restore epoch lists give the macro's timeline, every variant."""
+    epochs = macro["epochs"]
+    reference = {"epochs": epochs, "sparse_at": sparse_at, "dense_at": dense_at}
+    assert lower(Schedule(transitions=reference)) == lower(Schedule(acdc=macro))
+
+
 def test_phase_at_and_to_steps():
     timeline = lower(Schedule(acdc={"epochs": 100}))
     assert timeline.phase_at(9).kind == "dense"

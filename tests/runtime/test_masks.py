@@ -95,6 +95,16 @@ def test_n_m_ties_prune_the_first_channels():
     assert mask.tolist() == [[0, 0, 1, 1, 0, 0, 1, 1]] * 2
 
 
+def test_n_m_runs_go_along_input_channels_of_a_conv():
+    """A conv's runs of 4 are its 4 input channels at one (out, kh, kw), not 4 memory neighbours."""
+    weight = torch.zeros(1, 4, 1, 2)
+    weight[0, :, 0, 0] = torch.tensor([4.0, 1.0, 3.0, 2.0])
+    weight[0, :, 0, 1] = torch.tensor([-1.0, 2.0, -3.0, 4.0])
+    mask = compute_masks([weight], [MaskGroup((0,), 4, "2:4")])[0]
+    assert mask[0, :, 0, 0].tolist() == [1, 0, 1, 0]
+    assert mask[0, :, 0, 1].tolist() == [0, 0, 1, 1]
+
+
 def test_n_m_rejects_a_wrong_count_and_accepts_zero():
     weight = torch.randn(4, 8)
     assert bool((compute_masks([weight], [MaskGroup((0,), 0, "2:4")])[0] == 1).all())

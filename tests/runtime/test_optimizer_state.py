@@ -174,3 +174,36 @@ def test_unknown_policy_is_a_clear_error():
     optimizer = torch.optim.SGD([weight], lr=0.1)
     with pytest.raises(ValueError, match="on_decompress"):
         apply_decompress_policy("reset_momentum", optimizer, [weight], None)
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd_momentum", "adamw_wd"])
+@pytest.mark.parametrize("policy", ["reset", "keep"])
+def test_reset_takes_effect_at_the_first_dense_step_from_the_hooks(optimizer_name, policy):
+    """With only `optimizer.step()` (no explicit runtime call), the first step of a dense phase
+    after a sparse one updates every parameter like a fresh optimizer: reset, not one step late."""
+    model = tiny_model(3)
+    recipe = Recipe.model_validate(
+        {
+            "name": "timing",
+            "sparsity": {"target": 0.5},
+            "schedule": {"unit": "step", "phases": [{"dense": 2}, {"sparse": 2}, {"dense": 2}]},
+            "optimizer_state": {"on_decompress": policy},
+        }
+    )
+    compiled = compile(model, recipe)
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
+    compiled.attach(optimizer)
+    generator = torch.Generator().manual_seed(3)
+    for step in range(5):
+        x = torch.randn(16, 5, generator=generator)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), x[:, :2].sin()).backward()
+        if step == 4:  # the first dense step after the sparse phase
+            twins = [nn.Parameter(p.detach().clone()) for p in model.parameters()]
+            for twin, p in zip(twins, model.parameters()):
+                twin.grad = p.grad.clone()
+            fresh = OPTIMIZERS[optimizer_name](twins)
+            fresh.step()
+        optimizer.step()
+    same = all(torch.equal(p, twin) for p, twin in zip(model.parameters(), twins))
+    assert same == (policy == "reset")
