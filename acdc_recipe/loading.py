@@ -190,9 +190,20 @@ def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, sou
         return data
     declared = data.get("variables") if isinstance(data.get("variables"), dict) else {}
     variables, problems = dict(declared), []
+    used = templating.referenced_names(data)
     for key, value in overrides.items():
         if "." not in key:
-            if key not in declared:
+            if key in declared and key not in used:
+                problems.append(
+                    Problem(
+                        f"--set {key}: no template uses this variable, so setting it would "
+                        "change nothing (a resolved recipe, such as a build folder's "
+                        "recipe.yaml, has its templates evaluated); set the key by its dotted "
+                        "path instead, e.g. sparsity.target=0.95",
+                        ("variables", key),
+                    )
+                )
+            elif key not in declared:
                 known = ", ".join(declared) or "none"
                 problems.append(
                     Problem(
@@ -225,12 +236,19 @@ def _render_templates(data: dict, marks: Marks, source: str) -> dict:
     def report(path: tuple, message: str) -> None:
         problems.append(_locate(Problem(message, path), marks))
 
+    def report_variable(path: tuple, message: str) -> None:
+        if "is undefined" in message:
+            message += "; a variable can use only the variables declared before it"
+        report(path, message)
+
     declared = data.get("variables", {})
     if not isinstance(declared, dict):
         return data  # validation reports the wrong type
     variables: dict[str, Any] = {}
     for name, value in declared.items():  # a variable may use the ones before it
-        variables[name] = templating.render_tree(value, variables, report, ("variables", name))
+        variables[name] = templating.render_tree(
+            value, variables, report_variable, ("variables", name)
+        )
     rest = {k: v for k, v in data.items() if k != "variables"}
     rendered = templating.render_tree(rest, variables, report)
     if problems:

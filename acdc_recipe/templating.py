@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -34,7 +35,7 @@ def render_value(text: str, variables: Mapping[str, Any]) -> Any:
             return _reject_undefined(expression(**variables))
         return _ENV.from_string(text).render(**variables)
     except jinja2.UndefinedError as error:
-        known = ", ".join(sorted(variables)) or "none are defined"
+        known = ", ".join(sorted(variables)) or "none"
         raise TemplateProblem(f"{error.message} (variables: {known})") from None
     except jinja2.TemplateSyntaxError as error:
         raise TemplateProblem(f"template syntax error: {error.message}") from None
@@ -61,6 +62,24 @@ def render_tree(
         except TemplateProblem as problem:
             on_problem(path, str(problem))
     return tree
+
+
+def referenced_names(tree: Any) -> set[str]:
+    """The variable names the templates in a YAML tree use (unparsable templates use none)."""
+    names: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif is_template(node):
+            try:
+                names |= jinja2.meta.find_undeclared_variables(_ENV.parse(node))
+            except jinja2.TemplateSyntaxError:
+                pass  # rendering reports it
+    return names
 
 
 def parse_typed(text: str) -> Any:

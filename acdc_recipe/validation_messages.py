@@ -31,7 +31,8 @@ def describe_error(error: dict, data: Any) -> Problem:
     if kind == "missing":
         return Problem(f"required key `{path[-1]}` is missing", path)
     if kind == "literal_error":
-        choices = _QUOTED.findall(error.get("ctx", {}).get("expected", ""))
+        expected = error.get("ctx", {}).get("expected", "")
+        choices = _QUOTED.findall(expected) or [expected]  # Literal[1] is unquoted
         return Problem(
             f"expected one of {', '.join(choices)}; found {found!r}",
             path,

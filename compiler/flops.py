@@ -12,6 +12,7 @@ over the schedule's units.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
@@ -201,11 +202,23 @@ def _forward(result: TraceResult, inputs: tuple, functional: dict, record, fake:
 
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     args = tuple(mode.from_tensor(t) if mode and isinstance(t, torch.Tensor) else t for t in inputs)
-    with torch.no_grad(), mode if mode is not None else contextlib.nullcontext():
+    quiet = _logger_disabled("torch._subclasses.fake_tensor") if fake else contextlib.nullcontext()
+    with torch.no_grad(), quiet, mode if mode is not None else contextlib.nullcontext():
         if result.graph_module is None:
             result.root(*args)
         else:
             _Recorder(result.graph_module, result.eval_graph(), functional, record).run(*args)
+
+
+@contextlib.contextmanager
+def _logger_disabled(name: str):
+    """Silence a logger: a failed fake run is retried for real, its logged traceback is noise."""
+    logger = logging.getLogger(name)
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 # Layers whose output has their input's shape; the shape run skips them (fake batch norm is slow).

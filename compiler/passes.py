@@ -35,6 +35,13 @@ def compile(  # noqa: A001 - the public name the API promises
     `example_inputs` (a tensor or tuple of positional inputs) drives shape propagation for
     FLOPs; by default one zero sample of ``recipe.train.model.input_shape``.
     """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(
+            f"compile() needs a Recipe, got {type(recipe).__name__}; load one with "
+            "acdc_recipe.load_recipe(path)"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compile() needs an nn.Module, got {type(model).__name__}")
     timeline = lower(recipe.schedule)
     result = trace(model)
     found = discover(result)

@@ -126,10 +126,15 @@ def _idx_loader(name: str, default_root: str | None, hint: str) -> Callable[[Dat
     def load(spec: DataSpec) -> DataBundle:
         root = Path(spec.root or default_root or "")
         if not (spec.root or default_root) or not root.is_dir():
+            where = (
+                "train.data.root is not set"
+                if not (spec.root or default_root)
+                else f"{root} {'is not a folder' if root.exists() else 'does not exist'}"
+            )
             raise DataError(
                 f"data source '{name}' needs its four IDX files (train-images-idx3-ubyte, "
                 f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
-                f"raw or .gz) in a folder, and {str(root) or 'no folder'} does not exist; "
+                f"raw or .gz) in a folder, and {where}; "
                 f"{hint} and set train.data.root to that folder"
             )
         try:
@@ -195,7 +200,8 @@ def _cifar_root(spec: DataSpec, folder: str, archive: str) -> Path:
     if not root.is_dir():
         raise DataError(
             f"data source '{spec.source}' needs the python version of the data set and {root} "
-            f"does not exist; download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html, "
+            f"{'is not a folder' if root.exists() else 'does not exist'}; download {archive} "
+            "from https://www.cs.toronto.edu/~kriz/cifar.html, "
             f"unpack it and set train.data.root to the {folder} folder"
         )
     return root

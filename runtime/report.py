@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from acdc_recipe.errors import UserError
 from acdc_recipe.files import write_text_atomic
+from acdc_recipe.runtime.run_summary import RunSummary
 from acdc_recipe.runtime.sinks import read_records
 
 WIDTH, HEIGHT = 760, 260
@@ -153,10 +154,7 @@ def report_context(run_dir: Path) -> dict[str, Any]:
     epochs = [r for r in records if r["event"] == "epoch"]
     x_max = max([p["end"] for p in phases] + [len(epochs), 1])
     masks = [r for r in records if r["event"] == "MasksComputed"]
-    summary_path = run_dir / "summary.json"
-    summary = (
-        json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
-    )
+    summary = _read_summary(run_dir / "summary.json")
     per_layer = (summary or {}).get("per_layer_sparsity") or (
         masks[-1]["per_layer_sparsity"] if masks else {}
     )
@@ -186,6 +184,25 @@ def report_context(run_dir: Path) -> dict[str, Any]:
         "repruning": [m for m in masks],
         "steps_per_epoch": steps_per_epoch,
     }
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """summary.json, or None before the run has finished."""
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        summary = error
+    keys = summary if isinstance(summary, dict) else {}
+    missing = [f.name for f in fields(RunSummary) if f.name not in keys]
+    if missing:
+        raise ReportError(
+            f"{path} is not a summary written by `acdc run` (it is truncated, edited or from "
+            f"another tool; missing: {', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}); delete it to report the metrics alone"
+        )
+    return summary
 
 
 def render_report(run_dir: str | Path, output: str | Path | None = None) -> Path:

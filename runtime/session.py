@@ -264,7 +264,13 @@ def _restore(session: TrainingSession) -> bool:
 
 
 def _open_sinks(session: TrainingSession) -> None:
-    session.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        session.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainingSetupError(
+            f"cannot create the run directory {session.run_dir}: {error.strerror}; "
+            "choose another --out"
+        ) from None
     session.sinks = [
         TerminalSink(),
         JsonlSink(session.run_dir / "metrics.jsonl", session.resumed_from),

@@ -149,6 +149,8 @@ class TerminalSink(Sink):
                     else ""
                 )
             )
+            for note in record.get("refused_checkpoints") or ():
+                self._line(f"note: {note}")
             self.bars.start()
             start_epoch = (record.get("resumed_from") or 0) // self.steps_per_epoch
             self.epochs_task = self.bars.add_task(

@@ -7,7 +7,13 @@ import json
 import re
 from pathlib import Path
 
-from acdc_recipe.cli.common import add_recipe_arguments, console, load_from_args
+from acdc_recipe.cli.common import (
+    add_recipe_arguments,
+    console,
+    load_from_args,
+    refuse_to_replace_source,
+)
+from acdc_recipe.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +37,16 @@ def run(args: argparse.Namespace) -> int:
     from acdc_recipe.compiler.report import render_plan
     from acdc_recipe.loading import dump_recipe
 
-    compiled = compile_plan(recipe)
     folder = Path(args.output) if args.output else Path("builds") / _folder_name(recipe.name)
-    write_build(compiled, folder, dump_recipe(recipe))
+    resolved = dump_recipe(recipe)
+    refuse_to_replace_source(args.recipe, folder, resolved, "-o")
+    compiled = compile_plan(recipe)
+    try:
+        write_build(compiled, folder, resolved)
+    except OSError as error:
+        raise UserError(
+            f"cannot write the build folder {folder}: {error.strerror}; choose another -o DIR"
+        ) from None
     plan = compiled.plan()
     if args.json:
         print(json.dumps(plan, indent=2))

@@ -20,6 +20,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         path = render_report(args.run_dir, args.output)
+    except OSError as error:
+        raise UserError(
+            f"cannot write the report to {args.output or args.run_dir + '/report.html'}: "
+            f"{error.strerror}; choose another -o FILE"
+        ) from None
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, UserError):
             raise

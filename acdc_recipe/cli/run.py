@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
 
-from acdc_recipe.cli.common import add_recipe_arguments, errors
+from acdc_recipe.cli.common import add_recipe_arguments, errors, refuse_to_replace_source
 from acdc_recipe.errors import UserError
 from acdc_recipe.runtime.launch import report_worker_error
 
@@ -93,11 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_or_launch(args: argparse.Namespace) -> int:
-    from acdc_recipe.loading import load_recipe, parse_set_args
+    from acdc_recipe.loading import dump_recipe, load_recipe, parse_set_args
 
     if args.nproc_per_node < 1:
         raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
-    recipe = load_recipe(recipe_source(args.recipe), parse_set_args(args.overrides))
+    source = recipe_source(args.recipe)
+    recipe = load_recipe(source, parse_set_args(args.overrides))
+    run_dir = Path(args.out or f"runs/{recipe.name}")
+    refuse_to_replace_source(source, run_dir, dump_recipe(recipe), "--out")
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
     from acdc_recipe.runtime.trainer import train
@@ -110,10 +114,12 @@ def _train_or_launch(args: argparse.Namespace) -> int:
         if os.environ.get("ACDC_TRACEBACK"):
             traceback.print_exc()
         out = args.out or f"runs/{recipe.name}"
+        sets = [word for item in args.overrides for word in ("--set", item)]
+        command = shlex.join(["acdc", "run", args.recipe, *sets, "--out", out, "--resume"])
         paragraph = (
             f"error: training failed: {type(error).__name__}: {error}. Checkpoints written so "
-            f"far are in {out}; fix the cause and continue with `acdc run {args.recipe} --out "
-            f"{out} --resume` (set ACDC_TRACEBACK=1 to see the traceback)."
+            f"far are in {out}; fix the cause and continue with `{command}` (set "
+            "ACDC_TRACEBACK=1 to see the traceback)."
         )
         if not report_worker_error(paragraph, 1):
             errors.print(paragraph, markup=False, highlight=False)

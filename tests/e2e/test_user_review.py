@@ -1,0 +1,191 @@
+"""Bad input a user gives the `acdc` verbs and the Python API: one paragraph, exit 2, no
+traceback, and no file of theirs damaged."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import acdc_recipe
+from acdc_recipe.cli.main import main
+from acdc_recipe.loading import dump_recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+
+
+def run_cli(capfd, *args: str) -> tuple[int, str]:
+    code = main([*args])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_a_wrong_version_names_the_accepted_one(tmp_path, capfd):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 2\nname: x\nschedule: {acdc: {epochs: 100}}\n")
+    code, err = run_cli(capfd, "validate", str(recipe))
+    assert code == 2
+    assert "at `version`: expected one of 1; found 2" in err
+
+
+def test_a_variable_using_a_later_one_says_why_it_is_undefined(tmp_path, capfd):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        'name: x\nvariables: {a: "{{ b }}", b: 1}\nschedule: {acdc: {epochs: "{{ a }}"}}\n'
+    )
+    code, err = run_cli(capfd, "validate", str(recipe))
+    assert code == 2
+    assert "'b' is undefined" in err and "declared before it" in err
+    assert "none are defined" not in err
+
+
+def test_setting_a_variable_no_template_uses_is_refused(tmp_path, capfd):
+    resolved = tmp_path / "recipe.yaml"  # like a build folder's: templates already evaluated
+    resolved.write_text(dump_recipe(load_recipe("quickstart")))
+    code, err = run_cli(capfd, "validate", str(resolved), "--set", "sparsity=0.5")
+    assert code == 2
+    assert "variables.sparsity" in err and "no template uses" in err
+    with pytest.raises(acdc_recipe.RecipeError, match="no template uses"):
+        load_recipe(resolved, epochs=12)
+    assert main(["validate", str(resolved), "--set", "sparsity.target=0.5"]) == 0
+    assert "sparsity 0.5" in capfd.readouterr().out
+
+
+def test_compile_into_a_file_or_an_impossible_folder_is_a_user_error(tmp_path, capfd):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    code, err = run_cli(capfd, "compile", "quickstart", "-o", str(a_file))
+    assert code == 2 and f"cannot write the build folder {a_file}" in err
+    assert a_file.read_text() == "mine"
+    code, err = run_cli(capfd, "compile", "quickstart", "-o", str(a_file / "sub"))
+    assert code == 2 and "cannot write the build folder" in err
+
+
+def test_compile_with_a_wrong_input_shape_prints_only_the_paragraph(capfd):
+    code, err = run_cli(
+        capfd, "compile", "quickstart", "--set", "train.model.input_shape=[3, 3]", "--json"
+    )
+    assert code == 2
+    assert "train.model.input_shape" in err
+    assert "failed while attempting to run meta" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("verb, flag", [("compile", "-o"), ("run", "--out")])
+def test_the_source_recipe_is_never_replaced_by_its_resolved_form(tmp_path, capfd, verb, flag):
+    recipe = tmp_path / "recipe.yaml"
+    shutil.copy(QUICKSTART, recipe)
+    original = recipe.read_text()
+    code, err = run_cli(capfd, verb, str(recipe), flag, str(tmp_path))
+    assert code == 2
+    assert "would replace the recipe being read" in err
+    assert recipe.read_text() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+def test_a_build_folder_may_be_rebuilt_in_place(tmp_path, capfd):
+    build = tmp_path / "build"
+    assert main(["compile", "quickstart", "-o", str(build), "--json"]) == 0
+    assert main(["compile", str(build / "recipe.yaml"), "-o", str(build), "--json"]) == 0
+    capfd.readouterr()
+
+
+def test_run_into_a_file_is_a_user_error_not_a_training_failure(tmp_path, capfd):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    code, err = run_cli(
+        capfd, "run", "quickstart", "--set", "epochs=12", "--out", str(a_file), "--device", "cpu"
+    )
+    assert code == 2
+    assert f"cannot create the run directory {a_file}" in err
+    assert "training failed" not in err
+    assert a_file.read_text() == "mine"
+
+
+def test_a_training_failure_suggests_a_resume_command_that_keeps_the_set_values(tmp_path, capfd):
+    out = tmp_path / "run"
+    sets = ["--set", "epochs=12", "--set", "train.optimizer.lr=1e30"]  # diverges: NaN weights
+    code = main(["run", "quickstart", *sets, "--out", str(out), "--device", "cpu"])
+    err = " ".join(capfd.readouterr().err.split())  # undo the console's line wrapping
+    assert code == 1
+    command = f"acdc run quickstart {' '.join(sets)} --out {out} --resume"
+    assert command in err
+    code = main(command.split()[1:])  # the suggested command reaches the checkpoint
+    err = capfd.readouterr().err
+    assert "different recipe" not in err and "training failed" in err
+
+
+def _run_dir(tmp_path: Path, summary_text: str | None) -> Path:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("")
+    if summary_text is not None:
+        (run_dir / "summary.json").write_text(summary_text)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "summary", ['{"recipe": "q", "dense_top1": 0.9', '{"recipe": "q"}', "[1, 2]", "garbage"]
+)
+def test_report_names_a_damaged_summary(tmp_path, capfd, summary):
+    run_dir = _run_dir(tmp_path, summary)
+    code, err = run_cli(capfd, "report", str(run_dir))
+    assert code == 2
+    assert f"{run_dir}/summary.json is not a summary written by `acdc run`" in err
+    assert not (run_dir / "report.html").exists()
+
+
+def test_report_into_a_folder_or_a_missing_folder_is_a_user_error(tmp_path, capfd):
+    run_dir = _run_dir(tmp_path, None)  # an unfinished run: metrics only
+    code, err = run_cli(capfd, "report", str(run_dir), "-o", str(tmp_path))
+    assert code == 2 and "cannot write the report" in err
+    (tmp_path / "afile").write_text("mine")
+    code, err = run_cli(capfd, "report", str(run_dir), "-o", str(tmp_path / "afile" / "r.html"))
+    assert code == 2 and "cannot write the report" in err
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").is_file()
+
+
+def test_compile_names_arguments_of_the_wrong_kind():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(TypeError, match="load_recipe"):
+        acdc_recipe.compile(model, str(QUICKSTART))
+    with pytest.raises(TypeError, match="nn.Module"):
+        acdc_recipe.compile("resnet18", load_recipe(QUICKSTART))
+    compiled = acdc_recipe.compile(model, load_recipe(QUICKSTART), torch.zeros(1, 8, 8))
+    assert [p.name for p in compiled.params] == ["1.weight"]
+
+
+@pytest.mark.parametrize("source", ["mnist", "cifar10"])
+def test_a_data_root_that_is_a_file_or_unset_is_described_as_such(tmp_path, source):
+    from acdc_recipe.runtime.data import DataError, load_data
+    from acdc_recipe.schema import DataSpec
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    with pytest.raises(DataError, match=f"{a_file} is not a folder"):
+        load_data(DataSpec(source=source, root=str(a_file)))
+    if source == "mnist":  # no default folder
+        with pytest.raises(DataError, match=r"and train.data.root is not set;"):
+            load_data(DataSpec(source=source))
+
+
+def test_a_refused_checkpoint_is_shown_when_the_run_resumes():
+    import io
+
+    from rich.console import Console
+
+    from acdc_recipe.runtime.sinks import TerminalSink
+
+    output = io.StringIO()
+    sink = TerminalSink(Console(file=output, width=200))
+    reason = "checkpoint-000000460.pt cannot be read (truncated or not a checkpoint)"
+    sink.write({
+        "event": "run_started", "recipe": "q", "epochs": 2, "steps_per_epoch": 3,
+        "device": "cpu", "world_size": 1, "resumed_from": 3, "refused_checkpoints": [reason],
+    })  # fmt: skip
+    sink.close()
+    assert f"note: {reason}" in output.getvalue()
