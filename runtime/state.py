@@ -55,13 +55,24 @@ def timeline_in_steps(timeline: Timeline, steps_per_epoch: int | None) -> Timeli
     """The timeline in optimizer steps; epoch timelines need `steps_per_epoch`."""
     if timeline.unit == "step":
         return timeline
-    if steps_per_epoch is None or int(steps_per_epoch) < 1:
+    if not _is_positive_int(steps_per_epoch):
         raise RuntimeStateError(
             "the recipe's schedule is in epochs (schedule.unit: epoch), so attach() needs "
             f"steps_per_epoch, the number of optimizer steps per epoch (got {steps_per_epoch!r}); "
             "pass steps_per_epoch=len(train_loader), or write the schedule with unit: step"
         )
     return timeline.to_steps(int(steps_per_epoch))
+
+
+def _is_positive_int(value: Any) -> bool:
+    """An int (numpy and torch integers too, not bool) of at least 1."""
+    try:
+        return not isinstance(value, bool) and int(value) == value and int(value) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+_ATTACHED = "_acdc_runtime_attached"  # optimizer attribute: a runtime's hooks are registered
 
 
 def _action_positions(timeline: Timeline, snapshot_step: int | None) -> list[int]:
@@ -112,6 +123,12 @@ class SparsityRuntime:
         self._mask_view: tuple[Tensor, ...] | None = None
         self._previous: list[Tensor] | None = None  # the last mask, kept while dense
         self._masked_grad: tuple[Tensor, int] | None = None  # grads masked this step
+        if getattr(optimizer, _ATTACHED, False):
+            raise RuntimeStateError(
+                "this optimizer already has a sparsity runtime attached; two would each mask "
+                "and count every step. Call close() on the first runtime, or attach once"
+            )
+        setattr(optimizer, _ATTACHED, True)
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -154,7 +171,10 @@ class SparsityRuntime:
         self._listeners.append(listener)
 
     def close(self) -> None:
-        """Remove the optimizer hooks; masks stop being applied."""
+        """Remove the optimizer hooks; masks stop being applied. The optimizer can be attached
+        again."""
+        if self._hooks:
+            setattr(self.optimizer, _ATTACHED, False)
         for handle in self._hooks:
             handle.remove()
         self._hooks = []

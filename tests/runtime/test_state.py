@@ -191,8 +191,9 @@ def test_epoch_schedule_needs_steps_per_epoch():
     model = mlp()
     compiled = compile(model, make_recipe([{"dense": 1}, {"sparse": 2}], unit="epoch"))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(RuntimeStateError, match="steps_per_epoch"):
-        compiled.attach(opt)
+    for wrong in (None, 0, 2.5, True, "4"):
+        with pytest.raises(RuntimeStateError, match="steps_per_epoch"):
+            compiled.attach(opt, steps_per_epoch=wrong)
     runtime = compiled.attach(opt, steps_per_epoch=4)
     assert [(p.start, p.end) for p in runtime.timeline.phases] == [(0, 4), (4, 12)]
     gen = torch.Generator().manual_seed(6)
@@ -209,6 +210,14 @@ def test_non_finite_weights_name_the_layer():
         model[2].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"2\.weight"):
         train_step(model, opt, gen)
+
+
+def test_one_runtime_per_optimizer_until_closed():
+    _, compiled, opt, runtime = setup([{"sparse": 3}])
+    with pytest.raises(RuntimeStateError, match="already has a sparsity runtime"):
+        compiled.attach(opt)
+    runtime.close()
+    assert compiled.attach(opt).step == 0
 
 
 def test_close_removes_the_hooks():
