@@ -89,7 +89,7 @@ def summarize_failure(
     if silent or not reports:
         rank = silent[0] if silent else min(exit_codes)
         code = exit_codes[rank]
-        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        how = f"was killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
         return LaunchResult(
             1,
             f"error: data-parallel worker {rank} of {world_size} {how}; see its output above, "
@@ -98,7 +98,7 @@ def summarize_failure(
     return LaunchResult(1, min(reports.values(), key=lambda r: r.time).message)
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
     except ValueError:

@@ -27,6 +27,7 @@ from acdc_recipe.runtime.distributed import (
     shutdown,
     verify_replicas,
 )
+from acdc_recipe.runtime.interrupt import StopRequest, TrainingInterrupted, stop_at_step_boundary
 from acdc_recipe.runtime.optim import clip_gradients
 from acdc_recipe.runtime.run_summary import (
     RunSummary,
@@ -46,7 +47,8 @@ from acdc_recipe.runtime.sinks import TerminalSink
 from acdc_recipe.schema import Recipe
 
 
-def _checkpoint(session: TrainingSession, epoch: int, batch: int) -> None:
+def _checkpoint(session: TrainingSession, epoch: int, batch: int) -> str | None:
+    """Write the checkpoint for this position (rank 0); its file name, or None elsewhere."""
     step = session.runtime.step
     if session.context.is_main:
         state = {
@@ -64,6 +66,15 @@ def _checkpoint(session: TrainingSession, epoch: int, batch: int) -> None:
         }
         path = ckpt.save_checkpoint(session.run_dir, step, state, session.compiled.recipe_hash)
         session.emit({"event": "checkpoint", "step": step, "path": path.name})
+        return path.name
+    return None
+
+
+def _interrupted(session: TrainingSession, stop: StopRequest, checkpoint: str | None) -> None:
+    """Raise `TrainingInterrupted` at this step boundary, after the checkpoint was written."""
+    step = session.runtime.step
+    session.emit({"event": "interrupted", "step": step, "checkpoint": checkpoint})
+    raise TrainingInterrupted(step, checkpoint or "", stop.signal_number or 0)
 
 
 def _status(session: TrainingSession) -> str:
@@ -71,7 +82,7 @@ def _status(session: TrainingSession) -> str:
     return f"{phase.kind} {100 * session.runtime.sparsity_target:.0f}%"
 
 
-def _train_epoch(session: TrainingSession, epoch: int, start_batch: int) -> None:
+def _train_epoch(session: TrainingSession, epoch: int, start_batch: int, stop: StopRequest) -> None:
     spec = session.recipe.train
     sampler = EpochSampler(
         len(session.data.train),
@@ -119,8 +130,11 @@ def _train_epoch(session: TrainingSession, epoch: int, start_batch: int) -> None
         last_in_epoch = (
             batch + 1 == session.steps_per_epoch or session.runtime.step >= session.total_steps
         )
-        if every and session.runtime.step % every == 0 and not last_in_epoch:
-            _checkpoint(session, epoch, batch + 1)
+        periodic = bool(every) and session.runtime.step % every == 0 and not last_in_epoch
+        if periodic or (stop.requested and not last_in_epoch):
+            written = _checkpoint(session, epoch, batch + 1)
+            if stop.requested:
+                _interrupted(session, stop, written)
 
 
 def _val_batches(session: TrainingSession) -> Any:
@@ -169,32 +183,44 @@ def fit(session: TrainingSession) -> RunSummary:
             ],
         }
     )
-    for epoch in range(start // spe, session.epochs):
-        epoch_start = time.perf_counter()
-        _train_epoch(session, epoch, start - epoch * spe if epoch == start // spe else 0)
-        val_loss, top1 = _evaluate(session)
-        train_loss = float(session.loss_sum) / max(session.loss_count, 1)
-        session.loss_sum, session.loss_count = torch.zeros((), dtype=torch.float64), 0
-        session.elapsed = time.perf_counter() - started
-        sparsity, _ = exact_sparsity(
-            [p.name for p in session.compiled.params], session.compiled.parameters
-        )
-        session.emit(
-            {
-                "event": "epoch",
-                "step": runtime.step,
-                "epoch": epoch,
-                "phase": runtime.timeline.phase_at(runtime.step - 1).kind,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "top1": top1,
-                "sparsity": sparsity,
-                "lr": session.lr_schedule.get_last_lr()[0],
-                "seconds": time.perf_counter() - epoch_start,
-            }
-        )
-        _checkpoint(session, epoch + 1, 0)
+    with stop_at_step_boundary(enabled=not session.context.enabled) as stop:
+        for epoch in range(start // spe, session.epochs):
+            first = start - epoch * spe if epoch == start // spe else 0
+            _run_epoch(session, epoch, first, started, stop)
     return _finish(session, started)
+
+
+def _run_epoch(
+    session: TrainingSession, epoch: int, first_batch: int, started: float, stop: StopRequest
+) -> None:
+    """Train one epoch from `first_batch`, evaluate, checkpoint; stop there if asked to."""
+    runtime = session.runtime
+    epoch_start = time.perf_counter()
+    _train_epoch(session, epoch, first_batch, stop)
+    val_loss, top1 = _evaluate(session)
+    train_loss = float(session.loss_sum) / max(session.loss_count, 1)
+    session.loss_sum, session.loss_count = torch.zeros((), dtype=torch.float64), 0
+    session.elapsed = time.perf_counter() - started
+    sparsity, _ = exact_sparsity(
+        [p.name for p in session.compiled.params], session.compiled.parameters
+    )
+    session.emit(
+        {
+            "event": "epoch",
+            "step": runtime.step,
+            "epoch": epoch,
+            "phase": runtime.timeline.phase_at(runtime.step - 1).kind,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "top1": top1,
+            "sparsity": sparsity,
+            "lr": session.lr_schedule.get_last_lr()[0],
+            "seconds": time.perf_counter() - epoch_start,
+        }
+    )
+    written = _checkpoint(session, epoch + 1, 0)
+    if stop.requested and runtime.step < session.total_steps:
+        _interrupted(session, stop, written)
 
 
 def _finish(session: TrainingSession, started: float) -> RunSummary:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from acdc_recipe.cli.common import add_recipe_arguments, errors, refuse_to_replace_source
 from acdc_recipe.errors import UserError
-from acdc_recipe.runtime.launch import report_worker_error
+from acdc_recipe.runtime.launch import report_worker_error, signal_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +77,13 @@ def _argv_from(args: argparse.Namespace) -> list[str]:
     return argv + [flag for flag in ("--resume", "--overwrite") if getattr(args, flag[2:])]
 
 
+def _resume_command(args: argparse.Namespace, out: str) -> str:
+    """The shell command that continues this run from its newest checkpoint."""
+    sets = [word for item in args.overrides for word in ("--set", item)]
+    device = ["--device", args.device] if args.device else []
+    return shlex.join(["acdc", "run", args.recipe, *sets, "--out", out, *device, "--resume"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Train the recipe (or launch its data-parallel workers). In a worker started by
     `--nproc-per-node`, a user error or an interrupt goes to the launcher, which prints each
@@ -104,24 +111,33 @@ def _train_or_launch(args: argparse.Namespace) -> int:
     refuse_to_replace_source(source, run_dir, dump_recipe(recipe), "--out")
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
+    from acdc_recipe.runtime.interrupt import TrainingInterrupted
     from acdc_recipe.runtime.trainer import train
 
+    out = args.out or f"runs/{recipe.name}"
     try:
         train(recipe, args.out, resume=args.resume, device=args.device, overwrite=args.overwrite)
     except UserError:
         raise
+    except TrainingInterrupted as stop:  # Ctrl-C or SIGTERM, stopped at a step boundary
+        errors.print(
+            f"interrupted ({signal_name(stop.signal_number)}) at step {stop.step}; the "
+            f"checkpoint {stop.checkpoint} in {out} holds it, so nothing is lost: continue with "
+            f"`{_resume_command(args, out)}`",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,  # one line: the command stays copyable
+        )
+        return 128 + stop.signal_number
     except Exception as error:  # a failure during training: one paragraph, exit 1
         if os.environ.get("ACDC_TRACEBACK"):
             traceback.print_exc()
-        out = args.out or f"runs/{recipe.name}"
-        sets = [word for item in args.overrides for word in ("--set", item)]
-        command = shlex.join(["acdc", "run", args.recipe, *sets, "--out", out, "--resume"])
         paragraph = (
             f"error: training failed: {type(error).__name__}: {error}. Checkpoints written so "
-            f"far are in {out}; fix the cause and continue with `{command}` (set "
-            "ACDC_TRACEBACK=1 to see the traceback)."
+            f"far are in {out}; fix the cause and continue with `{_resume_command(args, out)}` "
+            "(set ACDC_TRACEBACK=1 to see the traceback)."
         )
         if not report_worker_error(paragraph, 1):
-            errors.print(paragraph, markup=False, highlight=False)
+            errors.print(paragraph, markup=False, highlight=False, soft_wrap=True)
         return 1
     return 0

@@ -102,6 +102,35 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(reference, tmp_path):
     assert same_weights(reference / "dense.safetensors", tmp_path / "dense.safetensors")
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_checkpoints_that_step_then_resume_is_bitwise_equal(
+    reference, tmp_path, stop_signal
+):
+    """The first Ctrl-C (or SIGTERM) finishes the step, checkpoints it and says how to resume."""
+    no_periodic = ["--set", "train.checkpoint_every_steps=null"]
+    command = [sys.executable, "-m", "acdc_recipe.cli.main", "run", str(TINY), *SLOW,
+               *no_periodic, "--out", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_checkpoint(tmp_path / "metrics.jsonl", 12, process)  # the end of epoch 0
+    process.send_signal(stop_signal)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop_signal, stderr
+    assert "Traceback" not in stderr and "nothing is lost" in stderr
+    assert "train.checkpoint_every_steps=null" in stderr and "--resume" in stderr
+    last = read_records(tmp_path / "metrics.jsonl")[-1]
+    assert last["event"] == "interrupted" and 12 <= last["step"] < 72
+    assert [c.name for c in list_checkpoints(tmp_path)][0] == last["checkpoint"]
+    assert not (tmp_path / "sparse.safetensors").exists()
+    result = acdc("run", TINY, *SLOW, *no_periodic, "--out", tmp_path, "--device", "cpu",
+                  "--resume")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"resumed at step {last['step']}" in result.stdout
+    assert same_weights(reference / "sparse.safetensors", tmp_path / "sparse.safetensors")
+    assert same_weights(reference / "dense.safetensors", tmp_path / "dense.safetensors")
+
+
 def test_crash_while_writing_a_checkpoint_then_resume_is_bitwise_equal(reference, tmp_path):
     env = {**ENV, CRASH_BEFORE_RENAME_ENV: "7"}  # 5, 10, 12, 15, 20, 24, then dies writing 25
     crashed = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", env=env)

@@ -111,7 +111,7 @@ def test_a_training_failure_suggests_a_resume_command_that_keeps_the_set_values(
     code = main(["run", "quickstart", *sets, "--out", str(out), "--device", "cpu"])
     err = " ".join(capfd.readouterr().err.split())  # undo the console's line wrapping
     assert code == 1
-    command = f"acdc run quickstart {' '.join(sets)} --out {out} --resume"
+    command = f"acdc run quickstart {' '.join(sets)} --out {out} --device cpu --resume"
     assert command in err
     code = main(command.split()[1:])  # the suggested command reaches the checkpoint
     err = capfd.readouterr().err
