@@ -190,7 +190,7 @@ def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, sou
         return data
     declared = data.get("variables") if isinstance(data.get("variables"), dict) else {}
     variables, problems = dict(declared), []
-    used = templating.referenced_names(data)
+    used = templating.referenced_names([data, list(overrides.values())])  # --set templates too
     for key, value in overrides.items():
         if "." not in key:
             if key in declared and key not in used:

@@ -101,8 +101,9 @@ class SparsityRuntime:
         recipe = compiled.recipe
         self.compiled = compiled
         self.optimizer = optimizer
-        self.steps_per_epoch = steps_per_epoch if compiled.timeline.unit == "epoch" else None
         self.timeline = timeline_in_steps(compiled.timeline, steps_per_epoch)
+        epochs = compiled.timeline.unit == "epoch"
+        self.steps_per_epoch = int(steps_per_epoch) if epochs else None  # a plain int to save
         self._parameters: list[Tensor] = list(compiled.parameters)
         self._names = [param.name for param in compiled.params]
         self._default_target = recipe.sparsity.target if recipe.sparsity is not None else 0.0

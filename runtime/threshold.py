@@ -115,7 +115,9 @@ def unstructured_masks(tensors: Sequence[Tensor], prune: int) -> tuple[list[Tens
     if prune == 0:
         return [torch.ones_like(t) for t in tensors], None
     if prune == total:
-        return [torch.zeros_like(t) for t in tensors], max(t.detach().abs().max() for t in tensors)
+        return [torch.zeros_like(t) for t in tensors], max(
+            t.detach().abs().max() for t in tensors if t.numel()
+        )
     sel = select_magnitude_key(tensors, prune)
     threshold = key_to_value(sel.key, dtype, device)
     ties_to_prune = prune - sel.below

@@ -81,7 +81,11 @@ def _resume_command(args: argparse.Namespace, out: str) -> str:
     """The shell command that continues this run from its newest checkpoint."""
     sets = [word for item in args.overrides for word in ("--set", item)]
     device = ["--device", args.device] if args.device else []
-    return shlex.join(["acdc", "run", args.recipe, *sets, "--out", out, *device, "--resume"])
+    world_size = max(args.nproc_per_node, int(os.environ.get("WORLD_SIZE", "1")))
+    workers = ["--nproc-per-node", str(world_size)] if world_size > 1 else []
+    return shlex.join(
+        ["acdc", "run", args.recipe, *sets, "--out", out, *device, *workers, "--resume"]
+    )
 
 
 def run(args: argparse.Namespace) -> int:

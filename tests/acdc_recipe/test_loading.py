@@ -114,3 +114,10 @@ def test_files_and_shipped_names(tmp_path):
         load_recipe("quickstrat")
     assert caught.value.problems[0].suggestion == "'quickstart'"
     assert "quickstrat" in str(caught.value)
+
+
+def test_a_variable_used_only_by_another_set_value_may_be_set():
+    overrides = {"sparsity.target": "{{ blocks / 4 }}", "blocks": 3}
+    assert load_recipe_text(BASE, overrides=overrides).sparsity.target == 0.75
+    (problem,) = problems(BASE, overrides={"blocks": 3})
+    assert "no template uses" in problem.message

@@ -189,3 +189,15 @@ def test_a_refused_checkpoint_is_shown_when_the_run_resumes():
     })  # fmt: skip
     sink.close()
     assert f"note: {reason}" in output.getvalue()
+
+
+def test_the_resume_hint_of_a_data_parallel_worker_keeps_the_process_count(monkeypatch):
+    from acdc_recipe.cli.main import build_parser
+    from acdc_recipe.cli.run import _resume_command
+
+    args = build_parser().parse_args(["run", "quickstart", "--set", "epochs=3", "--device", "cpu"])
+    assert _resume_command(args, "runs/q") == (
+        "acdc run quickstart --set epochs=3 --out runs/q --device cpu --resume"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside a worker started by --nproc-per-node 2
+    assert _resume_command(args, "runs/q").endswith("--nproc-per-node 2 --resume")

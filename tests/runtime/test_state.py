@@ -328,3 +328,15 @@ def test_begin_step_prunes_before_the_forward_pass():
     assert runtime.step == 3
     assert sum(isinstance(e, MasksComputed) for e in runtime.history) == 1
     assert pruned_counts(compiled, runtime)[0] == prune
+
+
+def test_a_numpy_steps_per_epoch_is_saved_as_a_plain_int(tmp_path):
+    """Checkpoints are read with weights_only=True, which refuses numpy scalars."""
+    import numpy as np
+
+    model = mlp()
+    compiled = compile(model, make_recipe([{"dense": 1}, {"sparse": 2}], unit="epoch"))
+    runtime = compiled.attach(torch.optim.SGD(model.parameters(), lr=0.1), np.int64(4))
+    torch.save(runtime.state_dict(), tmp_path / "runtime.pt")
+    state = torch.load(tmp_path / "runtime.pt", weights_only=True)
+    assert type(state["steps_per_epoch"]) is int and state["steps_per_epoch"] == 4

@@ -143,6 +143,13 @@ def test_selection_reports_counts_below_and_at_the_key():
     assert sel.equal_by_tensor == (2, 1)  # from the gathered candidates: no extra pass
 
 
+def test_pruning_everything_skips_empty_tensors():
+    tensors = [torch.empty(0), torch.tensor([0.5, -2.0]), torch.empty(0, 3)]
+    masks, largest = threshold.unstructured_masks(tensors, 2)
+    assert [m.shape for m in masks] == [t.shape for t in tensors]
+    assert all(int(m.count_nonzero()) == 0 for m in masks) and largest.item() == 2.0
+
+
 def test_normal_threshold_under_flush_to_zero_prunes_denormals_first():
     """The float compare used for a normal threshold: flush-to-zero only moves denormals."""
     tiny = torch.finfo(torch.float32).tiny
