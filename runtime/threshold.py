@@ -100,8 +100,9 @@ def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tenso
     """Masks (tensor dtype and device) with exactly `prune` zeros over all `tensors` together.
 
     Every |w| below the threshold is pruned; among entries equal to it, the earliest in flat
-    order (tensor order, then row-major) are pruned until the count is exact. Comparisons are
-    on the integer keys, so flush-to-zero modes cannot blur denormals.
+    order (tensor order, then row-major) are pruned until the count is exact. The selection is
+    on the integer keys, and so is every comparison against a denormal threshold, so
+    flush-to-zero modes cannot blur denormals.
     """
     return unstructured_masks(tensors, prune)[0]
 
