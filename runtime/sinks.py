@@ -167,6 +167,9 @@ class TerminalSink(Sink):
                 f"mask changed {_percent(changed) if changed is not None else '- (first mask)'}, "
                 f"{record['seconds']:.3f}s"
             )
+            emptied = emptied_layers(record["per_layer_sparsity"])
+            if emptied and record["target"] < 1.0:
+                self._line(f"warning: {emptied_layers_note(emptied)}")
         elif kind == "DenseSnapshot":
             self._line(
                 f"{self._where(record)}: saved the dense model (end of the last dense phase)"
@@ -209,6 +212,19 @@ class TerminalSink(Sink):
 
     def close(self) -> None:
         self.bars.stop()
+
+
+def emptied_layers(per_layer_sparsity: dict[str, float]) -> list[str]:
+    """Layers whose every prunable weight is zero."""
+    return [name for name, sparsity in per_layer_sparsity.items() if sparsity >= 1.0]
+
+
+def emptied_layers_note(names: list[str]) -> str:
+    return (
+        f"every weight of {', '.join(names)} is pruned; such a layer passes on only its bias, "
+        "which can collapse training (global magnitude pruning empties small or low-magnitude "
+        "layers first); consider scope: erk or uniform, or a rule that keeps the layer denser"
+    )
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

@@ -43,7 +43,7 @@ from acdc_recipe.runtime.session import (  # noqa: F401 - prepare is public API 
     save_model,
     snapshot_step,
 )
-from acdc_recipe.runtime.sinks import TerminalSink
+from acdc_recipe.runtime.sinks import TerminalSink, emptied_layers, emptied_layers_note
 from acdc_recipe.schema import Recipe
 
 
@@ -241,6 +241,8 @@ def _finish(session: TrainingSession, started: float) -> RunSummary:
         dense_loss, dense_top1 = _evaluate(session)
         session.model.load_state_dict(final_state)
     achieved, per_layer = exact_sparsity(names, session.compiled.parameters)
+    if emptied := emptied_layers(per_layer):
+        notes.append(emptied_layers_note(emptied))
     main = session.context.is_main
     if main and session.dense_state is not None:
         save_model(session, "dense.safetensors", session.dense_state)
