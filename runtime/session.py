@@ -229,6 +229,8 @@ def prepare(
         _start_fresh(run_dir, overwrite, resuming=True)  # never replace a run silently
     elif not resume and context.is_main and (removed := _start_fresh(run_dir, overwrite)):
         session.refused = (f"started fresh (--overwrite): removed {', '.join(removed)}",)
+    if context.is_main and session.resumed_from is None and not overwrite:
+        _refuse_a_foreign_recipe_file(run_dir, recipe)
     if context.is_main:
         _open_sinks(session)
     runtime.add_listener(lambda event: _on_runtime_event(session, event))
@@ -261,6 +263,20 @@ def _restore(session: TrainingSession) -> bool:
     if dense_path.exists():
         session.dense_state = ckpt.load_safetensors(dense_path)
     return True
+
+
+def _refuse_a_foreign_recipe_file(run_dir: Path, recipe: Recipe) -> None:
+    """A run writes its resolved recipe to recipe.yaml; never over a different file there."""
+    from acdc_recipe.loading import dump_recipe
+
+    target = run_dir / "recipe.yaml"
+    if target.is_file() and target.read_text(encoding="utf-8", errors="replace") != dump_recipe(
+        recipe
+    ):
+        raise TrainingSetupError(
+            f"{target} exists and is not this run's resolved recipe, and the run would replace "
+            "it; choose another --out, or replace it with --overwrite"
+        )
 
 
 def _open_sinks(session: TrainingSession) -> None:

@@ -201,3 +201,15 @@ def test_the_resume_hint_of_a_data_parallel_worker_keeps_the_process_count(monke
     )
     monkeypatch.setenv("WORLD_SIZE", "2")  # inside a worker started by --nproc-per-node 2
     assert _resume_command(args, "runs/q").endswith("--nproc-per-node 2 --resume")
+
+
+def test_a_foreign_recipe_yaml_in_the_run_folder_is_never_replaced(tmp_path, capfd):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("# my notes, not a run\n")
+    code = main(["run", "quickstart", "--out", str(out), "--device", "cpu"])
+    err = " ".join(capfd.readouterr().err.split())
+    assert code == 2 and "is not this run's resolved recipe" in err and "--overwrite" in err
+    assert (out / "recipe.yaml").read_text() == "# my notes, not a run\n"
+    assert main(["run", "quickstart", "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
+    assert (out / "summary.json").exists()
