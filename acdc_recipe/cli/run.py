@@ -111,14 +111,13 @@ def _train_or_launch(args: argparse.Namespace) -> int:
         raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
     source = recipe_source(args.recipe)
     recipe = load_recipe(source, parse_set_args(args.overrides))
-    run_dir = Path(args.out or f"runs/{recipe.name}")
-    refuse_to_replace_source(source, run_dir, dump_recipe(recipe), "--out")
+    out = args.out or f"runs/{recipe.name}"
+    refuse_to_replace_source(source, Path(out), dump_recipe(recipe), "--out")
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
     from acdc_recipe.runtime.interrupt import TrainingInterrupted
     from acdc_recipe.runtime.trainer import train
 
-    out = args.out or f"runs/{recipe.name}"
     try:
         train(recipe, args.out, resume=args.resume, device=args.device, overwrite=args.overwrite)
     except UserError:

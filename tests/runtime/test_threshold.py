@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -123,15 +125,23 @@ def test_edge_counts_and_signed_zero(dtype):
         prune_mask_unstructured(tensors, 6)
 
 
-def test_denormals_stay_distinct_under_flush_to_zero():
-    tiny = torch.finfo(torch.float32).tiny
-    weight = torch.tensor([tiny / 2, tiny / 4, tiny / 8, 0.0, 1.0])
+@contextlib.contextmanager
+def flush_to_zero():
+    """Flush-to-zero (and denormals-are-zero) mode within the block, where the CPU has it.
+    Create the weights before entering: in this mode new denormal tensors become zero."""
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU has no flush-to-zero mode")
     try:
-        mask = prune_mask_unstructured([weight], 2)[0]
+        yield
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_denormals_stay_distinct_under_flush_to_zero():
+    tiny = torch.finfo(torch.float32).tiny
+    weight = torch.tensor([tiny / 2, tiny / 4, tiny / 8, 0.0, 1.0])
+    with flush_to_zero():
+        mask = prune_mask_unstructured([weight], 2)[0]
     assert mask.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
 
 
@@ -154,12 +164,8 @@ def test_normal_threshold_under_flush_to_zero_prunes_denormals_first():
     """The float compare used for a normal threshold: flush-to-zero only moves denormals."""
     tiny = torch.finfo(torch.float32).tiny
     weight = torch.tensor([tiny / 2, 3.0, -tiny, 0.5, -0.5, 2.0])
-    if not torch.set_flush_denormal(True):
-        pytest.skip("this CPU has no flush-to-zero mode")
-    try:
+    with flush_to_zero():
         mask = prune_mask_unstructured([weight], 4)[0]
-    finally:
-        torch.set_flush_denormal(False)
     assert mask.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
 
