@@ -25,8 +25,6 @@ import argparse
 import contextlib
 import functools
 import json
-import os
-import platform
 import re
 import statistics
 import sys
@@ -44,6 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the recipes import their data from benchmarks.accuracy
     sys.path.insert(0, str(ROOT))
+from benchmarks.records import machine, write_json  # noqa: E402
 
 RECIPES = ROOT / "benchmarks" / "recipes"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -405,23 +404,6 @@ def emptied_table(runs: Sequence[dict[str, Any]]) -> str:
             cells = [cells[0], "...", cells[-1]] if len(cells) > 2 else cells
         lines.append(f"{run['arch']:<6} {run['config']:<26} " + "; ".join(cells))
     return "\n".join(lines)
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-    }
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Atomically (temp + fsync + rename)."""
-    from acdc_recipe.files import write_text_atomic
-
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def benchmark(

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,11 @@ from torch.nn.utils import prune
 from acdc_recipe.compiler import compile
 from acdc_recipe.runtime.models import resnet20
 from acdc_recipe.schema import Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.records import machine, write_json  # noqa: E402
 
 SPARSITY = 0.9
 RESULTS = Path(__file__).parent / "results" / "step_overhead.json"
@@ -224,12 +228,6 @@ def measure(name: str, rounds: int, steps: int) -> dict:
     return result
 
 
-def write_json(path: Path, data: dict) -> None:
-    from acdc_recipe.files import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -262,8 +260,7 @@ def main() -> None:
             "rounds": rounds,
             "steps_per_timing": steps,
             "threads": args.threads,
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine(),
             "quick": args.quick,
             "results": results,
         },

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,6 +32,11 @@ import time
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.records import machine, write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "threshold.json"
 SPARSITY = 0.9
@@ -146,12 +150,6 @@ def spawn(method: str, total: int, repeats: int, device: str, threads: int) -> d
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def write_json(path: Path, payload: dict) -> None:
-    from acdc_recipe.files import write_text_atomic
-
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e6,11e6,25.5e6,100e6", help="comma-separated totals")
@@ -191,11 +189,9 @@ def main() -> None:
     write_json(args.out, {
         "sparsity": SPARSITY,
         "device": args.device,
-        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
         "load_average_before_after": [load_before, os.getloadavg()[0]],
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
         "memory_method": "CUDA max_memory_allocated" if args.device.startswith("cuda")
         else "peak RSS rise in a fresh subprocess (resource.getrusage)",
         "rows": rows,

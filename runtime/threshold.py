@@ -12,7 +12,6 @@ weights need one small all-reduce per pass to select over all shards.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -167,7 +166,8 @@ def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
     """Radix select of the k-th smallest (1-based) magnitude key over `tensors`."""
     width = torch.iinfo(_int_view(tensors[0].dtype)).bits
     compact = not _sync_free(tensors[0].device)
-    hist = _top_word_histogram(tensors)
+    scratch = _Scratch(tensors)
+    hist = _top_word_histogram(tensors, scratch)
     if bool(hist[_NON_FINITE_TOP_WORD[tensors[0].dtype] :].any()):  # free with the first pass
         raise NonFiniteWeightError(
             "the weights contain NaN or infinite values, so no magnitude threshold exists"
@@ -179,12 +179,12 @@ def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
     while known < width - 1:
         shift = width - 1 - known - _DIGIT_BITS
         if candidates is None and count <= _CANDIDATE_BUDGET and compact:
-            by_tensor = _gather_matching(tensors, prefix, shift + _DIGIT_BITS)
+            by_tensor = _gather_matching(tensors, prefix, shift + _DIGIT_BITS, scratch)
             candidates = torch.cat(by_tensor)
         if candidates is not None:
             hist = _histogram((candidates >> shift) & 0xFFFF, 1 << _DIGIT_BITS)
         else:
-            hist = _streamed_digit_histogram(tensors, prefix, shift, compact)
+            hist = _streamed_digit_histogram(tensors, prefix, shift, compact, scratch)
         digit, below_in_digit, count = _pick(hist, rank)
         below += below_in_digit
         rank -= below_in_digit
@@ -231,27 +231,45 @@ def _indexed_chunks(tensors: Sequence[Tensor]):
             yield index, chunk
 
 
-def _top_words(chunk: Tensor) -> Tensor:
-    """The most significant 16 bits of each element without the sign, as int16."""
-    words = chunk.element_size() // 2
-    top = words - 1 if sys.byteorder == "little" else 0
-    return chunk.view(torch.int16).view(-1, words)[:, top] & 0x7FFF
+class _Scratch:
+    """Chunk-sized buffers that every chunk of one selection writes into (`out=`).
+
+    On CPU a fresh chunk-sized temporary costs page faults on every allocation (a large block
+    goes back to the OS when freed), as much as the op itself; reusing buffers avoids that.
+    Compares write bytes (uint8, viewed as bool): torch vectorises those, not bool outputs.
+    """
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        size = min(_CHUNK, sum(t.numel() for t in tensors))
+        device = tensors[0].device
+        self.size = size
+        self.top = torch.empty(size, dtype=torch.int16, device=device)
+        self.keys = torch.empty(size, dtype=_int_view(tensors[0].dtype), device=device)
+        self.flags = torch.empty(size, dtype=torch.uint8, device=device)
 
 
-def _top_word_histogram(tensors: Sequence[Tensor]) -> Tensor:
+def _top_words(chunk: Tensor, out: Tensor) -> Tensor:
+    """The most significant 16 bits of each element without the sign, written into `out`."""
+    bits = chunk.view(_int_view(chunk.dtype))
+    shift = torch.iinfo(bits.dtype).bits - 16
+    if not shift:
+        return torch.bitwise_and(bits, 0x7FFF, out=out)
+    return torch.bitwise_right_shift(bits, shift, out=out).bitwise_and_(0x7FFF)
+
+
+def _top_word_histogram(tensors: Sequence[Tensor], scratch: _Scratch) -> Tensor:
     """Histogram of the top 15 magnitude bits; small tensors are pooled into one bincount."""
     bins = 1 << _TOP_BITS
     hist = torch.zeros(bins, dtype=torch.int64, device=tensors[0].device)
-    pending: list[Tensor] = []
-    pending_size = 0
+    filled = 0
     for chunk in _chunks(tensors):
-        pending.append(_top_words(chunk))
-        pending_size += chunk.numel()
-        if pending_size >= _CHUNK:
-            hist += _histogram(_joined(pending), bins)
-            pending, pending_size = [], 0
-    if pending:
-        hist += _histogram(_joined(pending), bins)
+        if filled + chunk.numel() > scratch.size:
+            hist += _histogram(scratch.top[:filled], bins)
+            filled = 0
+        _top_words(chunk, out=scratch.top[filled : filled + chunk.numel()])
+        filled += chunk.numel()
+    if filled:
+        hist += _histogram(scratch.top[:filled], bins)
     return hist
 
 
@@ -259,17 +277,19 @@ def _joined(parts: list[Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _gather_matching(tensors: Sequence[Tensor], prefix: int, shift: int) -> list[Tensor]:
+def _gather_matching(
+    tensors: Sequence[Tensor], prefix: int, shift: int, scratch: _Scratch
+) -> list[Tensor]:
     """Per tensor, the magnitude keys whose bits above `shift` equal `prefix` (few: within
     the budget)."""
     found: list[list[Tensor]] = [[] for _ in tensors]
     for index, chunk in _indexed_chunks(tensors):
-        found[index].append(_matching_keys(chunk, prefix, shift))
+        found[index].append(_matching_keys(chunk, prefix, shift, scratch))
     return [_joined(parts) for parts in found]
 
 
 def _streamed_digit_histogram(
-    tensors: Sequence[Tensor], prefix: int, shift: int, compact: bool
+    tensors: Sequence[Tensor], prefix: int, shift: int, compact: bool, scratch: _Scratch
 ) -> Tensor:
     """Histogram of the 16-bit digit at `shift` over keys matching `prefix` above it.
 
@@ -283,11 +303,11 @@ def _streamed_digit_histogram(
     for chunk in _chunks(tensors):
         if not compact:
             bits = chunk.view(_int_view(chunk.dtype))
-            match = _prefix_matches(bits, prefix, shift + _DIGIT_BITS)
+            match = _prefix_matches(bits, prefix, shift + _DIGIT_BITS, scratch)
             digits = torch.where(match, (bits >> shift) & 0xFFFF, bins)
             hist += _histogram(digits, bins + 1)
             continue
-        pending.append(_matching_keys(chunk, prefix, shift + _DIGIT_BITS))
+        pending.append(_matching_keys(chunk, prefix, shift + _DIGIT_BITS, scratch))
         pending_size += pending[-1].numel()
         if pending_size >= _CANDIDATE_BUDGET:
             hist[:bins] += _histogram((torch.cat(pending) >> shift) & 0xFFFF, bins)
@@ -297,16 +317,20 @@ def _streamed_digit_histogram(
     return hist[:bins]
 
 
-def _prefix_matches(bits: Tensor, prefix: int, shift: int) -> Tensor:
-    """Whether each element's magnitude bits above `shift` equal `prefix` (one and, one compare)."""
+def _prefix_matches(bits: Tensor, prefix: int, shift: int, scratch: _Scratch) -> Tensor:
+    """Whether each element's magnitude bits above `shift` equal `prefix` (one and, one
+    compare, both into `scratch`; valid until the next chunk)."""
     width = torch.iinfo(bits.dtype).bits
     above = ((1 << (width - 1)) - 1) >> shift << shift
-    return (bits & above) == (prefix << shift)
+    n = bits.numel()
+    keys = torch.bitwise_and(bits, above, out=scratch.keys[:n])
+    return torch.eq(keys, prefix << shift, out=scratch.flags[:n]).view(torch.bool)
 
 
-def _matching_keys(chunk: Tensor, prefix: int, shift: int) -> Tensor:
+def _matching_keys(chunk: Tensor, prefix: int, shift: int, scratch: _Scratch) -> Tensor:
     """Magnitude keys of the chunk's elements that match `prefix` above `shift`."""
-    return _compact(chunk, _prefix_matches(chunk.view(_int_view(chunk.dtype)), prefix, shift))
+    bits = chunk.view(_int_view(chunk.dtype))
+    return _compact(chunk, _prefix_matches(bits, prefix, shift, scratch))
 
 
 def _compact(chunk: Tensor, match: Tensor) -> Tensor:
