@@ -9,7 +9,6 @@ Run: python benchmarks/compile_time.py  (writes benchmarks/results/compile_time.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "resnet50_imagenet_acdc90.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "compile_time.json"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.records import machine, write_json  # noqa: E402
 
 
 def timed(fn, *args):
@@ -85,8 +87,7 @@ def main() -> None:
     )
     result = {
         "recipe": str(RECIPE.relative_to(ROOT)),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
+        "machine": machine(),
         "seconds": {name: value for name, value, _ in rows},
         "compile_walls": walls,
         "import_walls": imports_only,
@@ -94,8 +95,7 @@ def main() -> None:
         "limits": {"compile_step": 1.0, "command_wall": 5.0},
         "within_limits": seconds_first < 1.0 and statistics.median(walls) < 5.0,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
