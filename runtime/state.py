@@ -75,6 +75,26 @@ def _is_positive_int(value: Any) -> bool:
 _ATTACHED = "_acdc_runtime_attached"  # optimizer attribute: a runtime's hooks are registered
 
 
+def _companion_parameters(compiled: Any) -> tuple[list[Tensor], list[str]]:
+    """The other parameters of every pruned layer (biases, ...) and their names: a NaN there
+    also means the run diverged, so they are checked with the weights at each mask computation.
+    """
+    pruned = {id(p) for p in compiled.parameters}
+    tensors: list[Tensor] = []
+    names: list[str] = []
+    for layer in dict.fromkeys(param.layer for param in compiled.params):
+        try:
+            module = compiled.module.get_submodule(layer)
+        except AttributeError:  # a functional op's weight: no owning module
+            continue
+        for name, tensor in module.named_parameters(recurse=False):
+            if id(tensor) not in pruned:
+                pruned.add(id(tensor))
+                tensors.append(tensor.detach())
+                names.append(f"{layer}.{name}" if layer else name)
+    return tensors, names
+
+
 def _action_positions(timeline: Timeline, snapshot_step: int | None) -> list[int]:
     """Sorted steps at which the pre-step hook has something to do."""
     positions = {phase.start for phase in timeline.phases}
@@ -106,6 +126,7 @@ class SparsityRuntime:
         self.steps_per_epoch = int(steps_per_epoch) if epochs else None  # a plain int to save
         self._parameters: list[Tensor] = list(compiled.parameters)
         self._names = [param.name for param in compiled.params]
+        self._companions = _companion_parameters(compiled)
         self._default_target = recipe.sparsity.target if recipe.sparsity is not None else 0.0
         self._policy = recipe.optimizer_state.on_decompress
         dense = [i for i, p in enumerate(self.timeline.phases) if p.kind == "dense"]
@@ -272,7 +293,11 @@ class SparsityRuntime:
             or g.prune in (0, sum(weights[j].numel() for j in g.indices))
             for i in g.indices
         ]
-        check_finite([weights[i] for i in others], [self._names[i] for i in others])
+        companions, companion_names = self._companions
+        check_finite(
+            [weights[i] for i in others] + companions,
+            [self._names[i] for i in others] + companion_names,
+        )
         start = time.perf_counter()
         try:
             masks, thresholds = compute_masks_and_thresholds(weights, groups)

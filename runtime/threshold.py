@@ -65,8 +65,8 @@ def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
     for (_, name), ok in zip(present, finite, strict=True):
         if not ok:
             raise NonFiniteWeightError(
-                f"weight '{name}' contains NaN or infinite values, so no magnitude threshold "
-                "exists; the run diverged before this mask computation (lower the learning "
+                f"parameter '{name}' contains NaN or infinite values, so no mask can be chosen "
+                "from it; the run diverged before this mask computation (lower the learning "
                 "rate, check the loss scale, or resume from an earlier checkpoint)"
             )
 

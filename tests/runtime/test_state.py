@@ -212,6 +212,17 @@ def test_non_finite_weights_name_the_layer():
         train_step(model, opt, gen)
 
 
+def test_non_finite_bias_of_a_pruned_layer_names_it():
+    model, compiled, opt, runtime = setup([{"dense": 1}, {"sparse": 2}])
+    gen = torch.Generator().manual_seed(7)
+    train_step(model, opt, gen)
+    with torch.no_grad():
+        model[2].bias[0] = float("inf")
+    with pytest.raises(ValueError, match=r"parameter '2\.bias' contains NaN or infinite"):
+        train_step(model, opt, gen)
+    assert runtime.masks is None  # nothing was masked from a diverged model
+
+
 def test_one_runtime_per_optimizer_until_closed():
     _, compiled, opt, runtime = setup([{"sparse": 3}])
     with pytest.raises(RuntimeStateError, match="already has a sparsity runtime"):
