@@ -114,10 +114,9 @@ def unstructured_masks(tensors: Sequence[Tensor], prune: int) -> tuple[list[Tens
         raise ValueError(f"cannot prune {prune} of {total} weights (must be in [0, {total}])")
     if prune == 0:
         return [torch.ones_like(t) for t in tensors], None
-    if prune == total:
-        return [torch.zeros_like(t) for t in tensors], max(
-            t.detach().abs().max() for t in tensors if t.numel()
-        )
+    if prune == total:  # the largest key, not a float max: flush-to-zero would blur denormals
+        largest = torch.stack([magnitude_keys(t).max() for t in tensors if t.numel()]).max()
+        return [torch.zeros_like(t) for t in tensors], key_to_value(int(largest), dtype, device)
     sel = select_magnitude_key(tensors, prune)
     threshold = key_to_value(sel.key, dtype, device)
     ties_to_prune = prune - sel.below

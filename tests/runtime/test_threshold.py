@@ -160,6 +160,13 @@ def test_pruning_everything_skips_empty_tensors():
     assert all(int(m.count_nonzero()) == 0 for m in masks) and largest.item() == 2.0
 
 
+def test_pruning_everything_reports_a_denormal_threshold_under_flush_to_zero():
+    weights = [torch.tensor([0x00400000, 0x00000001], dtype=torch.int32).view(torch.float32)]
+    with flush_to_zero():
+        _, largest = threshold.unstructured_masks(weights, 2)
+    assert largest.view(torch.int32).item() == 0x00400000  # the largest |w|, not 0
+
+
 def test_normal_threshold_under_flush_to_zero_prunes_denormals_first():
     """The float compare used for a normal threshold: flush-to-zero only moves denormals."""
     tiny = torch.finfo(torch.float32).tiny
