@@ -9,6 +9,7 @@ Run: python benchmarks/compile_time.py  (writes benchmarks/results/compile_time.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,9 @@ def timed(fn, *args):
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=f"Writes {RESULTS.relative_to(ROOT)}."
+    ).parse_args()  # no options: this makes --help print instead of running
     started = time.perf_counter()
     import torch  # noqa: F401
     import torchvision  # noqa: F401

@@ -8,11 +8,11 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def machine() -> dict[str, Any]:
     """The software and CPU the numbers were measured on (ratios differ between CPUs)."""
+    import torch  # here, not at import: compile_time.py times importing torch itself
+
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -85,12 +85,12 @@ def _companion_parameters(compiled: Any) -> tuple[list[Tensor], list[str]]:
     for layer in dict.fromkeys(param.layer for param in compiled.params):
         try:
             module = compiled.module.get_submodule(layer)
-        except AttributeError:  # a functional op's weight: no owning module
+        except AttributeError:  # a tied weight filed under an owner the graph does not keep
             continue
         for name, tensor in module.named_parameters(recurse=False):
             if id(tensor) not in pruned:
                 pruned.add(id(tensor))
-                tensors.append(tensor.detach())
+                tensors.append(tensor)  # the Parameter: it follows model.to(...), a view would not
                 names.append(f"{layer}.{name}" if layer else name)
     return tensors, names
 

@@ -5,9 +5,10 @@ gives a key that is monotone in |w| (-0.0 and +0.0 both map to 0, denormals sort
 Selecting the k-th smallest key is then a few histogram passes over 16-bit digits, streamed
 chunk by chunk over the tensors: no sort, no concatenation, no int64 per element. Extra memory
 is O(chunk) plus the candidates that share the answer's top 15 bits (flushed into the histogram
-when they exceed a budget). float16/bfloat16 need one pass, float32 two, float64 four; each pass
-reads the histogram once on the host. Every pass is a sum of per-chunk histograms, so sharded
-weights need one small all-reduce per pass to select over all shards.
+when they exceed a budget). float16/bfloat16 need one digit, float32 two, float64 four; the
+weights are read twice on CPU (later digits come from the gathered candidates, unless they
+exceed the budget) and once per digit on GPU; each digit reads its histogram once on the host. Every histogram is a sum of per-chunk ones, so
+sharded weights need one small all-reduce per digit to select over all shards.
 """
 
 from __future__ import annotations
@@ -235,24 +236,23 @@ class _Scratch:
 
     On CPU a fresh chunk-sized temporary costs page faults on every allocation (a large block
     goes back to the OS when freed), as much as the op itself; reusing buffers avoids that.
-    Compares write bytes (uint8, viewed as bool): torch vectorises those, not bool outputs.
+    `keys` has the weights' integer width (outputs keep their inputs' dtype, which CUDA kernels
+    require); `flags` takes compares as bytes (uint8, viewed as bool), which torch vectorises.
     """
 
     def __init__(self, tensors: Sequence[Tensor]) -> None:
         size = min(_CHUNK, sum(t.numel() for t in tensors))
         device = tensors[0].device
         self.size = size
-        self.top = torch.empty(size, dtype=torch.int16, device=device)
         self.keys = torch.empty(size, dtype=_int_view(tensors[0].dtype), device=device)
         self.flags = torch.empty(size, dtype=torch.uint8, device=device)
 
 
 def _top_words(chunk: Tensor, out: Tensor) -> Tensor:
-    """The most significant 16 bits of each element without the sign, written into `out`."""
+    """The most significant 16 bits of each element without the sign, written into `out`
+    (the chunk's integer dtype)."""
     bits = chunk.view(_int_view(chunk.dtype))
     shift = torch.iinfo(bits.dtype).bits - 16
-    if not shift:
-        return torch.bitwise_and(bits, 0x7FFF, out=out)
     return torch.bitwise_right_shift(bits, shift, out=out).bitwise_and_(0x7FFF)
 
 
@@ -263,12 +263,12 @@ def _top_word_histogram(tensors: Sequence[Tensor], scratch: _Scratch) -> Tensor:
     filled = 0
     for chunk in _chunks(tensors):
         if filled + chunk.numel() > scratch.size:
-            hist += _histogram(scratch.top[:filled], bins)
+            hist += _histogram(scratch.keys[:filled], bins)
             filled = 0
-        _top_words(chunk, out=scratch.top[filled : filled + chunk.numel()])
+        _top_words(chunk, out=scratch.keys[filled : filled + chunk.numel()])
         filled += chunk.numel()
     if filled:
-        hist += _histogram(scratch.top[:filled], bins)
+        hist += _histogram(scratch.keys[:filled], bins)
     return hist
 
 
