@@ -76,20 +76,20 @@ _ATTACHED = "_acdc_runtime_attached"  # optimizer attribute: a runtime's hooks a
 
 
 def _companion_parameters(compiled: Any) -> tuple[list[Tensor], list[str]]:
-    """The other parameters of every pruned layer (biases, ...) and their names: a NaN there
-    also means the run diverged, so they are checked with the weights at each mask computation.
-    """
+    """The other parameters of every module that holds a pruned weight (biases, ...; both
+    owners of a tied weight) and their names: a NaN there also means the run diverged, so they
+    are checked with the weights at each mask computation."""
     pruned = {id(p) for p in compiled.parameters}
+    seen = set(pruned)
     tensors: list[Tensor] = []
     names: list[str] = []
-    for layer in dict.fromkeys(param.layer for param in compiled.params):
-        try:
-            module = compiled.module.get_submodule(layer)
-        except AttributeError:  # a tied weight filed under an owner the graph does not keep
+    for layer, module in compiled.module.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not any(id(tensor) in pruned for _, tensor in own):
             continue
-        for name, tensor in module.named_parameters(recurse=False):
-            if id(tensor) not in pruned:
-                pruned.add(id(tensor))
+        for name, tensor in own:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
                 tensors.append(tensor)  # the Parameter: it follows model.to(...), a view would not
                 names.append(f"{layer}.{name}" if layer else name)
     return tensors, names

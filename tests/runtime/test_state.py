@@ -224,6 +224,25 @@ def test_non_finite_bias_of_a_pruned_layer_names_it():
     assert runtime.masks is None  # nothing was masked from a diverged model
 
 
+def test_the_bias_beside_a_tied_weight_is_checked_too():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(6, 6), nn.Linear(6, 6)
+            self.head.weight = self.body.weight  # pruned once, filed under `body`
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(x)))
+
+    model = Tied()
+    compiled = compile(model, make_recipe([{"sparse": 2}], target=0.5))
+    runtime = compiled.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    with torch.no_grad():
+        model.head.bias[1] = float("nan")
+    with pytest.raises(ValueError, match=r"'head\.bias'"):
+        runtime.begin_step()
+
+
 def test_one_runtime_per_optimizer_until_closed():
     _, compiled, opt, runtime = setup([{"sparse": 3}])
     with pytest.raises(RuntimeStateError, match="already has a sparsity runtime"):
