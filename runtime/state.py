@@ -279,7 +279,8 @@ class SparsityRuntime:
         previous = list(self._masks) if needed else None  # the same tensors, no copy
         self._masks, self._mask_view, self._target = None, None, 0.0
         apply_decompress_policy(self._policy, self.optimizer, self._parameters, previous)
-        self._previous = previous if remask_later else None
+        # Only the change statistics need it now: as bool, the dense phase holds 1 byte/weight.
+        self._previous = [m.bool() for m in previous] if remask_later else None
 
     @torch.no_grad()
     def _recompute_masks(self, step: int, index: int, target: float) -> None:

@@ -88,6 +88,8 @@ def test_phase_actions_and_events_follow_the_timeline():
         if sparse:
             under, mask_zeros, prune = pruned_counts(compiled, runtime)
             assert under == mask_zeros == prune
+        elif step >= 7:  # dense, re-pruned later: only the last mask's bits are held, 1 B/weight
+            assert [m.dtype for m in runtime._previous] == [torch.bool] * len(compiled.params)
     kinds = [(type(e).__name__, e.step) for e in events]
     assert kinds == [
         ("PhaseStarted", 0),
