@@ -7,8 +7,9 @@ chunk by chunk over the tensors: no sort, no concatenation, no int64 per element
 is O(chunk) plus the candidates that share the answer's top 15 bits (flushed into the histogram
 when they exceed a budget). float16/bfloat16 need one digit, float32 two, float64 four; the
 weights are read twice on CPU (later digits come from the gathered candidates, unless they
-exceed the budget) and once per digit on GPU; each digit reads its histogram once on the host. Every histogram is a sum of per-chunk ones, so
-sharded weights need one small all-reduce per digit to select over all shards.
+exceed the budget) and once per digit on GPU; each digit reads its histogram once on the host.
+Every histogram is a sum of per-chunk ones, so sharded weights need one small all-reduce per
+digit to select over all shards.
 """
 
 from __future__ import annotations
