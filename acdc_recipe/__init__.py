@@ -2,10 +2,11 @@
 
     recipe = acdc_recipe.load_recipe("recipes/quickstart.yaml", sparsity=0.95)
     compiled = acdc_recipe.compile(model, recipe)
-    runtime = compiled.attach(optimizer, steps_per_epoch=len(loader))
-    # ... your own loop: loss.backward(); optimizer.step()
+    runtime = acdc_recipe.attach(compiled, optimizer, steps_per_epoch=len(loader))
+    # ... your own loop: runtime.begin_step(); loss.backward(); optimizer.step()
 
-Importing this package does not import torch; `compile` does, on first use.
+Importing this package does not import torch: `compile` and `attach` import the compiler and
+the engine on first use.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from acdc_recipe.schema import Recipe
 from acdc_recipe.timeline import Timeline, lower
 
 if TYPE_CHECKING:
+    import torch
+
     from acdc_recipe.compiler import CompiledRecipe
+    from acdc_recipe.runtime import SparsityRuntime
 
 __version__ = "0.1.0"
 
@@ -31,12 +35,22 @@ def compile(model: Any, recipe: Recipe, example_inputs: Any = None) -> CompiledR
     return compile_recipe(model, recipe, example_inputs)
 
 
+def attach(
+    compiled: CompiledRecipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None
+) -> SparsityRuntime:
+    """Execute `compiled`'s plan through `optimizer` (see `acdc_recipe.runtime.attach`)."""
+    from acdc_recipe.runtime import attach as attach_runtime
+
+    return attach_runtime(compiled, optimizer, steps_per_epoch=steps_per_epoch)
+
+
 __all__ = [
     "Recipe",
     "RecipeError",
     "Timeline",
     "UserError",
     "acdc",
+    "attach",
     "compile",
     "dump_recipe",
     "load_recipe",

@@ -1,11 +1,14 @@
 """Atomic file writes: a temporary file in the same folder, fsynced, then renamed into place,
-so a crash leaves either the old file or the new one, never half of one."""
+so a crash leaves either the old file or the new one, never half of one; and the guard that
+keeps an output folder's recipe.yaml from replacing one it should not."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from acdc_recipe.errors import UserError
 
 
 def fsync_directory(folder: Path) -> None:
@@ -51,3 +54,23 @@ def write_atomic(
 def write_text_atomic(path: Path, text: str) -> None:
     """`write_atomic` for UTF-8 text."""
     write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def refuse_to_replace_recipe(
+    target: Path, resolved: str, flag: str, source: str | None = None, others: bool = True
+) -> None:
+    """Raise `UserError` instead of writing `resolved` over a recipe.yaml that holds something
+    else: never over `source` (the recipe file being read, whose original would be lost), and
+    over any other only when `others` allows it."""
+    if not target.is_file() or target.read_text(encoding="utf-8", errors="replace") == resolved:
+        return
+    if source is not None and Path(source).is_file() and target.samefile(source):
+        raise UserError(
+            f"{flag} {target.parent} would replace the recipe being read ({source}) with its "
+            f"resolved form; choose another {flag}"
+        )
+    if not others:
+        raise UserError(
+            f"{target} exists and is not this run's resolved recipe, and the run would replace "
+            f"it; choose another {flag}, or replace it with --overwrite"
+        )

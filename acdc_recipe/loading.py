@@ -82,7 +82,9 @@ def load_recipe_text(
 ) -> Recipe:
     """Like `load_recipe`, from text already in memory."""
     data, marks = _parse_yaml(text, source)
-    data = _apply_overrides(data, {**(overrides or {}), **variables}, marks, source)
+    labels = {key: f"--set {key}" for key in overrides or {}}
+    labels.update({key: f"load_recipe(..., {key}=...)" for key in variables})
+    data = _apply_overrides(data, {**(overrides or {}), **variables}, labels, marks, source)
     data = _render_templates(data, marks, source)
     try:
         recipe = Recipe.model_validate(data)
@@ -185,7 +187,11 @@ def _index_marks(
             _index_marks(item, (*path, index), marks, problems, inner)
 
 
-def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, source: str) -> dict:
+def _apply_overrides(
+    data: dict, overrides: Mapping[str, Any], labels: Mapping[str, str], marks: Marks, source: str
+) -> dict:
+    """Set `overrides` (variables by name, keys by dotted path); `labels` name each one as the
+    caller gave it (`--set k`, or a keyword argument) for the error messages."""
     if not overrides:
         return data
     declared = data.get("variables") if isinstance(data.get("variables"), dict) else {}
@@ -196,7 +202,7 @@ def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, sou
             if key in declared and key not in used:
                 problems.append(
                     Problem(
-                        f"--set {key}: no template uses this variable, so setting it would "
+                        f"{labels[key]}: no template uses this variable, so setting it would "
                         "change nothing (a resolved recipe, such as a build folder's "
                         "recipe.yaml, has its templates evaluated); set the key by its dotted "
                         "path instead, e.g. sparsity.target=0.95",
@@ -205,10 +211,15 @@ def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, sou
                 )
             elif key not in declared:
                 known = ", ".join(declared) or "none"
+                how = (
+                    "set a recipe key with its dotted path, e.g. train.seed=1"
+                    if labels[key].startswith("--set")
+                    else "pass recipe keys by dotted path in overrides, e.g. "
+                    "load_recipe(path, {'train.seed': 1})"
+                )
                 problems.append(
                     Problem(
-                        f"--set {key}: no such variable (declared: {known}); "
-                        "set a recipe key with its dotted path, e.g. train.seed=1",
+                        f"{labels[key]}: no such variable (declared: {known}); {how}",
                         ("variables",),
                         suggestion=did_you_mean(key, declared),
                     )
@@ -218,7 +229,7 @@ def _apply_overrides(data: dict, overrides: Mapping[str, Any], marks: Marks, sou
         target, parts = data, key.split(".")
         for part in parts[:-1]:
             if not isinstance(target.get(part, {}), dict):
-                problems.append(Problem(f"--set {key}: `{part}` is not a mapping", ()))
+                problems.append(Problem(f"{labels[key]}: `{part}` is not a mapping", ()))
                 break
             target = target.setdefault(part, {})
         else:

@@ -6,6 +6,8 @@ reference in the README (``acdc_recipe.reference``) and the CLI help.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -30,6 +32,18 @@ PRUNABLE_TYPES = (
     "MultiheadAttention",
 )
 PrunableType = Literal[PRUNABLE_TYPES]  # type: ignore[valid-type]
+DECOMPRESS_POLICIES = ("reset", "keep", "reset_reactivated")
+DecompressPolicy = Literal[DECOMPRESS_POLICIES]  # type: ignore[valid-type]
+# Keys a resumed run may change (`acdc run --resume --set ...`): they steer how the remaining
+# steps train, not what the schedule, the masks or the data are. Everything else must match.
+RESUMABLE_KEYS: tuple[tuple[str, ...], ...] = (
+    ("train", "optimizer", "lr"),
+    ("train", "lr_schedule"),
+    ("train", "grad_clip"),
+    ("train", "checkpoint_every_steps"),
+    ("train", "eval_batch_size"),
+    ("train", "data", "num_workers"),
+)
 
 _NM = re.compile(r"^(\d+):(\d+)$")
 _BLOCK = re.compile(r"^block:(\d+)x(\d+)$")
@@ -242,7 +256,7 @@ class Schedule(Strict):
 class OptimizerState(Strict):
     """What happens to optimizer state (momentum, Adam moments) at phase switches."""
 
-    on_decompress: Literal["reset", "keep", "reset_reactivated"] = Field(
+    on_decompress: DecompressPolicy = Field(  # type: ignore[valid-type]
         default="reset",
         description="At the start of each dense phase: reset all momentum state (the reference), "
         "keep it, or reset only the positions that were pruned and now train again.",
@@ -295,6 +309,19 @@ class OptimizerSpec(Strict):
     decay_norm_and_bias: bool = Field(
         default=True, description="Apply weight decay to norm weights and biases too."
     )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"Adam betas must each lie in [0, 1), got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov: true needs name: sgd and a momentum above 0")
+        return self
 
 
 class LRScheduleSpec(Strict):
@@ -367,3 +394,38 @@ def _has_pruning(schedule: Schedule) -> bool:
         )
 
     return walk(schedule.phases or ())
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """sha256 of the recipe's canonical JSON (sorted keys, no whitespace), leaving out the
+    `RESUMABLE_KEYS`: two recipes with one hash train the same schedule on the same data."""
+    data = recipe.model_dump(mode="json")
+    for path in RESUMABLE_KEYS:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recipe_changes(old: Recipe, new: Recipe) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs between two recipes."""
+    changes: list[tuple[str, Any, Any]] = []
+
+    def walk(a: Any, b: Any, path: tuple[str, ...]) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in dict.fromkeys([*a, *b]):
+                walk(a.get(key), b.get(key), (*path, str(key)))
+        elif a != b:
+            changes.append((".".join(path), a, b))
+
+    walk(old.model_dump(mode="json"), new.model_dump(mode="json"), ())
+    return changes
+
+
+def is_resumable(dotted: str) -> bool:
+    """Whether a resumed run may change this key (one of `RESUMABLE_KEYS` or inside one)."""
+    parts = tuple(dotted.split("."))
+    return any(parts[: len(key)] == key for key in RESUMABLE_KEYS)

@@ -8,8 +8,9 @@ resuming a run is restoring the step.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from acdc_recipe.schema import (
     AcdcMacro,
@@ -24,6 +25,7 @@ from acdc_recipe.schema import (
 
 PhaseKind = Literal["dense", "sparse", "gradual"]
 MAX_PHASES = 100_000  # far beyond any real schedule; bounds memory for hostile recipes
+MAX_MASK_UPDATES = 100_000  # mask computations in one schedule; the plan holds each one's counts
 
 
 class ScheduleError(ValueError):
@@ -93,13 +95,15 @@ class Timeline:
     def phase_at(self, position: int) -> Phase:
         return self.phases[self.phase_index_at(position)]
 
-    def to_steps(self, steps_per_epoch: int) -> Timeline:
-        """The same timeline with every position in optimizer steps."""
+    def to_steps(self, steps_per_epoch: Any) -> Timeline:
+        """The same timeline with every position in optimizer steps (the one place where
+        epochs become steps). A step timeline is returned as it is; an epoch timeline needs a
+        positive integer `steps_per_epoch` (numpy and torch integers too, not bool)."""
         if self.unit == "step":
             return self
-        if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
-        k = steps_per_epoch
+        if not is_positive_int(steps_per_epoch):
+            raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        k = int(steps_per_epoch)
         return Timeline(
             "step",
             tuple(
@@ -107,6 +111,10 @@ class Timeline:
                 for p in self.phases
             ),
         )
+
+    def compact(self) -> str:
+        """'D0-9, S10-14, ..., S85-99': the phases as the paper writes them (ranges inclusive)."""
+        return ", ".join(f"{p.kind[0].upper()}{p.start}-{p.end - 1}" for p in self.phases)
 
     @property
     def sparse_units(self) -> int:
@@ -130,8 +138,21 @@ class Timeline:
         return notes
 
 
+def is_positive_int(value: Any) -> bool:
+    """An int (numpy and torch integers too, not bool) of at least 1."""
+    try:
+        return not isinstance(value, bool) and int(value) == value and int(value) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+@functools.lru_cache(maxsize=64)
 def lower(schedule: Schedule) -> Timeline:
-    """Lower any schedule form to a `Timeline`; raise `ScheduleError` when it cannot."""
+    """Lower any schedule form to a `Timeline`; raise `ScheduleError` when it cannot.
+
+    Schedules are frozen, so the result is cached: validation, the compiler and the CLI
+    share one lowering of each schedule.
+    """
     if schedule.acdc is not None:
         items = _acdc_items(schedule.acdc)
     elif schedule.transitions is not None:
@@ -139,7 +160,14 @@ def lower(schedule: Schedule) -> Timeline:
     else:
         _check_phase_count(_count(schedule.phases or ()), ("schedule", "phases"))
         items = list(_flatten(schedule.phases or ()))
-    return Timeline(schedule.unit, _merge(_place(items)))
+    timeline = Timeline(schedule.unit, _merge(_place(items)))
+    updates = sum(len(phase.mask_updates()) for phase in timeline.phases)
+    if updates > MAX_MASK_UPDATES:
+        raise ScheduleError(
+            f"the schedule computes masks {updates} times, more than the {MAX_MASK_UPDATES} "
+            "allowed; give gradual phases a larger `update`"
+        )
+    return timeline
 
 
 def _acdc_items(macro: AcdcMacro) -> list[tuple[PhaseKind, int]]:

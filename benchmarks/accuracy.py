@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import re
 import statistics
 import sys
@@ -53,18 +54,21 @@ METHODS = ("dense", "acdc", "gmp", "oneshot")
 # --- data: fixed, seed-independent subsets of Fashion-MNIST -------------------------------
 
 
+DATA_ROOT_ENV = "FASHION_MNIST_ROOT"  # the IDX folder; unset: Debian's dataset-fashion-mnist
+
+
 @functools.lru_cache(maxsize=1)
 def _fashion_mnist() -> Any:
-    from acdc_recipe.runtime.data import load_data
+    from acdc_recipe.runtime.train.data import load_data
     from acdc_recipe.schema import DataSpec
 
-    return load_data(DataSpec(source="fashion_mnist"))
+    return load_data(DataSpec(source="fashion_mnist", root=os.environ.get(DATA_ROOT_ENV)))
 
 
 def fashion_mnist_subset(train_size: int, val_size: int) -> tuple[Any, Any]:
     """The first `train_size` / `val_size` samples of fixed permutations of Fashion-MNIST's
     train and test splits (standardized with the full training split's statistics)."""
-    from acdc_recipe.runtime.data import DataError, TensorData
+    from acdc_recipe.runtime.train.data import DataError, TensorData
 
     bundle = _fashion_mnist()
     subsets = []
@@ -217,8 +221,8 @@ def command(job: Job, mode: Mode, run_dir: Path) -> str:
 def _train_job(method: str, variables: dict[str, Any], run_dir: str, threads: int) -> str | None:
     """Train one run in this process (output to run_dir/log.txt); None, or the error text."""
     from acdc_recipe.loading import load_recipe
-    from acdc_recipe.runtime import checkpoint
-    from acdc_recipe.runtime.trainer import train
+    from acdc_recipe.runtime.train import checkpoint
+    from acdc_recipe.runtime.train.loop import train
 
     torch.set_num_threads(threads)
     folder = Path(run_dir)
@@ -275,11 +279,13 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
     folder = out / job.key
     if not (folder / "summary.json").exists():
         return None
-    from acdc_recipe.runtime.sinks import read_records
+    from acdc_recipe.runtime.events import MasksComputed
+    from acdc_recipe.runtime.train.records import EpochEnded, RunStarted, read_records
 
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     records = read_records(folder / "metrics.jsonl")
-    started = [r for r in records if r["event"] == "run_started"][-1]
+    started = [r for r in records if isinstance(r, RunStarted)][-1]
+    spe = started.steps_per_epoch
     twin = summary["dense_top1"] if job.method in ("acdc", "dense") else None
     return {
         "key": job.key,
@@ -298,23 +304,23 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
         "inference_flops": summary["inference_flops_multiplier"],
         "wall_seconds": summary["wall_seconds"],
         "epochs": summary["epochs"],
-        "phases": started["phases"],
-        "steps_per_epoch": started["steps_per_epoch"],
+        "phases": started.phases,
+        "steps_per_epoch": spe,
         "curve": [
-            {"epoch": r["epoch"], "phase": r["phase"], "top1": r["top1"]}
+            {"epoch": r.epoch, "phase": r.phase, "top1": r.top1}
             for r in records
-            if r["event"] == "epoch"
+            if isinstance(r, EpochEnded)
         ],
         "remasks": [
             {
-                "epoch": r["epoch"],
-                "target": r["target"],
-                "changed": r["changed_fraction"],
-                "per_layer_sparsity": r["per_layer_sparsity"],
-                "emptied": sorted(k for k, v in r["per_layer_sparsity"].items() if v == 1.0),
+                "epoch": r.step / spe,
+                "target": r.target,
+                "changed": r.changed_fraction,
+                "per_layer_sparsity": r.per_layer_sparsity,
+                "emptied": sorted(k for k, v in r.per_layer_sparsity.items() if v == 1.0),
             }
             for r in records
-            if r["event"] == "MasksComputed"
+            if isinstance(r, MasksComputed)
         ],
         "command": command(job, mode, folder),
     }
@@ -445,7 +451,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     parser.add_argument("--out", type=Path, default=None, help="run directories")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)",
+    )
     args = parser.parse_args(argv)
+    if args.data_root:
+        os.environ[DATA_ROOT_ENV] = args.data_root
     if args.quick and args.only:
         parser.error("--only wide uses the full mode's budget; it cannot be combined with --quick")
     mode = MODES["quick" if args.quick else "full"]

@@ -31,7 +31,8 @@ from torch.ao.pruning import WeightNormSparsifier
 from torch.nn.utils import prune
 
 from acdc_recipe.compiler import compile
-from acdc_recipe.runtime.models import resnet20
+from acdc_recipe.runtime import attach
+from acdc_recipe.runtime.train.models import resnet20
 from acdc_recipe.schema import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +165,7 @@ def bare_foreach(base: nn.Module) -> Variant:
 def acdc(base: nn.Module, phases: list[dict], x: torch.Tensor, y: torch.Tensor) -> Variant:
     variant = Variant(copy.deepcopy(base))
     compiled = compile(variant.model, recipe(phases), example_inputs=(x,))
-    variant.runtime = compiled.attach(variant.optimizer)
+    variant.runtime = attach(compiled, variant.optimizer)
     variant.step(x, y)  # enter the first phase (masks computed for a sparse one)
     return variant
 

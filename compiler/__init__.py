@@ -1,22 +1,27 @@
-"""(model, recipe) -> `CompiledRecipe`: traced module, prunable parameters, targets, FLOPs."""
+"""(model, recipe) -> `CompiledRecipe`: traced module, prunable parameters, the engine's plan, FLOPs."""
 
 from acdc_recipe.compiler.compiled import CompiledRecipe
 from acdc_recipe.compiler.errors import CompileError
-from acdc_recipe.compiler.flops import FlopsMultipliers, flops_multipliers, scheduled_multipliers
-from acdc_recipe.compiler.model_factory import build_model, compile_plan
-from acdc_recipe.compiler.passes import compile, recipe_hash
-from acdc_recipe.compiler.plan import MaskGroup, PrunableParam
+from acdc_recipe.compiler.flops import FlopsMeter, FlopsMultipliers, scheduled_multipliers
+from acdc_recipe.compiler.passes import compile
+from acdc_recipe.compiler.plan import (
+    DenseParam,
+    MaskGroup,
+    MaskUpdate,
+    PrunableParam,
+    SparsityPlan,
+)
 
 __all__ = [
     "CompiledRecipe",
     "CompileError",
+    "DenseParam",
+    "FlopsMeter",
     "FlopsMultipliers",
     "MaskGroup",
+    "MaskUpdate",
     "PrunableParam",
-    "build_model",
+    "SparsityPlan",
     "compile",
-    "compile_plan",
-    "flops_multipliers",
-    "recipe_hash",
     "scheduled_multipliers",
 ]

@@ -1,19 +1,14 @@
-"""`CompiledRecipe`: what `compile(model, recipe)` returns; the contract with the runtime."""
+"""`CompiledRecipe`: what `compile(model, recipe)` returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from acdc_recipe.compiler.distribution import mask_groups
-from acdc_recipe.compiler.plan import MaskGroup, PrunableParam
+from acdc_recipe.compiler.plan import DenseParam, PrunableParam, SparsityPlan
 from acdc_recipe.schema import Recipe
 from acdc_recipe.timeline import Timeline
-
-if TYPE_CHECKING:
-    from acdc_recipe.runtime.state import SparsityRuntime
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,42 +17,37 @@ class CompiledRecipe:
 
     `module` is the instrumented module: the fx GraphModule (or, when tracing failed, the
     original model) sharing the original parameters, with ``node.meta["acdc"]`` on every
-    weight-site node and ``module.acdc_compiled`` pointing back here. Masks are not stored in
-    it: the runtime keeps them as a plain list aligned with `parameters`.
+    weight-site node and ``module.acdc_compiled`` pointing back here. `plan` is what the
+    engine executes (`acdc_recipe.runtime.attach(compiled, optimizer)`); masks are not stored
+    in the module: the engine keeps them as a plain list aligned with `parameters`.
     """
 
     recipe: Recipe
     module: nn.Module
-    params: tuple[PrunableParam, ...]  # what gets pruned, in model order
-    parameters: list[nn.Parameter]  # aligned with `params`
-    timeline: Timeline  # in the recipe's units
+    plan: SparsityPlan
+    parameters: list[nn.Parameter]  # aligned with `plan.params`
     traced: bool
     trace_error: str | None
     warnings: tuple[str, ...]
-    recipe_hash: str
-    dense: tuple[PrunableParam, ...] = ()  # weights a `dense: true` rule keeps dense
+    dense: tuple[DenseParam, ...] = ()  # weights a `dense: true` rule keeps dense
     weight_flops: dict[str, int] = field(default_factory=dict)  # every op weight, pruned or not
     unwrapped: tuple[str, ...] = ()  # wrappers removed before tracing (DDP, torch.compile)
     dual_graph: bool = False  # separate train/eval graphs (Python branches on self.training)
     example_shapes: tuple[tuple[int, ...], ...] = ()  # example inputs used for FLOPs
 
-    def mask_groups(self, overall: float) -> list[MaskGroup]:
-        """Mask groups with exact prune counts at an overall sparsity (see `distribution`)."""
-        if self.recipe.sparsity is None:
-            return []
-        return mask_groups(self.params, self.recipe.sparsity, overall)
+    @property
+    def params(self) -> tuple[PrunableParam, ...]:
+        """What gets pruned, in model order (aligned with `parameters`)."""
+        return self.plan.params
 
-    def plan(self) -> dict[str, Any]:
-        """The plan as JSON-ready data (what plan.json holds)."""
-        from acdc_recipe.compiler.emit import build_plan
+    @property
+    def timeline(self) -> Timeline:
+        """The schedule, in the recipe's units."""
+        return self.plan.timeline
 
-        return build_plan(self)
-
-    def attach(self, optimizer: Any, steps_per_epoch: int | None = None) -> SparsityRuntime:
-        """The runtime that executes this plan through `optimizer`'s step hooks."""
-        from acdc_recipe.runtime.state import SparsityRuntime
-
-        return SparsityRuntime(self, optimizer, steps_per_epoch=steps_per_epoch)
+    @property
+    def recipe_hash(self) -> str:
+        return self.plan.recipe_hash
 
     @property
     def dense_forward_flops(self) -> int:

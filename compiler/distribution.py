@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from math import prod
 
 from acdc_recipe.compiler.patterns import prune_count
-from acdc_recipe.compiler.plan import MaskGroup, PrunableParam
-from acdc_recipe.schema import Sparsity
+from acdc_recipe.compiler.plan import MaskGroup, MaskUpdate, ParamScope, PrunableParam
+from acdc_recipe.timeline import Timeline
 
 
 def apportion(quotas: Sequence[float], total: int, caps: Sequence[int]) -> list[int]:
@@ -67,50 +67,64 @@ def erk_densities(shapes: Sequence[tuple[int, ...]], density: float) -> list[flo
         dense |= over
 
 
-def pool_member(param: PrunableParam, sparsity: Sparsity) -> bool:
-    """Unstructured and without a rule target: shares the recipe's scope (global/uniform/erk)."""
-    return param.pattern == "unstructured" and rule_target(param, sparsity) is None
-
-
-def rule_target(param: PrunableParam, sparsity: Sparsity) -> float | None:
-    return None if param.rule is None else sparsity.rules[param.rule].target
+def param_scope(pattern: str, rule_target: float | None, recipe_scope: str) -> ParamScope:
+    """Unstructured without a rule target: the recipe's scope (the pool); else its own group."""
+    return recipe_scope if pattern == "unstructured" and rule_target is None else "layer"  # type: ignore[return-value]
 
 
 def mask_groups(
-    params: Sequence[PrunableParam], sparsity: Sparsity, overall: float
-) -> list[MaskGroup]:
-    """Mask groups with exact prune counts for an overall target `overall` (0 prunes nothing)."""
+    params: Sequence[PrunableParam], overall: float, recipe_target: float
+) -> tuple[MaskGroup, ...]:
+    """Mask groups with exact prune counts at an overall target `overall` (0 prunes nothing);
+    rule targets scale with `overall / recipe_target`, so a gradual ramp ramps them too."""
     overall = max(0.0, overall)
-    pool = [i for i, p in enumerate(params) if pool_member(p, sparsity)]
+    pool = [i for i, p in enumerate(params) if p.scope != "layer"]
     groups: dict[int, MaskGroup] = {}
     if pool:
+        scope = params[pool[0]].scope
         sizes = [params[i].numel for i in pool]
         total = round(overall * sum(sizes))
-        if sparsity.scope == "global":
+        if scope == "global":
             groups[pool[0]] = MaskGroup(tuple(pool), total, "unstructured")
         else:
-            if sparsity.scope == "erk":
+            if scope == "erk":
                 densities = erk_densities([params[i].shape for i in pool], 1.0 - overall)
                 quotas = [(1.0 - d) * n for d, n in zip(densities, sizes)]
             else:
                 quotas = [overall * n for n in sizes]
             for i, count in zip(pool, apportion(quotas, total, sizes)):
                 groups[i] = MaskGroup((i,), count, "unstructured")
-    scale = overall / sparsity.target
-    in_pool = set(pool)
+    scale = overall / recipe_target if recipe_target else 0.0
     for i, param in enumerate(params):
-        if i in in_pool:
+        if param.scope != "layer":
             continue
-        own = rule_target(param, sparsity)
+        own = param.rule_target
         target = min(own * scale, 1.0) if own is not None else overall
         groups[i] = MaskGroup((i,), prune_count(param.pattern, param.numel, target), param.pattern)
-    return [groups[i] for i in sorted(groups)]
+    return tuple(groups[i] for i in sorted(groups))
 
 
-def planned_targets(params: Sequence[PrunableParam], sparsity: Sparsity) -> list[float]:
+def mask_updates(
+    params: Sequence[PrunableParam], timeline: Timeline, recipe_target: float
+) -> tuple[tuple[MaskUpdate, ...], ...]:
+    """For every phase, its mask computations (aligned with `Phase.mask_updates()`)."""
+    cache: dict[float, MaskUpdate] = {}
+
+    def at(target: float) -> MaskUpdate:
+        if target not in cache:
+            cache[target] = MaskUpdate(target, mask_groups(params, target, recipe_target))
+        return cache[target]
+
+    return tuple(
+        tuple(at(phase.sparsity_at(position, recipe_target)) for position in phase.mask_updates())
+        for phase in timeline.phases
+    )
+
+
+def planned_targets(params: Sequence[PrunableParam], recipe_target: float) -> list[float]:
     """Each parameter's sparsity at the recipe target (pool under global scope: the pool average)."""
     targets = [0.0] * len(params)
-    for group in mask_groups(params, sparsity, sparsity.target):
+    for group in mask_groups(params, recipe_target, recipe_target):
         size = sum(params[i].numel for i in group.indices)
         for i in group.indices:
             targets[i] = group.prune / size if size else 0.0

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
+from math import prod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from acdc_recipe.compiler.compiled import CompiledRecipe
+from acdc_recipe.compiler.distribution import mask_groups
 from acdc_recipe.compiler.flops import GLOBAL_ASSUMPTION, scheduled_multipliers
+from acdc_recipe.compiler.plan import DenseParam, MaskGroup, PrunableParam
 from acdc_recipe.compiler.tracing import DualGraphModule
 from acdc_recipe.files import write_text_atomic
-
-if TYPE_CHECKING:
-    from acdc_recipe.compiler.compiled import CompiledRecipe
+from acdc_recipe.schema import Rule
 
 PLAN_VERSION = 1
 FLOPS_COUNTED = (
@@ -24,17 +27,18 @@ FLOPS_COUNTED = (
 )
 
 
-def build_plan(compiled: CompiledRecipe) -> dict[str, Any]:
+def plan_json(compiled: CompiledRecipe) -> dict[str, Any]:
     """Everything `acdc compile` decided, as plain data (plan.json)."""
-    recipe, sparsity = compiled.recipe, compiled.recipe.sparsity
-    groups = compiled.mask_groups(sparsity.target) if sparsity else []
-    total = sum(p.numel for p in compiled.params)
+    recipe, sparsity, plan = compiled.recipe, compiled.recipe.sparsity, compiled.plan
+    groups = mask_groups(plan.params, sparsity.target, sparsity.target) if sparsity else ()
+    total = sum(p.numel for p in plan.params)
     pruned = sum(g.prune for g in groups)
     multipliers = scheduled_multipliers(compiled)
     rules = sparsity.rules if sparsity else ()
+    names = plan.names
     return {
         "version": PLAN_VERSION,
-        "recipe": {"name": recipe.name, "hash": compiled.recipe_hash},
+        "recipe": {"name": recipe.name, "hash": plan.recipe_hash},
         "tracer": {
             "traced": compiled.traced,
             "error": compiled.trace_error,
@@ -45,24 +49,31 @@ def build_plan(compiled: CompiledRecipe) -> dict[str, Any]:
         "sparsity": None
         if sparsity is None
         else {"target": sparsity.target, "scope": sparsity.scope, "pattern": sparsity.pattern},
-        "params": [_param(p, rules) for p in compiled.params],
-        "dense": [_param(p, rules) for p in compiled.dense],
-        "mask_groups": [
-            {
-                "params": [compiled.params[i].name for i in g.indices],
-                "prune": g.prune,
-                "pattern": g.pattern,
-            }
-            for g in groups
-        ],
+        "params": [_entry(p, rules) for p in plan.params],
+        "dense": [_entry(p, rules) for p in compiled.dense],
+        "mask_groups": [_group(g, names) for g in groups],
         "timeline": {
-            "unit": compiled.timeline.unit,
-            "length": compiled.timeline.length,
-            "sparse_units": compiled.timeline.sparse_units,
-            "phases": [dataclasses.asdict(p) for p in compiled.timeline.phases],
+            "unit": plan.timeline.unit,
+            "length": plan.timeline.length,
+            "sparse_units": plan.timeline.sparse_units,
+            "compact": plan.timeline.compact(),
+            "phases": [
+                {
+                    **dataclasses.asdict(phase),
+                    "mask_updates": [
+                        {
+                            "position": position,
+                            "target": update.target,
+                            "prune": [g.prune for g in update.groups],
+                        }
+                        for position, update in zip(phase.mask_updates(), updates, strict=True)
+                    ],
+                }
+                for phase, updates in zip(plan.timeline.phases, plan.updates, strict=True)
+            ],
         },
         "totals": {
-            "prunable_params": len(compiled.params),
+            "prunable_params": len(plan.params),
             "prunable_weights": total,
             "pruned_at_target": pruned,
             "sparsity_at_target": pruned / total if total else 0.0,
@@ -76,7 +87,7 @@ def build_plan(compiled: CompiledRecipe) -> dict[str, Any]:
             "not_pruned": {
                 name: value
                 for name, value in compiled.weight_flops.items()
-                if name not in {p.name for p in compiled.params}
+                if name not in set(names)
             },
         },
         "warnings": list(compiled.warnings),
@@ -106,7 +117,7 @@ def write_build(compiled: CompiledRecipe, folder: str | Path, recipe_text: str) 
     folder.mkdir(parents=True, exist_ok=True)
     files = {
         "recipe.yaml": recipe_text,
-        "plan.json": json.dumps(compiled.plan(), indent=2) + "\n",
+        "plan.json": json.dumps(plan_json(compiled), indent=2) + "\n",
         "module.py": module_code(compiled),
     }
     written = []
@@ -116,17 +127,26 @@ def write_build(compiled: CompiledRecipe, folder: str | Path, recipe_text: str) 
     return written
 
 
-def _param(param, rules) -> dict[str, Any]:
+def _entry(param: PrunableParam | DenseParam, rules: Sequence[Rule]) -> dict[str, Any]:
+    pruned = isinstance(param, PrunableParam)
     return {
         "name": param.name,
         "layer": param.layer,
         "op": param.op,
         "shape": list(param.shape),
-        "numel": param.numel,
+        "numel": prod(param.shape),
         "rule": param.rule,
         "rule_match": rules[param.rule].match if param.rule is not None else None,
-        "target": param.target,
-        "pattern": param.pattern,
-        "scope": param.scope,
+        "target": param.target if pruned else 0.0,
+        "pattern": param.pattern if pruned else "dense",
+        "scope": param.scope if pruned else "dense",
         "dense_flops": param.dense_flops,
+    }
+
+
+def _group(group: MaskGroup, names: Sequence[str]) -> dict[str, Any]:
+    return {
+        "params": [names[i] for i in group.indices],
+        "prune": group.prune,
+        "pattern": group.pattern,
     }

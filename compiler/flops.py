@@ -14,19 +14,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx, nn
 
+from acdc_recipe.compiler.compiled import CompiledRecipe
 from acdc_recipe.compiler.discovery import Discovery, WeightSite
 from acdc_recipe.compiler.errors import CompileError
+from acdc_recipe.compiler.plan import MaskUpdate, SparsityPlan
 from acdc_recipe.compiler.tracing import TraceResult, set_mode
-
-if TYPE_CHECKING:
-    from acdc_recipe.compiler.compiled import CompiledRecipe
 
 GLOBAL_ASSUMPTION = (
     "global scope: the per-layer split of the pool is chosen at run time by magnitude; these "
@@ -104,67 +103,70 @@ def weight_flops(
     return 2 * (out.numel() // out.shape[-1]) * prod(weight_shape)  # linear
 
 
-def forward_multiplier(
-    compiled: CompiledRecipe, densities: Sequence[float] | Mapping[str, float]
-) -> float:
-    """Forward FLOPs at these densities (aligned with `compiled.params`, or by name) over dense."""
-    if not isinstance(densities, Mapping):
-        densities = {p.name: d for p, d in zip(compiled.params, densities)}
-    dense = sum(compiled.weight_flops.values())
+def forward_multiplier(weight_flops: Mapping[str, int], densities: Mapping[str, float]) -> float:
+    """Forward FLOPs with each weight at its density (missing: 1.0), over dense forward FLOPs."""
+    dense = sum(weight_flops.values())
     if dense == 0:
         return 1.0
-    sparse = sum(f * densities.get(name, 1.0) for name, f in compiled.weight_flops.items())
+    sparse = sum(f * densities.get(name, 1.0) for name, f in weight_flops.items())
     return sparse / dense
 
 
-def flops_multipliers(
-    compiled: CompiledRecipe, densities_per_unit: Sequence[Sequence[float] | Mapping[str, float]]
-) -> FlopsMultipliers:
-    """Multipliers from measured densities, one entry per schedule unit (epoch or step) in order.
+@dataclass
+class FlopsMeter:
+    """The paper's accounting, unit by unit: a training unit costs 3x its forward FLOPs at the
+    densities in force during it, so the training multiplier is the mean forward multiplier
+    over the units counted; inference is the forward multiplier of the densities now."""
 
-    Training: the mean forward multiplier over units (a unit costs 3x its forward FLOPs, dense
-    or sparse alike). Inference: the forward multiplier of the last unit's densities.
-    """
-    if not densities_per_unit:
-        return FlopsMultipliers(1.0, 1.0)
-    values = [forward_multiplier(compiled, d) for d in densities_per_unit]
-    return FlopsMultipliers(sum(values) / len(values), values[-1])
+    weight_flops: Mapping[str, int]  # per-sample dense forward FLOPs of every counted weight
+    densities: dict[str, float] = field(default_factory=dict)  # missing weights: dense
+    multiplier_sum: float = 0.0
+    units: int = 0
+
+    def set_densities(self, densities: Mapping[str, float]) -> None:
+        """The densities in force from now on (an empty mapping: dense)."""
+        self.densities = dict(densities)
+
+    def count(self, units: int = 1) -> None:
+        self.multiplier_sum += units * forward_multiplier(self.weight_flops, self.densities)
+        self.units += units
+
+    def multipliers(self) -> FlopsMultipliers:
+        training = self.multiplier_sum / self.units if self.units else 1.0
+        return FlopsMultipliers(training, forward_multiplier(self.weight_flops, self.densities))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"densities": dict(self.densities), "sum": self.multiplier_sum, "units": self.units}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.densities = {str(k): float(v) for k, v in state["densities"].items()}
+        self.multiplier_sum, self.units = float(state["sum"]), int(state["units"])
 
 
-def planned_densities(compiled: CompiledRecipe, overall: float) -> list[float]:
-    """Densities aligned with `compiled.params` at an overall target (global pool: its average)."""
-    densities = [1.0] * len(compiled.params)
-    for group in compiled.mask_groups(overall):
-        size = sum(compiled.params[i].numel for i in group.indices)
+def planned_densities(plan: SparsityPlan, update: MaskUpdate) -> dict[str, float]:
+    """Each pruned weight's density after `update` (a global pool: its average density)."""
+    densities = {}
+    for group in update.groups:
+        size = sum(plan.params[i].numel for i in group.indices)
         for i in group.indices:
-            densities[i] = 1.0 - group.prune / size if size else 1.0
+            densities[plan.params[i].name] = 1.0 - group.prune / size if size else 1.0
     return densities
 
 
 def scheduled_multipliers(compiled: CompiledRecipe) -> FlopsMultipliers:
     """Multipliers the recipe's schedule implies, from planned densities (see GLOBAL_ASSUMPTION)."""
-    sparsity = compiled.recipe.sparsity
-    timeline = compiled.timeline
-    if sparsity is None or timeline.length == 0:
-        return FlopsMultipliers(1.0, 1.0)
-    cache: dict[float, float] = {}
-
-    def at(overall: float) -> float:
-        if overall not in cache:
-            cache[overall] = forward_multiplier(compiled, planned_densities(compiled, overall))
-        return cache[overall]
-
-    total = 0.0
-    for phase in timeline.phases:
-        if phase.kind == "dense":
-            total += phase.length
+    plan = compiled.plan
+    meter = FlopsMeter(compiled.weight_flops)
+    for phase, updates in zip(plan.timeline.phases, plan.updates, strict=True):
+        if not updates:
+            meter.set_densities({})
+            meter.count(phase.length)
             continue
         starts = list(phase.mask_updates())
-        for start, end in zip(starts, starts[1:] + [phase.end]):
-            total += (end - start) * at(phase.sparsity_at(start, sparsity.target))
-    last = timeline.phases[-1]
-    final = at(last.sparsity_at(last.end - 1, sparsity.target)) if last.kind != "dense" else 1.0
-    return FlopsMultipliers(total / timeline.length, final)
+        for start, end, update in zip(starts, starts[1:] + [phase.end], updates, strict=True):
+            meter.set_densities(planned_densities(plan, update))
+            meter.count(end - start)
+    return meter.multipliers()
 
 
 def _run_once(result: TraceResult, inputs: tuple, functional: dict, record, reset) -> None:

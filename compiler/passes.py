@@ -6,8 +6,6 @@ Each pass is a plain function of the previous results and lives in its own modul
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,13 +15,13 @@ from torch import nn
 
 from acdc_recipe.compiler.compiled import CompiledRecipe
 from acdc_recipe.compiler.discovery import Discovery, discover
-from acdc_recipe.compiler.distribution import planned_targets, pool_member
+from acdc_recipe.compiler.distribution import mask_updates, param_scope, planned_targets
 from acdc_recipe.compiler.flops import example_inputs_for, site_flops
 from acdc_recipe.compiler.patterns import check_pattern, implied_sparsity
-from acdc_recipe.compiler.plan import PrunableParam
+from acdc_recipe.compiler.plan import DenseParam, PrunableParam, SparsityPlan
 from acdc_recipe.compiler.rules import Resolution, resolve_rules
 from acdc_recipe.compiler.tracing import TraceResult, trace
-from acdc_recipe.schema import Recipe, Sparsity
+from acdc_recipe.schema import Recipe, Sparsity, recipe_hash
 from acdc_recipe.timeline import lower
 
 
@@ -57,16 +55,22 @@ def compile(  # noqa: A001 - the public name the API promises
     weight_flops = _flops_by_weight(found, flops)
     params = tuple(replace(p, dense_flops=weight_flops.get(p.name, 0)) for p in params)
     dense = tuple(replace(p, dense_flops=weight_flops.get(p.name, 0)) for p in dense)
+    recipe_target = sparsity.target if sparsity is not None else 0.0
+    plan = SparsityPlan(
+        params=params,
+        timeline=timeline,
+        updates=mask_updates(params, timeline, recipe_target),
+        on_decompress=recipe.optimizer_state.on_decompress,
+        recipe_hash=recipe_hash(recipe),
+    )
     compiled = CompiledRecipe(
         recipe=recipe,
         module=result.graph_module if result.traced else result.root,
-        params=params,
+        plan=plan,
         parameters=[found.parameters[p.name] for p in params],
-        timeline=timeline,
         traced=result.traced,
         trace_error=result.error,
         warnings=tuple(_warnings(result, params, sparsity, inputs, timeline.warnings())),
-        recipe_hash=recipe_hash(recipe),
         dense=dense,
         weight_flops=weight_flops,
         unwrapped=result.unwrapped,
@@ -77,15 +81,9 @@ def compile(  # noqa: A001 - the public name the API promises
     return compiled
 
 
-def recipe_hash(recipe: Recipe) -> str:
-    """sha256 of the recipe's canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def distribute(
     found: Discovery, resolution: Resolution, sparsity: Sparsity | None
-) -> tuple[tuple[PrunableParam, ...], tuple[PrunableParam, ...]]:
+) -> tuple[tuple[PrunableParam, ...], tuple[DenseParam, ...]]:
     """Prunable parameters with their pattern, scope and target; and those kept dense."""
     if sparsity is None:
         return (), ()
@@ -99,27 +97,25 @@ def distribute(
             ("sparsity", "rules", rule_index, "pattern") if from_rule else ("sparsity", "pattern")
         )
         check_pattern(pattern, candidate.layer, candidate.op, candidate.shape, path)
+        rule_target = rule.target if rule is not None else None
         params.append(
             PrunableParam(
-                candidate.name,
-                candidate.layer,
-                candidate.op,
-                candidate.shape,
-                rule_index,
-                0.0,
-                pattern,
-                "layer",
-                0,
+                name=candidate.name,
+                layer=candidate.layer,
+                op=candidate.op,
+                shape=candidate.shape,
+                rule=rule_index,
+                pattern=pattern,
+                scope=param_scope(pattern, rule_target, sparsity.scope),
+                rule_target=rule_target,
+                target=0.0,
+                dense_flops=0,
             )
         )
-    scoped = [
-        replace(p, scope="global") if sparsity.scope == "global" and pool_member(p, sparsity) else p
-        for p in params
-    ]
-    targets = planned_targets(scoped, sparsity)
-    final = tuple(replace(p, target=t) for p, t in zip(scoped, targets))
+    targets = planned_targets(params, sparsity.target)
+    final = tuple(replace(p, target=t) for p, t in zip(params, targets))
     dense = tuple(
-        PrunableParam(c.name, c.layer, c.op, c.shape, index, 0.0, "dense", "dense", 0)
+        DenseParam(c.name, c.layer, c.op, c.shape, index, 0)
         for name, index in resolution.dense.items()
         for c in [found.candidate(name)]
     )
@@ -152,17 +148,18 @@ def _within(layer: str, path: Any) -> bool:
     return isinstance(path, str) and (layer == path or layer.startswith(f"{path}."))
 
 
-def _site_meta(site, by_name: dict[str, PrunableParam], flops: dict) -> dict[str, Any]:
+def _site_meta(site, by_name: dict[str, PrunableParam | DenseParam], flops: dict) -> dict[str, Any]:
     weights = []
     for name, role in site.weights:
         param = by_name.get(name)
+        pruned = isinstance(param, PrunableParam)
         weights.append(
             {
                 "name": name,
                 "role": role,
                 "rule": param.rule if param else None,
-                "target": param.target if param else 0.0,
-                "pattern": param.pattern if param else "dense",
+                "target": param.target if pruned else 0.0,
+                "pattern": param.pattern if pruned else "dense",
                 "flops": flops.get(site.key, {}).get(name, 0),
             }
         )

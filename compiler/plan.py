@@ -1,27 +1,37 @@
-"""What compilation produces: the prunable parameters with their resolved rules, and mask groups.
+"""What compilation hands the engine: the prunable parameters and, for every phase, the masks.
 
-These dataclasses are the contract between the compiler and the runtime. The runtime never
-looks at the recipe's rules again: it asks `CompiledRecipe.mask_groups(overall)` which tensors
-share one selection and how many entries to prune in each.
+`SparsityPlan` is self-contained: the resolved scope, pattern and target of every prunable
+parameter, and for each mask computation of each phase the mask groups with their exact prune
+counts. The engine reads it and nothing else of the recipe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from acdc_recipe.schema import DecompressPolicy
+from acdc_recipe.timeline import Timeline
+
+# How a parameter's prune count is chosen: "global" shares one magnitude threshold with the
+# other global parameters; "uniform" and "erk" get an exact per-layer share of the pool's
+# count; "layer" has its own target (a rule's target, an N:M or a block pattern).
+ParamScope = Literal["global", "uniform", "erk", "layer"]
 
 
 @dataclass(frozen=True)
 class PrunableParam:
     """One prunable weight tensor (tied parameters appear once)."""
 
-    name: str  # normalized parameter name, e.g. "layer1.0.conv1.weight"
+    name: str  # canonical parameter name, e.g. "layer1.0.conv1.weight"
     layer: str  # owning module path, e.g. "layer1.0.conv1"
     op: str  # "Conv2d", "Linear", "MultiheadAttention", "linear" (functional), ...
     shape: tuple[int, ...]
     rule: int | None  # index of the recipe rule that claimed it; None: the sparsity defaults
-    target: float  # sparsity this parameter gets at the recipe's overall target
     pattern: str  # "unstructured", "N:M" or "block:RxC"
-    scope: str  # "global" (shares the pool threshold), "layer" (own target)
+    scope: ParamScope
+    rule_target: float | None  # the claiming rule's target, scaled with the overall target
+    target: float  # sparsity this parameter gets at the recipe's target (pool: pool average)
     dense_flops: int  # forward FLOPs of its op for one sample at density 1 (multiply-add = 2)
 
     @property
@@ -33,15 +43,60 @@ class PrunableParam:
 
 
 @dataclass(frozen=True)
+class DenseParam:
+    """A default-prunable weight that a `dense: true` rule keeps dense."""
+
+    name: str
+    layer: str
+    op: str
+    shape: tuple[int, ...]
+    rule: int
+    dense_flops: int
+
+
+@dataclass(frozen=True)
 class MaskGroup:
     """Tensors that share one magnitude selection.
 
-    `indices` point into the compiled list of prunable parameters. `prune` is how many entries
-    (summed over the group) become zero: for "unstructured" the smallest |w| over the whole
-    group; for "N:M" and "block:RxC" each tensor is pruned on its own and `prune` is the exact
-    count that pattern yields.
+    `indices` point into the plan's prunable parameters. `prune` is how many entries (summed
+    over the group) become zero: for "unstructured" the smallest |w| over the whole group; for
+    "N:M" and "block:RxC" each tensor is pruned on its own and `prune` is the exact count that
+    pattern yields.
     """
 
     indices: tuple[int, ...]
     prune: int
     pattern: str
+
+
+@dataclass(frozen=True)
+class MaskUpdate:
+    """One mask computation: the overall target in force from then on, and its mask groups."""
+
+    target: float
+    groups: tuple[MaskGroup, ...]
+
+
+@dataclass(frozen=True)
+class SparsityPlan:
+    """Everything the engine executes, resolved at compile time.
+
+    `updates[i]` lists the mask computations of `timeline.phases[i]`, aligned with that
+    phase's `mask_updates()` (empty for dense phases). Positions come from the timeline, so
+    converting it to steps converts the whole plan.
+    """
+
+    params: tuple[PrunableParam, ...]
+    timeline: Timeline  # in the recipe's units
+    updates: tuple[tuple[MaskUpdate, ...], ...]
+    on_decompress: DecompressPolicy  # type: ignore[valid-type]
+    recipe_hash: str
+
+    @property
+    def names(self) -> list[str]:
+        return [param.name for param in self.params]
+
+    def phase_target(self, phase_index: int) -> float:
+        """The overall target in force when phase `phase_index` starts (0.0 for dense)."""
+        updates = self.updates[phase_index]
+        return updates[0].target if updates else 0.0

@@ -1,31 +1,44 @@
-"""The runtime: the phase-state machine that executes a compiled recipe during training.
+"""The engine: executes a compiled recipe's plan during training, from the optimizer's hooks.
 
-`compiled.attach(optimizer, steps_per_epoch=...)` returns a `SparsityRuntime`; see
-docs/runtime.md, "Using the runtime in your own loop". Names are imported on first use, so
-importing a submodule (e.g. `acdc_recipe.runtime.models`) does not load the others.
+    runtime = acdc_recipe.runtime.attach(compiled, optimizer, steps_per_epoch=len(loader))
+
+`SparsityRuntime` decides when; the functional forms do the work and are usable without it:
+`select_masks`, `apply_masks_`, `zero_state_where_pruned_`, `reset_optimizer_state_`. See
+docs/runtime.md. The `acdc run` application lives apart, in `acdc_recipe.runtime.train`.
 """
 
-from __future__ import annotations
+from acdc_recipe.runtime.events import (
+    DenseSnapshot,
+    EmptiedLayerWarning,
+    LayersEmptied,
+    MasksComputed,
+    PhaseStarted,
+    RuntimeEvent,
+    event_from_dict,
+    event_to_dict,
+)
+from acdc_recipe.runtime.mask_sync import MaskMismatchError
+from acdc_recipe.runtime.masks import apply_masks_, select_masks
+from acdc_recipe.runtime.optimizer_state import reset_optimizer_state_, zero_state_where_pruned_
+from acdc_recipe.runtime.state import RuntimeStateError, SparsityRuntime, attach
+from acdc_recipe.runtime.threshold import NonFiniteWeightError
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "SparsityRuntime": "state",
-    "RuntimeStateError": "state",
-    "PhaseStarted": "events",
-    "MasksComputed": "events",
-    "DenseSnapshot": "events",
-    "RuntimeEvent": "events",
-    "event_to_dict": "events",
-    "event_from_dict": "events",
-    "MaskMismatchError": "mask_sync",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__ = [
+    "DenseSnapshot",
+    "EmptiedLayerWarning",
+    "LayersEmptied",
+    "MaskMismatchError",
+    "MasksComputed",
+    "NonFiniteWeightError",
+    "PhaseStarted",
+    "RuntimeEvent",
+    "RuntimeStateError",
+    "SparsityRuntime",
+    "apply_masks_",
+    "attach",
+    "event_from_dict",
+    "event_to_dict",
+    "reset_optimizer_state_",
+    "select_masks",
+    "zero_state_where_pruned_",
+]

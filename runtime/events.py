@@ -7,6 +7,7 @@ frozen and made of plain values, so they serialize to JSON (`event_to_dict`) and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 
@@ -52,9 +53,36 @@ class DenseSnapshot:
     phase_index: int  # index of the dense phase that just ended
 
 
-RuntimeEvent = PhaseStarted | MasksComputed | DenseSnapshot
+@dataclass(frozen=True)
+class LayersEmptied:
+    """A mask computation before step `step` pruned every weight of these layers.
+
+    Such a layer passes on only its bias, which can collapse training; global magnitude
+    pruning empties small or low-magnitude layers first. The runtime also warns
+    (`EmptiedLayerWarning`).
+    """
+
+    step: int
+    phase_index: int
+    names: tuple[str, ...]
+
+
+class EmptiedLayerWarning(UserWarning):
+    """A mask left a layer without any weight."""
+
+
+def emptied_layers_note(names: Sequence[str]) -> str:
+    """What to tell a person about layers whose every weight is pruned."""
+    return (
+        f"every weight of {', '.join(names)} is pruned; such a layer passes on only its bias, "
+        "which can collapse training (global magnitude pruning empties small or low-magnitude "
+        "layers first); consider scope: erk or uniform, or a rule that keeps the layer denser"
+    )
+
+
+RuntimeEvent = PhaseStarted | MasksComputed | DenseSnapshot | LayersEmptied
 EVENT_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (PhaseStarted, MasksComputed, DenseSnapshot)
+    cls.__name__: cls for cls in (PhaseStarted, MasksComputed, DenseSnapshot, LayersEmptied)
 }
 
 
@@ -69,4 +97,7 @@ def event_from_dict(data: dict) -> RuntimeEvent:
     if name not in EVENT_TYPES:
         raise ValueError(f"unknown runtime event {name!r}; expected one of {sorted(EVENT_TYPES)}")
     cls = EVENT_TYPES[name]
-    return cls(**{f.name: data[f.name] for f in fields(cls)})
+    values = {f.name: data[f.name] for f in fields(cls)}
+    if cls is LayersEmptied:
+        values["names"] = tuple(values["names"])
+    return cls(**values)

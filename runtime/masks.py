@@ -27,25 +27,35 @@ from acdc_recipe.schema import parse_pattern
 
 __all__ = [
     "NonFiniteWeightError",
+    "apply_masks_",
     "check_finite",
-    "compute_masks",
-    "compute_masks_and_thresholds",
     "mask_change_fraction",
     "mask_sparsity",
     "prune_mask_block",
     "prune_mask_n_m",
+    "select_masks",
+    "select_masks_and_thresholds",
 ]
 
 
-def compute_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> list[Tensor]:
-    """One mask per tensor (aligned with `tensors`), each group pruned by its pattern."""
-    return compute_masks_and_thresholds(tensors, groups)[0]
+def select_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> list[Tensor]:
+    """One mask per tensor (aligned with `tensors`), each group pruned by its pattern.
+
+    Usable without a runtime: `select_masks(weights, plan.updates[i][0].groups)`.
+    """
+    return select_masks_and_thresholds(tensors, groups)[0]
 
 
-def compute_masks_and_thresholds(
+@torch.no_grad()
+def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
+    """Multiply each tensor by its mask in place (one fused `_foreach_mul_`)."""
+    torch._foreach_mul_(list(tensors), list(masks))
+
+
+def select_masks_and_thresholds(
     tensors: Sequence[Tensor], groups: Sequence[MaskGroup]
 ) -> tuple[list[Tensor], list[Tensor | None]]:
-    """`compute_masks`, plus per group the largest pruned |w| of an unstructured group (None
+    """`select_masks`, plus per group the largest pruned |w| of an unstructured group (None
     for other patterns and for groups that prune nothing)."""
     _check_partition(len(tensors), groups)
     masks: list[Tensor] = [torch.empty(0)] * len(tensors)

@@ -12,12 +12,12 @@ capturable optimizer steps keep pointing at the same storage.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-DecompressPolicy = Literal["reset", "keep", "reset_reactivated"]
+from acdc_recipe.schema import DECOMPRESS_POLICIES, DecompressPolicy
+
 MOMENT_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
@@ -36,7 +36,7 @@ def _all_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 
 
 @torch.no_grad()
-def zero_state_where_pruned(
+def zero_state_where_pruned_(
     optimizer: torch.optim.Optimizer, params: Sequence[Tensor], masks: Sequence[Tensor]
 ) -> None:
     """Multiply each parameter's per-element state by its mask (0 = pruned), in place.
@@ -55,7 +55,7 @@ def zero_state_where_pruned(
 
 
 @torch.no_grad()
-def reset_state(optimizer: torch.optim.Optimizer) -> None:
+def reset_state_(optimizer: torch.optim.Optimizer) -> None:
     """Zero every parameter's moments and Adam's `step`: the state of a fresh optimizer.
 
     Adam's bias correction divides by 1 - beta**step; zeroed moments with an old, large `step`
@@ -73,35 +73,25 @@ def reset_state(optimizer: torch.optim.Optimizer) -> None:
             optimizer.state[param]["step"] = type(step)(0)
 
 
-def reset_reactivated_state(
-    optimizer: torch.optim.Optimizer, params: Sequence[Tensor], previous_masks: Sequence[Tensor]
-) -> None:
-    """Zero state only at positions the previous mask pruned (they train again from zero).
-
-    Adam's `step` is per tensor, not per element, so it is kept: the reactivated positions
-    start from zero moments with the tensor's running bias correction.
-    """
-    zero_state_where_pruned(optimizer, params, previous_masks)
-
-
-def apply_decompress_policy(
-    policy: DecompressPolicy,
+def reset_optimizer_state_(
     optimizer: torch.optim.Optimizer,
-    params: Sequence[Tensor],
-    previous_masks: Sequence[Tensor] | None,
+    policy: DecompressPolicy = "reset",  # type: ignore[valid-type]
+    params: Sequence[Tensor] = (),
+    previous_masks: Sequence[Tensor] | None = None,
 ) -> None:
     """Apply `optimizer_state.on_decompress` when a dense phase follows a sparse one.
 
     "reset" acts on every parameter the optimizer holds (as the reference resets all momentum
-    buffers); "reset_reactivated" only on the prunable `params`; "keep" does nothing.
+    buffers); "reset_reactivated" zeroes the state of the prunable `params` only at the
+    positions `previous_masks` pruned (they train again from zero; Adam's `step` is per tensor
+    and is kept); "keep" does nothing.
     """
-    if policy == "reset":
-        reset_state(optimizer)
-    elif policy == "reset_reactivated":
-        if previous_masks is not None:
-            reset_reactivated_state(optimizer, params, previous_masks)
-    elif policy != "keep":
+    if policy not in DECOMPRESS_POLICIES:
         raise ValueError(
-            f"optimizer_state.on_decompress must be 'reset', 'keep' or 'reset_reactivated', "
+            f"optimizer_state.on_decompress must be one of {', '.join(DECOMPRESS_POLICIES)}, "
             f"got {policy!r}"
         )
+    if policy == "reset":
+        reset_state_(optimizer)
+    elif policy == "reset_reactivated" and previous_masks is not None:
+        zero_state_where_pruned_(optimizer, params, previous_masks)

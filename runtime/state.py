@@ -1,7 +1,9 @@
 """`SparsityRuntime`: executes a compiled recipe's timeline from optimizer step hooks.
 
-Attach it once (`compiled.attach(optimizer, steps_per_epoch=...)`) and the user's own loop
-(`loss.backward(); optimizer.step()`) is enough. The runtime counts completed optimizer steps:
+Attach it once (`attach(compiled, optimizer, steps_per_epoch=...)`) and the user's own loop
+(`loss.backward(); optimizer.step()`) is enough. The runtime only decides *when*; what happens
+at each moment is a public function of its own (`select_masks`, `apply_masks_`,
+`zero_state_where_pruned_`, `reset_optimizer_state_`), usable without it. The runtime counts completed optimizer steps:
 position `s` is the step about to run. Every side effect is a function of `s`:
 
 - pre-step hook at `s`: emit `DenseSnapshot` when the last dense phase ends, then enter a phase
@@ -18,28 +20,35 @@ from __future__ import annotations
 
 import bisect
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from acdc_recipe.compiler import CompiledRecipe
+from acdc_recipe.compiler.plan import MaskUpdate
 from acdc_recipe.errors import UserError
 from acdc_recipe.runtime.events import (
     DenseSnapshot,
+    EmptiedLayerWarning,
+    LayersEmptied,
     MasksComputed,
     PhaseStarted,
     RuntimeEvent,
+    emptied_layers_note,
     event_from_dict,
     event_to_dict,
 )
 from acdc_recipe.runtime.mask_sync import verify_masks_identical
 from acdc_recipe.runtime.masks import (
-    compute_masks_and_thresholds,
+    apply_masks_,
     mask_change_fraction,
     mask_sparsity,
+    select_masks_and_thresholds,
 )
-from acdc_recipe.runtime.optimizer_state import apply_decompress_policy, zero_state_where_pruned
+from acdc_recipe.runtime.optimizer_state import reset_optimizer_state_, zero_state_where_pruned_
 from acdc_recipe.runtime.threshold import NonFiniteWeightError, check_finite
 from acdc_recipe.timeline import Phase, Timeline
 
@@ -51,31 +60,22 @@ class RuntimeStateError(UserError, ValueError):
     """The runtime cannot run with this configuration or restore this state dict."""
 
 
-def timeline_in_steps(timeline: Timeline, steps_per_epoch: int | None) -> Timeline:
+def timeline_in_steps(timeline: Timeline, steps_per_epoch: Any) -> Timeline:
     """The timeline in optimizer steps; epoch timelines need `steps_per_epoch`."""
-    if timeline.unit == "step":
-        return timeline
-    if not _is_positive_int(steps_per_epoch):
+    try:
+        return timeline.to_steps(steps_per_epoch)
+    except ValueError:
         raise RuntimeStateError(
             "the recipe's schedule is in epochs (schedule.unit: epoch), so attach() needs "
             f"steps_per_epoch, the number of optimizer steps per epoch (got {steps_per_epoch!r}); "
             "pass steps_per_epoch=len(train_loader), or write the schedule with unit: step"
-        )
-    return timeline.to_steps(int(steps_per_epoch))
-
-
-def _is_positive_int(value: Any) -> bool:
-    """An int (numpy and torch integers too, not bool) of at least 1."""
-    try:
-        return not isinstance(value, bool) and int(value) == value and int(value) >= 1
-    except (TypeError, ValueError):
-        return False
+        ) from None
 
 
 _ATTACHED = "_acdc_runtime_attached"  # optimizer attribute: a runtime's hooks are registered
 
 
-def _companion_parameters(compiled: Any) -> tuple[list[Tensor], list[str]]:
+def _companion_parameters(compiled: CompiledRecipe) -> tuple[list[Tensor], list[str]]:
     """The other parameters of every module that holds a pruned weight (biases, ...; both
     owners of a tied weight) and their names: a NaN there also means the run diverged, so they
     are checked with the weights at each mask computation."""
@@ -116,19 +116,21 @@ class SparsityRuntime:
     """Phase-state machine over a `CompiledRecipe`, driven by the optimizer's step hooks."""
 
     def __init__(
-        self, compiled: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None
+        self,
+        compiled: CompiledRecipe,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int | None = None,
     ) -> None:
-        recipe = compiled.recipe
-        self.compiled = compiled
+        plan = compiled.plan
+        self.plan = plan
         self.optimizer = optimizer
-        self.timeline = timeline_in_steps(compiled.timeline, steps_per_epoch)
-        epochs = compiled.timeline.unit == "epoch"
+        self.timeline = timeline_in_steps(plan.timeline, steps_per_epoch)
+        epochs = plan.timeline.unit == "epoch"
         self.steps_per_epoch = int(steps_per_epoch) if epochs else None  # a plain int to save
         self._parameters: list[Tensor] = list(compiled.parameters)
-        self._names = [param.name for param in compiled.params]
+        self._names = plan.names
         self._companions = _companion_parameters(compiled)
-        self._default_target = recipe.sparsity.target if recipe.sparsity is not None else 0.0
-        self._policy = recipe.optimizer_state.on_decompress
+        self._policy = plan.on_decompress
         dense = [i for i, p in enumerate(self.timeline.phases) if p.kind == "dense"]
         self._snapshot_phase = dense[-1] if dense else None
         self._snapshot_step = self.timeline.phases[dense[-1]].end if dense else None
@@ -211,7 +213,9 @@ class SparsityRuntime:
         forward pass. The hooks never run an action twice.
         """
         if self._step == self._next_action:
-            self._run_actions(self._step)
+            emptied = self._run_actions(self._step)
+            if emptied:  # here, so the warning points at the caller's line
+                warnings.warn(emptied_layers_note(emptied), EmptiedLayerWarning, stacklevel=2)
 
     def mask_gradients(self) -> None:
         """Run this step's phase actions and mask the gradients now, e.g. before clipping.
@@ -255,21 +259,25 @@ class SparsityRuntime:
         for listener in self._listeners:
             listener(event)
 
-    def _run_actions(self, step: int) -> None:
+    def _run_actions(self, step: int) -> tuple[str, ...]:
+        """Everything the timeline does at `step`; returns the layers a new mask empties."""
+        emptied: tuple[str, ...] = ()
         if step == self._snapshot_step:
             self._emit(DenseSnapshot(step, self._snapshot_phase))
         index = self.timeline.phase_index_at(step)
         phase = self.timeline.phases[index]
-        target = phase.sparsity_at(step, self._default_target)
         if step == phase.start:
-            self._emit(PhaseStarted(step, index, phase.kind, target))
+            self._emit(PhaseStarted(step, index, phase.kind, self.plan.phase_target(index)))
             if phase.kind == "dense":
                 self._decompress()
-        if step in phase.mask_updates():
-            self._recompute_masks(step, index, target)
+        updates = phase.mask_updates()
+        if step in updates:
+            update = self.plan.updates[index][updates.index(step)]
+            emptied = self._recompute_masks(step, index, update)
         self._done_through = step
         after = bisect.bisect_right(self._actions, step)
         self._next_action = self._actions[after] if after < len(self._actions) else -1
+        return emptied
 
     def _decompress(self) -> None:
         if self._masks is None:
@@ -278,14 +286,15 @@ class SparsityRuntime:
         needed = remask_later or self._policy == "reset_reactivated"
         previous = list(self._masks) if needed else None  # the same tensors, no copy
         self._masks, self._mask_view, self._target = None, None, 0.0
-        apply_decompress_policy(self._policy, self.optimizer, self._parameters, previous)
+        reset_optimizer_state_(self.optimizer, self._policy, self._parameters, previous)
         # Only the change statistics need it now: as bool, the dense phase holds 1 byte/weight.
         self._previous = [m.bool() for m in previous] if remask_later else None
 
     @torch.no_grad()
-    def _recompute_masks(self, step: int, index: int, target: float) -> None:
+    def _recompute_masks(self, step: int, index: int, update: MaskUpdate) -> tuple[str, ...]:
+        """Choose and apply new masks; return the layers they empty."""
         weights = [param.detach() for param in self._parameters]
-        groups = self.compiled.mask_groups(target)
+        groups, target = update.groups, update.target
         # Unstructured selections detect NaN/inf in their first histogram pass; check the rest.
         others = [
             i
@@ -301,7 +310,7 @@ class SparsityRuntime:
         )
         start = time.perf_counter()
         try:
-            masks, thresholds = compute_masks_and_thresholds(weights, groups)
+            masks, thresholds = select_masks_and_thresholds(weights, groups)
         except NonFiniteWeightError:
             check_finite(weights, self._names)  # raises the same error, naming the layer
             raise
@@ -313,8 +322,8 @@ class SparsityRuntime:
         if previous is not None:
             changed, per_changed = mask_change_fraction(previous, masks)
             per_layer_changed = dict(zip(self._names, per_changed, strict=True))
-        torch._foreach_mul_(weights, masks)
-        zero_state_where_pruned(self.optimizer, self._parameters, masks)
+        apply_masks_(weights, masks)
+        zero_state_where_pruned_(self.optimizer, self._parameters, masks)
         self._masks, self._mask_view, self._previous = masks, tuple(masks), None
         self._target = target
         achieved, per_layer = mask_sparsity(masks)
@@ -331,13 +340,17 @@ class SparsityRuntime:
                 seconds,
             )
         )
+        emptied = tuple(name for name, value in zip(self._names, per_layer) if value >= 1.0)
+        if emptied:
+            self._emit(LayersEmptied(step, index, emptied))
+        return emptied
 
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: step, masks (bool, CPU), history, recipe hash."""
         return {
             "format_version": FORMAT_VERSION,
-            "recipe_hash": self.compiled.recipe_hash,
+            "recipe_hash": self.plan.recipe_hash,
             "steps_per_epoch": self.steps_per_epoch,
             "step": self._step,
             "done_through": self._done_through,
@@ -357,10 +370,10 @@ class SparsityRuntime:
                 f"runtime state has format_version {version!r}; this version of acdc-recipe "
                 f"reads format_version {FORMAT_VERSION}"
             )
-        if state["recipe_hash"] != self.compiled.recipe_hash:
+        if state["recipe_hash"] != self.plan.recipe_hash:
             raise RuntimeStateError(
                 f"the checkpoint was written for a different recipe (hash {state['recipe_hash']}) "
-                f"than the one compiled now (hash {self.compiled.recipe_hash}); resume with the "
+                f"than the one compiled now (hash {self.plan.recipe_hash}); resume with the "
                 "recipe (and --set values) of the original run"
             )
         if state["steps_per_epoch"] != self.steps_per_epoch:
@@ -399,3 +412,12 @@ class SparsityRuntime:
             kind = param.dtype if dtype else torch.bool
             restored.append(mask.to(device=param.device, dtype=kind))
         return restored
+
+
+def attach(
+    compiled: CompiledRecipe,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int | None = None,
+) -> SparsityRuntime:
+    """Execute `compiled`'s plan through `optimizer`'s step hooks; see `SparsityRuntime`."""
+    return SparsityRuntime(compiled, optimizer, steps_per_epoch=steps_per_epoch)

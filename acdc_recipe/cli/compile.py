@@ -7,13 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from acdc_recipe.cli.common import (
-    add_recipe_arguments,
-    console,
-    load_from_args,
-    refuse_to_replace_source,
-)
+from acdc_recipe.cli.common import add_recipe_arguments, console, load_from_args
 from acdc_recipe.errors import UserError
+from acdc_recipe.files import refuse_to_replace_recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,22 +28,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_from_args(args)
-    from acdc_recipe.compiler import compile_plan
-    from acdc_recipe.compiler.emit import write_build
-    from acdc_recipe.compiler.report import render_plan
+    from acdc_recipe.cli.plan_table import render_plan
+    from acdc_recipe.compiler.emit import plan_json, write_build
     from acdc_recipe.loading import dump_recipe
+    from acdc_recipe.runtime.train.models import compile_recipe_model
 
     folder = Path(args.output) if args.output else Path("builds") / _folder_name(recipe.name)
     resolved = dump_recipe(recipe)
-    refuse_to_replace_source(args.recipe, folder, resolved, "-o")
-    compiled = compile_plan(recipe)
+    refuse_to_replace_recipe(folder / "recipe.yaml", resolved, "-o", source=args.recipe)
+    compiled = compile_recipe_model(recipe)
     try:
         write_build(compiled, folder, resolved)
     except OSError as error:
         raise UserError(
             f"cannot write the build folder {folder}: {error.strerror}; choose another -o DIR"
         ) from None
-    plan = compiled.plan()
+    plan = plan_json(compiled)
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from acdc_recipe.console import silence_stdout
 from acdc_recipe.errors import UserError
 
 VERBS = ("validate", "schedule", "compile", "run", "report")
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `acdc schedule ... | head`: the reader has what it wanted
+        silence_stdout()
+        return 141
 
 
 if __name__ == "__main__":

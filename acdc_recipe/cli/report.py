@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from acdc_recipe.runtime.report import render_report
+    from acdc_recipe.runtime.train.report import render_report
 
     try:
         path = render_report(args.run_dir, args.output)
@@ -24,13 +24,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"cannot write the report to {args.output or args.run_dir + '/report.html'}: "
             f"{error.strerror}; choose another -o FILE"
-        ) from None
-    except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, UserError):
-            raise
-        raise UserError(
-            f"{args.run_dir}/metrics.jsonl has a malformed record ({type(error).__name__}: "
-            f"{error}); it was not written by `acdc run`, or was edited"
         ) from None
     console.print(f"[green]wrote[/] {path}")
     return 0

@@ -9,16 +9,20 @@ import sys
 import traceback
 from pathlib import Path
 
-from acdc_recipe.cli.common import add_recipe_arguments, errors, refuse_to_replace_source
+from acdc_recipe.cli.common import add_recipe_arguments, errors
 from acdc_recipe.errors import UserError
-from acdc_recipe.runtime.launch import report_worker_error, signal_name
+from acdc_recipe.files import refuse_to_replace_recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="train a recipe (file, shipped name, or `acdc compile` folder)"
     )
-    add_recipe_arguments(parser)
+    add_recipe_arguments(
+        parser,
+        metavar="RECIPE|BUILD_DIR",
+        help="a recipe file, the name of a shipped recipe, or a folder written by `acdc compile -o`",
+    )
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<recipe name>)")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
@@ -33,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="data-parallel processes on this machine (DDP: gloo on CPU, NCCL on GPU)",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="off a terminal, print a step line (loss, lr, samples/s) this often (default 10)",
     )
     parser.set_defaults(handler=run)
 
@@ -55,7 +66,7 @@ def _relaunch(args: argparse.Namespace) -> int:
     workers' error once (user errors exit 2, other failures 1)."""
     from torch.distributed.elastic.multiprocessing import SignalException
 
-    from acdc_recipe.runtime.launch import launch_workers
+    from acdc_recipe.runtime.train.launch import launch_workers
 
     try:
         result = launch_workers(args.nproc_per_node, ["run", *_argv_from(args)])
@@ -74,12 +85,16 @@ def _argv_from(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--out", args.out), ("--device", args.device)):
         if value:
             argv += [flag, value]
+    argv += ["--log-every", str(args.log_every)]
     return argv + [flag for flag in ("--resume", "--overwrite") if getattr(args, flag[2:])]
 
 
-def _resume_command(args: argparse.Namespace, out: str) -> str:
-    """The shell command that continues this run from its newest checkpoint."""
-    sets = [word for item in args.overrides for word in ("--set", item)]
+def _resume_command(args: argparse.Namespace, out: str, *extra: str) -> str:
+    """The shell command that continues this run from its newest checkpoint (with `extra`
+    `--set` values in place of the run's own for the same keys)."""
+    replaced = {item.partition("=")[0].strip() for item in extra}
+    kept = [item for item in args.overrides if item.partition("=")[0].strip() not in replaced]
+    sets = [word for item in (*kept, *extra) for word in ("--set", item)]
     device = ["--device", args.device] if args.device else []
     world_size = max(args.nproc_per_node, int(os.environ.get("WORLD_SIZE", "1")))
     workers = ["--nproc-per-node", str(world_size)] if world_size > 1 else []
@@ -92,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     """Train the recipe (or launch its data-parallel workers). In a worker started by
     `--nproc-per-node`, a user error or an interrupt goes to the launcher, which prints each
     distinct paragraph once, instead of every rank printing it."""
+    from acdc_recipe.runtime.train.launch import report_worker_error
+
     try:
         return _train_or_launch(args)
     except UserError as error:
@@ -109,19 +126,51 @@ def _train_or_launch(args: argparse.Namespace) -> int:
 
     if args.nproc_per_node < 1:
         raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.log_every < 0:
+        raise UserError(f"--log-every must be 0 or more seconds, got {args.log_every:g}")
     source = recipe_source(args.recipe)
     recipe = load_recipe(source, parse_set_args(args.overrides))
     out = args.out or f"runs/{recipe.name}"
-    refuse_to_replace_source(source, Path(out), dump_recipe(recipe), "--out")
+    refuse_to_replace_recipe(Path(out) / "recipe.yaml", dump_recipe(recipe), "--out", source)
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
-    from acdc_recipe.runtime.interrupt import TrainingInterrupted
-    from acdc_recipe.runtime.trainer import train
+    from acdc_recipe.runtime.train.interrupt import TrainingInterrupted
+    from acdc_recipe.runtime.train.launch import report_worker_error, signal_name
+    from acdc_recipe.runtime.train.loop import TrainingDiverged, train
 
     try:
-        train(recipe, args.out, resume=args.resume, device=args.device, overwrite=args.overwrite)
+        train(
+            recipe,
+            args.out,
+            resume=args.resume,
+            device=args.device,
+            overwrite=args.overwrite,
+            log_every=args.log_every,
+        )
     except UserError:
         raise
+    except TrainingDiverged as stop:
+        lower = f"train.optimizer.lr={recipe.train.optimizer.lr / 10:g}"
+        kept = (
+            f"the newest checkpoint, {stop.checkpoint} in {out}, holds only finite values"
+            if stop.checkpoint
+            else "no checkpoint was written yet, so the run starts again from step 0"
+        )
+        what = (
+            f"the training loss at step {stop.step} (epoch {stop.epoch}) is {stop.loss}, so "
+            "training stopped before that step changed any weight"
+            if stop.loss is not None
+            else f"the weights at step {stop.step} (epoch {stop.epoch}) hold NaN or infinite "
+            "values, so they were not checkpointed"
+        )
+        paragraph = (
+            f"error: the run diverged: {what}. Nothing non-finite was saved: {kept}. Continue "
+            f"with a lower learning rate (or another train.lr_schedule): "
+            f"`{_resume_command(args, out, lower)}`."
+        )
+        if not report_worker_error(paragraph, 1):
+            errors.print(paragraph, markup=False, highlight=False, soft_wrap=True)
+        return 1
     except TrainingInterrupted as stop:  # Ctrl-C or SIGTERM, stopped at a step boundary
         errors.print(
             f"interrupted ({signal_name(stop.signal_number)}) at step {stop.step}; the "

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     default = recipe.sparsity.target if recipe.sparsity else 0.0
     console.print(render_table(timeline, default, recipe.name))
     console.print(band(timeline))
-    console.print(compact(timeline))
+    console.print(timeline.compact())
     console.print(
         f"{timeline.sparse_units} of {timeline.length} {timeline.unit}s sparse "
         f"({timeline.sparse_units / timeline.length:.0%}); "
@@ -62,11 +62,6 @@ def render_table(timeline: Timeline, default_target: float, title: str) -> Table
             masks,
         )
     return table
-
-
-def compact(timeline: Timeline) -> str:
-    """'D0-9, S10-14, ..., S85-99': the phases as the paper writes them (ranges inclusive)."""
-    return ", ".join(f"{p.kind[0].upper()}{p.start}-{p.end - 1}" for p in timeline.phases)
 
 
 def band(timeline: Timeline, width: int = 100) -> str:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from acdc_recipe.loading import load_recipe  # noqa: E402
-from acdc_recipe.runtime.models import cnn  # noqa: E402
+from acdc_recipe.runtime.train.models import cnn  # noqa: E402
 from acdc_recipe.timeline import lower  # noqa: E402
 from benchmarks import accuracy  # noqa: E402
 
@@ -74,7 +74,9 @@ def test_unknown_subset_name_is_an_attribute_error() -> None:
         accuracy.fashion_mnist_everything  # noqa: B018
 
 
-def test_smoke_run_of_the_harness(tmp_path: Path) -> None:
+def test_smoke_run_of_the_harness(tmp_path: Path, fashion_like: Path, monkeypatch) -> None:
+    monkeypatch.setenv(accuracy.DATA_ROOT_ENV, str(fashion_like))
+    accuracy._fashion_mnist.cache_clear()
     mode = accuracy.MODES["smoke"]
     jobs = [
         accuracy.Job("cnn", "dense", 0),

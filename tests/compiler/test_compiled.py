@@ -1,13 +1,14 @@
-"""CompiledRecipe: mask groups at other targets, and attaching the runtime."""
+"""CompiledRecipe and its plan: the mask groups of every mask computation, self-contained."""
 
 from __future__ import annotations
 
-import sys
-import types
+import dataclasses
 
 import torch
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.compiler.distribution import mask_groups
+from acdc_recipe.runtime import attach
 
 from .conftest import make_recipe
 
@@ -16,9 +17,21 @@ def test_mask_groups_follow_overall(small_cnn) -> None:
     compiled = compile(small_cnn, make_recipe((3, 8, 8), scope="erk"))
     total = sum(p.numel for p in compiled.params)
     for overall in (0.3, 0.9, 0.95):
-        groups = compiled.mask_groups(overall)
+        groups = mask_groups(compiled.params, overall, 0.9)
         assert len(groups) == 3 and sum(g.prune for g in groups) == round(overall * total)
-    assert all(g.prune == 0 for g in compiled.mask_groups(0.0))
+    assert all(g.prune == 0 for g in mask_groups(compiled.params, 0.0, 0.9))
+
+
+def test_the_plan_lists_every_mask_computation_of_every_phase(small_cnn) -> None:
+    compiled = compile(small_cnn, make_recipe((3, 8, 8), scope="erk"))
+    plan, total = compiled.plan, sum(p.numel for p in compiled.params)
+    assert len(plan.updates) == len(plan.timeline.phases)
+    for phase, updates in zip(plan.timeline.phases, plan.updates, strict=True):
+        assert len(updates) == len(phase.mask_updates())
+        for update in updates:
+            assert update.target == 0.9 and len(update.groups) == 3
+            assert sum(g.prune for g in update.groups) == round(0.9 * total)
+    assert [plan.phase_target(i) for i in range(3)] == [0.0, 0.9, 0.0]
 
 
 def test_dense_only_recipe_has_nothing_to_prune(small_cnn) -> None:
@@ -26,22 +39,19 @@ def test_dense_only_recipe_has_nothing_to_prune(small_cnn) -> None:
 
     recipe = Recipe.model_validate({"name": "dense", "schedule": {"phases": [{"dense": 3}]}})
     compiled = compile(small_cnn, recipe)
-    assert compiled.params == () and compiled.mask_groups(0.5) == []
+    assert compiled.params == () and compiled.plan.updates == ((),)
     assert any("no sparsity section" in w for w in compiled.warnings)
 
 
-def test_attach_builds_the_runtime(small_cnn, monkeypatch) -> None:
-    created = []
-
-    class SparsityRuntime:
-        def __init__(self, compiled, optimizer, steps_per_epoch=None):
-            created.append((compiled, optimizer, steps_per_epoch))
-
-    module = types.ModuleType("acdc_recipe.runtime.state")
-    module.SparsityRuntime = SparsityRuntime
-    monkeypatch.setitem(sys.modules, "acdc_recipe.runtime.state", module)
-    compiled = compile(small_cnn, make_recipe((3, 8, 8)))
+def test_the_engine_needs_the_plan_not_the_recipe(small_cnn) -> None:
+    compiled = compile(small_cnn, make_recipe((3, 8, 8), scope="uniform"))
+    planless = dataclasses.replace(compiled, recipe=None)
     optimizer = torch.optim.SGD(small_cnn.parameters(), lr=0.1)
-    runtime = compiled.attach(optimizer, steps_per_epoch=7)
-    assert isinstance(runtime, SparsityRuntime)
-    assert created == [(compiled, optimizer, 7)]
+    runtime = attach(planless, optimizer, steps_per_epoch=1)
+    for _ in range(3):
+        runtime.begin_step()
+        optimizer.zero_grad()
+        small_cnn(torch.randn(2, 3, 8, 8)).sum().backward()
+        optimizer.step()
+    zeros = sum(int((p == 0).sum()) for p in compiled.parameters)
+    assert runtime.masks is not None and zeros == round(0.9 * sum(p.numel for p in compiled.params))

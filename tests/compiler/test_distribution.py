@@ -8,9 +8,8 @@ from math import prod
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from acdc_recipe.compiler.distribution import apportion, erk_densities, mask_groups
+from acdc_recipe.compiler.distribution import apportion, erk_densities, mask_groups, param_scope
 from acdc_recipe.compiler.plan import PrunableParam
-from acdc_recipe.schema import Sparsity
 
 shape = st.one_of(
     st.tuples(st.integers(1, 64), st.integers(1, 64)),
@@ -20,9 +19,20 @@ shape = st.one_of(
 )
 
 
-def params(shapes, pattern="unstructured", rule=None) -> list[PrunableParam]:
+def params(shapes, pattern="unstructured", scope="global", rule_target=None) -> list[PrunableParam]:
     return [
-        PrunableParam(f"p{i}.weight", f"p{i}", "Linear", tuple(s), rule, 0.0, pattern, "layer", 0)
+        PrunableParam(
+            name=f"p{i}.weight",
+            layer=f"p{i}",
+            op="Linear",
+            shape=tuple(s),
+            rule=None,
+            pattern=pattern,
+            scope=param_scope(pattern, rule_target, scope),
+            rule_target=rule_target,
+            target=0.0,
+            dense_flops=0,
+        )
         for i, s in enumerate(shapes)
     ]
 
@@ -34,9 +44,8 @@ def params(shapes, pattern="unstructured", rule=None) -> list[PrunableParam]:
     st.sampled_from(["uniform", "erk"]),
 )
 def test_per_layer_counts_sum_exactly(shapes, overall, scope) -> None:
-    sparsity = Sparsity(target=0.9, scope=scope)
-    plist = params(shapes)
-    groups = mask_groups(plist, sparsity, overall)
+    plist = params(shapes, scope=scope)
+    groups = mask_groups(plist, overall, 0.9)
     total = sum(prod(s) for s in shapes)
     assert [g.indices for g in groups] == [(i,) for i in range(len(shapes))]
     assert sum(g.prune for g in groups) == round(overall * total)
@@ -71,36 +80,29 @@ def test_apportion_respects_caps() -> None:
 
 def test_global_is_one_group() -> None:
     plist = params([(10, 10), (20, 5), (3, 3)])
-    (group,) = mask_groups(plist, Sparsity(target=0.9), 0.9)
+    (group,) = mask_groups(plist, 0.9, 0.9)
     assert group.indices == (0, 1, 2) and group.prune == round(0.9 * 209)
-    assert mask_groups(plist, Sparsity(target=0.9), 0.0)[0].prune == 0
+    assert mask_groups(plist, 0.0, 0.9)[0].prune == 0
 
 
 def test_rule_targets_scale_with_the_ramp() -> None:
-    sparsity = Sparsity.model_validate(
-        {
-            "target": 0.8,
-            "rules": [{"match": "p1", "target": 0.96}, {"match": "p2", "pattern": "2:4"}],
-        }
-    )
     pool = params([(10, 10)])[0]
     plist = [
         pool,
-        replace(pool, name="p1.weight", rule=0),
-        replace(pool, name="p2.weight", shape=(8, 8), rule=1, pattern="2:4"),
+        replace(pool, name="p1.weight", rule=0, rule_target=0.96, scope="layer"),
+        replace(pool, name="p2.weight", shape=(8, 8), rule=1, pattern="2:4", scope="layer"),
     ]
-    at_target = mask_groups(plist, sparsity, 0.8)
+    at_target = mask_groups(plist, 0.8, 0.8)
     assert [g.prune for g in at_target] == [80, 96, 32]
-    halfway = mask_groups(plist, sparsity, 0.4)
+    halfway = mask_groups(plist, 0.4, 0.8)
     assert [g.prune for g in halfway] == [40, 48, 32]  # N:M keeps its pattern count
-    beyond = mask_groups(plist, sparsity, 0.9)
+    beyond = mask_groups(plist, 0.9, 0.8)
     assert beyond[1].prune == 99  # 0.96 * 0.9 / 0.8 > 1: capped, one weight survives
 
 
 def test_block_layers_get_their_own_group() -> None:
-    sparsity = Sparsity(target=0.5, pattern="block:2x2")
     plist = params([(4, 4), (8, 4)], "block:2x2")
-    groups = mask_groups(plist, sparsity, 0.5)
+    groups = mask_groups(plist, 0.5, 0.5)
     assert [(g.indices, g.prune, g.pattern) for g in groups] == [
         ((0,), 8, "block:2x2"),
         ((1,), 16, "block:2x2"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from acdc_recipe.compiler import compile
-from acdc_recipe.compiler.emit import module_code, write_build
+from acdc_recipe.compiler.emit import module_code, plan_json, write_build
 from acdc_recipe.files import write_text_atomic
 
 from .conftest import BranchyNet, make_recipe, vision_model
@@ -16,7 +16,7 @@ def test_write_build(tmp_path, small_cnn) -> None:
     written = write_build(compiled, tmp_path / "out", "name: test\n")
     assert sorted(p.name for p in written) == ["module.py", "plan.json", "recipe.yaml"]
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
-    assert plan == json.loads(json.dumps(compiled.plan()))
+    assert plan == json.loads(json.dumps(plan_json(compiled)))
     assert "def forward(self" in (tmp_path / "out" / "module.py").read_text()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from acdc_recipe.compiler import compile, flops_multipliers, scheduled_multipliers
+from acdc_recipe.compiler import FlopsMeter, MaskUpdate, compile, scheduled_multipliers
+from acdc_recipe.compiler.distribution import mask_groups
 from acdc_recipe.compiler.flops import forward_multiplier, planned_densities
 
 from .conftest import AttentionNet, BranchyNet, make_recipe, vision_model
@@ -65,21 +66,43 @@ def test_acdc_multipliers_from_the_schedule(small_cnn) -> None:
     assert multipliers.training == pytest.approx((8 + 10 * density) / 18)
 
 
-def test_multipliers_from_measured_densities(small_cnn) -> None:
+def test_meter_multipliers_from_measured_densities(small_cnn) -> None:
     compiled = compile(small_cnn, make_recipe((3, 8, 8)))
-    n = len(compiled.params)
-    result = flops_multipliers(compiled, [[1.0] * n, [0.5] * n])
+    meter = FlopsMeter(compiled.weight_flops)
+    meter.count()
+    meter.set_densities({p.name: 0.5 for p in compiled.params})
+    meter.count()
+    result = meter.multipliers()
     assert result.training == pytest.approx(0.75) and result.inference == pytest.approx(0.5)
     only_fc = {"fc.weight": 0.0}
     share = compiled.weight_flops["fc.weight"] / compiled.dense_forward_flops
-    assert forward_multiplier(compiled, only_fc) == pytest.approx(1 - share)
+    assert forward_multiplier(compiled.weight_flops, only_fc) == pytest.approx(1 - share)
+
+
+def test_meter_follows_the_paper_accounting_step_by_step() -> None:
+    # Two prunable weights (100 and 300 FLOPs per sample) and 100 FLOPs never pruned.
+    meter = FlopsMeter({"a": 100, "b": 300, "fixed": 100})
+    meter.count(3)  # dense steps: 500 each
+    meter.set_densities({"a": 0.25, "b": 0.4})  # forward 25 + 120 + 100 = 245
+    meter.count(2)
+    result = meter.multipliers()
+    assert result.training == pytest.approx((3 * 500 + 2 * 245) / (5 * 500))
+    assert result.inference == pytest.approx(245 / 500)
+    restored = FlopsMeter({"a": 100, "b": 300, "fixed": 100})
+    restored.load_state_dict(meter.state_dict())
+    assert restored.multipliers() == result
+    meter.set_densities({})
+    assert meter.multipliers().inference == 1.0
 
 
 def test_planned_densities_follow_groups(small_cnn) -> None:
     recipe = make_recipe((3, 8, 8), scope="uniform", rules=[{"match": "fc", "dense": True}])
     compiled = compile(small_cnn, recipe)
-    densities = planned_densities(compiled, 0.5)
+    update = MaskUpdate(0.5, mask_groups(compiled.params, 0.5, 0.9))
+    densities = planned_densities(compiled.plan, update)
     assert [p.name for p in compiled.params] == ["conv1.weight", "conv2.weight"]
-    assert densities == pytest.approx([0.5, 0.5], abs=0.01)
+    assert list(densities.values()) == pytest.approx([0.5, 0.5], abs=0.01)
     fc_share = compiled.weight_flops["fc.weight"] / compiled.dense_forward_flops
-    assert forward_multiplier(compiled, densities) == pytest.approx(0.5 + 0.5 * fc_share, abs=0.01)
+    assert forward_multiplier(compiled.weight_flops, densities) == pytest.approx(
+        0.5 + 0.5 * fc_share, abs=0.01
+    )

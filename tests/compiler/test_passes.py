@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from acdc_recipe.compiler import CompileError, compile
+from acdc_recipe.compiler.emit import plan_json
 from acdc_recipe.timeline import lower
 
 from .conftest import AttentionNet, BranchyNet, SmallCNN, make_recipe, vision_model
@@ -56,7 +57,7 @@ def test_fallback_still_compiles() -> None:
     assert any("could not trace" in w for w in compiled.warnings)
     assert [p.name for p in compiled.params] == ["conv.weight", "fc.weight"]
     assert model.acdc_compiled is compiled
-    assert compiled.plan()["tracer"]["traced"] is False
+    assert plan_json(compiled)["tracer"]["traced"] is False
 
 
 class DDPLike(nn.Module):
@@ -94,7 +95,7 @@ def test_global_target_is_exact_and_rules_are_recorded() -> None:
     compiled = compile(model, recipe)
     assert len(compiled.params) == 20 and compiled.dense[0].name == "conv1.weight"
     pool = [p for p in compiled.params if p.scope == "global"]
-    groups = compiled.mask_groups(0.9)
+    groups = compiled.plan.updates[1][0].groups  # the first sparse phase
     assert groups[0].indices == tuple(
         i for i, p in enumerate(compiled.params) if p.scope == "global"
     )
@@ -122,18 +123,31 @@ def test_nm_pattern_rejects_the_rgb_stem_and_suggests_dense() -> None:
         ),
     )
     assert all(
-        g.prune == compiled.params[g.indices[0]].numel // 2 for g in compiled.mask_groups(0.5)
+        g.prune == compiled.params[g.indices[0]].numel // 2
+        for g in compiled.plan.updates[1][0].groups
     )
 
 
-def test_recipe_hash_is_sha256_of_canonical_json() -> None:
+def test_recipe_hash_is_sha256_of_canonical_json_without_the_resumable_keys() -> None:
     recipe = make_recipe((3, 8, 8))
     compiled = compile(SmallCNN(), recipe)
-    text = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = recipe.model_dump(mode="json")
+    train = data["train"]
+    del train["optimizer"]["lr"], train["lr_schedule"], train["grad_clip"]
+    del train["checkpoint_every_steps"], train["eval_batch_size"], train["data"]["num_workers"]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     assert compiled.recipe_hash == hashlib.sha256(text.encode()).hexdigest()
     assert (
         compile(SmallCNN(), make_recipe((3, 8, 8), target=0.8)).recipe_hash != compiled.recipe_hash
     )
+    lower_lr = recipe.model_copy(
+        update={
+            "train": recipe.train.model_copy(
+                update={"optimizer": recipe.train.optimizer.model_copy(update={"lr": 0.01})}
+            )
+        }
+    )
+    assert compile(SmallCNN(), lower_lr).recipe_hash == compiled.recipe_hash
 
 
 def test_no_example_input_warns_and_skips_flops(small_cnn) -> None:
@@ -148,7 +162,7 @@ def test_bad_example_input_is_a_compile_error(small_cnn) -> None:
 
 
 def test_plan_is_json_and_complete(small_cnn) -> None:
-    plan = compile(small_cnn, make_recipe((3, 8, 8))).plan()
+    plan = plan_json(compile(small_cnn, make_recipe((3, 8, 8))))
     text = json.dumps(plan)
     assert json.loads(text) == plan
     entry = plan["params"][0]

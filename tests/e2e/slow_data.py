@@ -2,7 +2,7 @@
 
 import time
 
-from acdc_recipe.runtime.data import TensorData, load_digits
+from acdc_recipe.runtime.train.data import TensorData, load_digits
 from acdc_recipe.schema import DataSpec
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from acdc_recipe.runtime.checkpoint import CRASH_BEFORE_RENAME_ENV, load_safetensors
+from acdc_recipe.runtime.train.checkpoint import CRASH_BEFORE_RENAME_ENV, load_safetensors
 
 HERE = Path(__file__).parent
 TINY = str(HERE / "data" / "tiny.yaml")

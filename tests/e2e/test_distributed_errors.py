@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from acdc_recipe.runtime.checkpoint import CRASH_BEFORE_RENAME_ENV
-from acdc_recipe.runtime.launch import WorkerReport, summarize_failure
+from acdc_recipe.runtime.train.checkpoint import CRASH_BEFORE_RENAME_ENV
+from acdc_recipe.runtime.train.launch import WorkerReport, summarize_failure
 
 HERE = Path(__file__).parent
 TINY = HERE / "data" / "tiny.yaml"

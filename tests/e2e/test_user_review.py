@@ -105,12 +105,16 @@ def test_run_into_a_file_is_a_user_error_not_a_training_failure(tmp_path, capfd)
     assert a_file.read_text() == "mine"
 
 
-def test_a_training_failure_suggests_a_resume_command_that_keeps_the_set_values(tmp_path, capfd):
+def test_a_training_failure_suggests_a_resume_command_that_keeps_the_set_values(
+    tmp_path, capfd, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
     out = tmp_path / "run"
-    sets = ["--set", "epochs=12", "--set", "train.optimizer.lr=1e30"]  # diverges: NaN weights
+    sets = ["--set", "epochs=12", "--set", "train.data.source=callable",
+            "--set", "train.data.callable=failing_data:failing_digits"]  # fmt: skip
     code = main(["run", "quickstart", *sets, "--out", str(out), "--device", "cpu"])
     err = " ".join(capfd.readouterr().err.split())  # undo the console's line wrapping
-    assert code == 1
+    assert code == 1 and "training failed: OSError: read error on the data volume" in err
     command = f"acdc run quickstart {' '.join(sets)} --out {out} --device cpu --resume"
     assert command in err
     code = main(command.split()[1:])  # the suggested command reaches the checkpoint
@@ -161,7 +165,7 @@ def test_compile_names_arguments_of_the_wrong_kind():
 
 @pytest.mark.parametrize("source", ["mnist", "cifar10"])
 def test_a_data_root_that_is_a_file_or_unset_is_described_as_such(tmp_path, source):
-    from acdc_recipe.runtime.data import DataError, load_data
+    from acdc_recipe.runtime.train.data import DataError, load_data
     from acdc_recipe.schema import DataSpec
 
     a_file = tmp_path / "afile"
@@ -178,15 +182,14 @@ def test_a_refused_checkpoint_is_shown_when_the_run_resumes():
 
     from rich.console import Console
 
-    from acdc_recipe.runtime.sinks import TerminalSink
+    from acdc_recipe.runtime.train.records import Note, RunStarted
+    from acdc_recipe.runtime.train.sinks import TerminalSink
 
     output = io.StringIO()
     sink = TerminalSink(Console(file=output, width=200))
-    reason = "checkpoint-000000460.pt cannot be read (truncated or not a checkpoint)"
-    sink.write({
-        "event": "run_started", "recipe": "q", "epochs": 2, "steps_per_epoch": 3,
-        "device": "cpu", "world_size": 1, "resumed_from": 3, "refused_checkpoints": [reason],
-    })  # fmt: skip
+    reason = "checkpoint-000000460.pt is damaged: its content does not match its sha256 digest"
+    sink.write(RunStarted(3, "q", 2, 3, 6, "cpu", 1, 1, 3, [], []))
+    sink.write(Note(3, reason))
     sink.close()
     assert f"note: {reason}" in output.getvalue()
 

@@ -1,4 +1,4 @@
-"""compute_masks for unstructured, N:M and block groups; sparsity and mask-change fractions."""
+"""select_masks for unstructured, N:M and block groups; sparsity and mask-change fractions."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from acdc_recipe.compiler.plan import MaskGroup
 from acdc_recipe.runtime.masks import (
-    compute_masks,
     mask_change_fraction,
     mask_sparsity,
+    select_masks,
 )
 
 
@@ -47,7 +47,7 @@ def test_groups_align_masks_with_tensors_and_keep_dtype():
         MaskGroup((1,), 6 * 8 * 9 // 2, "2:4"),
         MaskGroup((3,), 16, "block:2x4"),
     ]
-    masks = compute_masks(tensors, groups)
+    masks = select_masks(tensors, groups)
     assert [m.shape for m in masks] == [t.shape for t in tensors]
     assert [m.dtype for m in masks] == [t.dtype for t in tensors]
     assert zeros_in(masks[0]) + zeros_in(masks[2]) == 40
@@ -61,7 +61,7 @@ def test_groups_align_masks_with_tensors_and_keep_dtype():
 def test_masks_follow_the_weight_dtype(dtype):
     tensors = [torch.randn(4, 8).to(dtype), torch.randn(4, 8).to(dtype)]
     groups = [MaskGroup((0,), 16, "2:4"), MaskGroup((1,), 8, "block:1x4")]
-    assert {m.dtype for m in compute_masks(tensors, groups)} == {dtype}
+    assert {m.dtype for m in select_masks(tensors, groups)} == {dtype}
 
 
 @settings(max_examples=60, deadline=None)
@@ -78,7 +78,7 @@ def test_n_m_keeps_the_n_largest_of_every_m_input_channels(shape, n_m, seed, tie
     generator = torch.Generator().manual_seed(seed)
     weight = tied_weights(shape, seed) if tied else torch.randn(shape, generator=generator)
     prune = weight.numel() // m * (m - n)
-    mask = compute_masks([weight], [MaskGroup((0,), prune, f"{n}:{m}")])[0]
+    mask = select_masks([weight], [MaskGroup((0,), prune, f"{n}:{m}")])[0]
     runs, kept = runs_along_input_axis(weight.abs(), m), runs_along_input_axis(mask, m) != 0
     assert (kept.sum(dim=1) == n).all()
     smallest_kept = torch.where(kept, runs, torch.inf).min(dim=1).values
@@ -91,7 +91,7 @@ def test_n_m_keeps_the_n_largest_of_every_m_input_channels(shape, n_m, seed, tie
 
 def test_n_m_ties_prune_the_first_channels():
     weight = torch.ones(2, 8)
-    mask = compute_masks([weight], [MaskGroup((0,), 8, "2:4")])[0]
+    mask = select_masks([weight], [MaskGroup((0,), 8, "2:4")])[0]
     assert mask.tolist() == [[0, 0, 1, 1, 0, 0, 1, 1]] * 2
 
 
@@ -100,18 +100,18 @@ def test_n_m_runs_go_along_input_channels_of_a_conv():
     weight = torch.zeros(1, 4, 1, 2)
     weight[0, :, 0, 0] = torch.tensor([4.0, 1.0, 3.0, 2.0])
     weight[0, :, 0, 1] = torch.tensor([-1.0, 2.0, -3.0, 4.0])
-    mask = compute_masks([weight], [MaskGroup((0,), 4, "2:4")])[0]
+    mask = select_masks([weight], [MaskGroup((0,), 4, "2:4")])[0]
     assert mask[0, :, 0, 0].tolist() == [1, 0, 1, 0]
     assert mask[0, :, 0, 1].tolist() == [0, 0, 1, 1]
 
 
 def test_n_m_rejects_a_wrong_count_and_accepts_zero():
     weight = torch.randn(4, 8)
-    assert bool((compute_masks([weight], [MaskGroup((0,), 0, "2:4")])[0] == 1).all())
+    assert bool((select_masks([weight], [MaskGroup((0,), 0, "2:4")])[0] == 1).all())
     with pytest.raises(ValueError, match="2:4 prunes exactly 16 entries here, not 15"):
-        compute_masks([weight], [MaskGroup((0,), 15, "2:4")])
+        select_masks([weight], [MaskGroup((0,), 15, "2:4")])
     with pytest.raises(ValueError, match="not .*divisible by 4|divisible by 4"):
-        compute_masks([torch.randn(4, 6)], [MaskGroup((0,), 12, "2:4")])
+        select_masks([torch.randn(4, 6)], [MaskGroup((0,), 12, "2:4")])
 
 
 @settings(max_examples=60, deadline=None)
@@ -132,7 +132,7 @@ def test_block_prunes_whole_lowest_norm_blocks(shape, block, fraction, seed, tie
     blocks = weight.numel() // (rows * cols)
     pruned_blocks = round(fraction * blocks)
     group = MaskGroup((0,), pruned_blocks * rows * cols, f"block:{rows}x{cols}")
-    mask = compute_masks([weight], [group])[0]
+    mask = select_masks([weight], [group])[0]
     grid = mask.reshape(out // rows, rows, inner // cols, cols)
     per_block = grid.sum(dim=(1, 3))
     assert bool(((per_block == 0) | (per_block == rows * cols)).all())  # whole blocks only
@@ -144,21 +144,21 @@ def test_block_prunes_whole_lowest_norm_blocks(shape, block, fraction, seed, tie
 
 def test_block_rejects_partial_blocks():
     with pytest.raises(ValueError, match="not a multiple of 4"):
-        compute_masks([torch.randn(4, 8)], [MaskGroup((0,), 6, "block:1x4")])
+        select_masks([torch.randn(4, 8)], [MaskGroup((0,), 6, "block:1x4")])
     with pytest.raises(ValueError, match="not tiled by 3x4"):
-        compute_masks([torch.randn(4, 8)], [MaskGroup((0,), 12, "block:3x4")])
+        select_masks([torch.randn(4, 8)], [MaskGroup((0,), 12, "block:3x4")])
 
 
 def test_every_tensor_in_exactly_one_group():
     tensors = [torch.randn(4), torch.randn(4)]
     with pytest.raises(ValueError, match=r"tensors \[1\] belong to no mask group"):
-        compute_masks(tensors, [MaskGroup((0,), 1, "unstructured")])
+        select_masks(tensors, [MaskGroup((0,), 1, "unstructured")])
     with pytest.raises(ValueError, match=r"tensors \[0\] appear in more than one"):
-        compute_masks(tensors, [MaskGroup((0, 1), 1, "unstructured"), MaskGroup((0,), 1, "2:4")])
+        select_masks(tensors, [MaskGroup((0, 1), 1, "unstructured"), MaskGroup((0,), 1, "2:4")])
     with pytest.raises(ValueError, match="refers to tensor 2, but there are 2"):
-        compute_masks(tensors, [MaskGroup((0, 1, 2), 1, "unstructured")])
+        select_masks(tensors, [MaskGroup((0, 1, 2), 1, "unstructured")])
     with pytest.raises(ValueError, match=r"tensors \[0\] .*cannot prune 5 of 4"):
-        compute_masks(
+        select_masks(
             tensors, [MaskGroup((0,), 5, "unstructured"), MaskGroup((1,), 0, "unstructured")]
         )
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.state import RuntimeStateError
 from acdc_recipe.schema import Recipe
 
@@ -53,7 +54,7 @@ def build(config: str):
         )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.05)
-    return model, optimizer, compiled.attach(optimizer, steps_per_epoch=steps_per_epoch)
+    return model, optimizer, attach(compiled, optimizer, steps_per_epoch=steps_per_epoch)
 
 
 def train_until(model, optimizer, runtime, stop: int) -> None:

@@ -1,4 +1,5 @@
-"""The terminal report of `acdc compile`: per-layer table, totals, schedule, FLOPs, warnings."""
+"""The terminal report of `acdc compile`: per-layer table, totals, schedule, FLOPs, warnings,
+from plan.json's data."""
 
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ def render_plan(plan: dict[str, Any], console: Console) -> None:
             f"at target {sparsity['target']:g} ({sparsity['scope']}, {sparsity['pattern']}): "
             f"{totals['pruned_at_target']:,} pruned = {totals['sparsity_at_target']:.4f}"
         )
-    console.print(_schedule_line(plan["timeline"]))
+    timeline = plan["timeline"]
+    console.print(
+        f"schedule ({timeline['length']} {timeline['unit']}s, {timeline['sparse_units']} "
+        f"sparse): {timeline['compact']}"
+    )
     flops = plan["flops"]
     if totals["dense_forward_flops"]:
         console.print(
@@ -76,17 +81,6 @@ def _layer_table(plan: dict[str, Any]) -> Table:
         row.append(f"{entry['dense_flops'] / 1e6:,.1f}")
         table.add_row(*row)
     return table
-
-
-def _schedule_line(timeline: dict[str, Any]) -> str:
-    parts = []
-    for phase in timeline["phases"]:
-        letter = {"dense": "D", "sparse": "S", "gradual": "G"}[phase["kind"]]
-        parts.append(f"{letter}{phase['start']}-{phase['end'] - 1}")
-    return (
-        f"schedule ({timeline['length']} {timeline['unit']}s, {timeline['sparse_units']} sparse): "
-        + " ".join(parts)
-    )
 
 
 def _flops(value: float) -> str:

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from acdc_recipe.runtime.interrupt import TrainingInterrupted, stop_at_step_boundary
+from acdc_recipe.runtime.train.interrupt import TrainingInterrupted, stop_at_step_boundary
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])

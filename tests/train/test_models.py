@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from acdc_recipe.compiler.model_factory import build_model
-from acdc_recipe.runtime.models import BUILTIN_MODELS, cnn, mlp, resnet20
+from acdc_recipe.runtime.train.models import BUILTIN_MODELS, cnn, mlp, resnet20
+from acdc_recipe.runtime.train.models.factory import build_model
 from acdc_recipe.schema import ModelSpec
 
 
@@ -33,7 +33,7 @@ def test_resnet20_has_the_papers_size(shortcut, params):
 
 
 def test_resnet_rejects_a_depth_that_is_not_6n_plus_2():
-    from acdc_recipe.runtime.models import ResNetCifar
+    from acdc_recipe.runtime.train.models import ResNetCifar
 
     with pytest.raises(ValueError, match="6n\\+2"):
         ResNetCifar(depth=21)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from acdc_recipe.compiler import CompileError, build_model
+from acdc_recipe.compiler import CompileError
+from acdc_recipe.runtime.train.models import build_model
 from acdc_recipe.schema import ModelSpec
 
 

@@ -51,9 +51,8 @@ OPTIMIZERS: dict[str, Callable[[list[dict], OptimizerSpec], torch.optim.Optimize
 
 
 def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """The optimizer `spec` names over `model`'s trainable parameters."""
-    if spec.name == "sgd" and spec.nesterov and spec.momentum == 0:
-        raise ValueError("train.optimizer: nesterov needs a momentum above 0")
+    """The optimizer `spec` names over `model`'s trainable parameters (the schema has checked
+    the values torch would refuse)."""
     return OPTIMIZERS[spec.name](parameter_groups(model, spec), spec)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from acdc_recipe.runtime.paper_models import MobileNetV1, WideResNet
+from acdc_recipe.runtime.train.models.paper import MobileNetV1, WideResNet
 
 
 def count(model, kind):

@@ -6,11 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from acdc_recipe.errors import UserError
 from acdc_recipe.loading import load_recipe
-from acdc_recipe.runtime.checkpoint import list_checkpoints, load_safetensors
 from acdc_recipe.runtime.events import MasksComputed
-from acdc_recipe.runtime.sinks import read_records
-from acdc_recipe.runtime.trainer import TrainingSetupError, close, fit, prepare, train
+from acdc_recipe.runtime.train.checkpoint import list_checkpoints, load_safetensors
+from acdc_recipe.runtime.train.loop import close, fit, prepare, train
+from acdc_recipe.runtime.train.records import (
+    EpochEnded,
+    read_records,
+)
+from acdc_recipe.runtime.train.session import TrainingSetupError
 
 TINY = Path(__file__).parents[1] / "e2e" / "data" / "tiny.yaml"
 
@@ -40,9 +45,9 @@ def test_run_directory_holds_every_output(finished):
     assert json.loads((out / "summary.json").read_text()) == json.loads(
         json.dumps(summary.to_dict())
     )
-    epochs = [r for r in read_records(out / "metrics.jsonl") if r["event"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == list(range(6))
-    assert [r["phase"] for r in epochs] == ["dense", "dense", "sparse", "dense", "sparse", "sparse"]
+    epochs = [r for r in read_records(out / "metrics.jsonl") if isinstance(r, EpochEnded)]
+    assert [r.epoch for r in epochs] == list(range(6))
+    assert [r.phase for r in epochs] == ["dense", "dense", "sparse", "dense", "sparse", "sparse"]
     assert summary.sparse_top1 > 0.8 and summary.dense_top1 > 0.8
 
 
@@ -64,9 +69,9 @@ def test_sparse_model_has_exactly_the_target_count_of_zeros(finished):
 
 def test_dense_twin_is_the_model_at_the_end_of_the_last_dense_phase(finished):
     summary, out = finished
-    epochs = [r for r in read_records(out / "metrics.jsonl") if r["event"] == "epoch"]
-    assert summary.dense_top1 == epochs[3]["top1"]  # epoch 3 is the last dense one
-    assert summary.sparse_top1 == epochs[-1]["top1"]
+    epochs = [r for r in read_records(out / "metrics.jsonl") if isinstance(r, EpochEnded)]
+    assert summary.dense_top1 == epochs[3].top1  # epoch 3 is the last dense one
+    assert summary.sparse_top1 == epochs[-1].top1
     dense = load_safetensors(out / "dense.safetensors")
     assert float((dense["1.weight"] == 0).float().mean()) < 0.5
 
@@ -114,9 +119,9 @@ def test_resume_after_a_crash_at_a_phase_switch_is_bitwise_equal(finished, tmp_p
     def epochs(folder):
         records = read_records(folder / "metrics.jsonl")
         return [
-            (r["epoch"], r["train_loss"], r["val_loss"], r["top1"])
+            (r.epoch, r.train_loss, r.val_loss, r.top1)
             for r in records
-            if r["event"] == "epoch"
+            if isinstance(r, EpochEnded)
         ]
 
     assert epochs(tmp_path) == epochs(reference)
@@ -125,7 +130,7 @@ def test_resume_after_a_crash_at_a_phase_switch_is_bitwise_equal(finished, tmp_p
 def test_a_previous_run_is_kept_unless_overwrite_is_asked(tmp_path):
     recipe = load_recipe(TINY, {"train.checkpoint_every_steps": 100})
     (tmp_path / "checkpoint-000000999.pt").write_bytes(b"old")
-    with pytest.raises(TrainingSetupError, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds a run"):
         train(recipe, tmp_path, device="cpu")
     assert (tmp_path / "checkpoint-000000999.pt").read_bytes() == b"old"
     train(recipe, tmp_path, device="cpu", overwrite=True)
@@ -154,5 +159,5 @@ def test_a_recipe_without_train_section_is_refused(tmp_path):
 def test_dense_twin_with_batch_norm_is_exactly_the_last_dense_epoch(tmp_path):
     cnn = {"train.model.name": "cnn", "train.model.kwargs": {"in_channels": 1, "width": 4}}
     summary = train(load_recipe(TINY, cnn), tmp_path, device="cpu")
-    epochs = [r for r in read_records(tmp_path / "metrics.jsonl") if r["event"] == "epoch"]
-    assert (summary.dense_top1, summary.dense_loss) == (epochs[3]["top1"], epochs[3]["val_loss"])
+    epochs = [r for r in read_records(tmp_path / "metrics.jsonl") if isinstance(r, EpochEnded)]
+    assert (summary.dense_top1, summary.dense_loss) == (epochs[3].top1, epochs[3].val_loss)

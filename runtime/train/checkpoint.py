@@ -1,13 +1,19 @@
-"""Atomic, validated training checkpoints and safetensors model files.
+"""Atomic, verified training checkpoints and safetensors model files.
 
 A checkpoint is one `torch.save`d dict of tensors and plain containers (loadable with
-`weights_only=True`) written to a temporary file, fsynced, and renamed into place, so a crash
-leaves either the old file or the new one. The newest two are kept; resuming takes the newest
-one that loads and belongs to this recipe, and says why any newer one was refused.
+`weights_only=True`), written to a temporary file, fsynced and renamed into place; then its
+sha256 goes beside it, in `sha256sum` format (`checkpoint-<step>.pt.sha256`, so
+`sha256sum -c` checks it too). Reading verifies the digest before `torch.load` sees a byte, so
+a file damaged anywhere (torch does not check the zip's CRCs) is refused by name, and resuming
+takes the newest checkpoint that verifies, loads and belongs to this recipe. The newest two
+are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import random
 import re
@@ -17,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from acdc_recipe import files
 from acdc_recipe.errors import UserError
 
 FORMAT = "acdc-recipe-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEEP = 2
 _NAME = re.compile(r"^checkpoint-(\d{9})\.pt$")
 # Test hook: exit right after writing the temporary file of the Nth checkpoint (1-based),
@@ -90,6 +97,10 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"checkpoint-{step:09d}.pt"
 
 
+def digest_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".sha256")
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint files in `run_dir`, newest (highest step) first."""
     if not run_dir.is_dir():
@@ -99,13 +110,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], recipe_hash: str) -> Path:
-    """Write `state` for `step` atomically and delete all but the newest `KEEP` checkpoints."""
+    """Write `state` for `step` atomically, then its digest, and delete all but the newest
+    `KEEP` checkpoints."""
     path = checkpoint_path(run_dir, step)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe_hash": recipe_hash}
     payload.update(step=step, **state)
-    write_atomic(path, lambda temporary: torch.save(payload, temporary))
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
+    write_atomic(path, lambda temporary: temporary.write_bytes(data))
+    line = f"{hashlib.sha256(data).hexdigest()}  {path.name}\n"
+    files.write_text_atomic(digest_path(path), line)
     for old in list_checkpoints(run_dir)[KEEP:]:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
     return path
 
 
@@ -116,14 +134,36 @@ class LoadedCheckpoint:
     refused: tuple[str, ...]  # why newer checkpoints were skipped, one line each
 
 
-def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
-    """Load and validate one checkpoint; raise `CheckpointError` saying what is wrong."""
+def verified_bytes(path: Path) -> bytes:
+    """The checkpoint's bytes, after checking them against its sha256 file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, foreign pickle, unreadable file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{path.name} cannot be read ({error.strerror})") from None
+    try:
+        expected = digest_path(path).read_text(encoding="utf-8").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
         raise CheckpointError(
-            f"{path.name} cannot be read (truncated or not a checkpoint: {reason})"
+            f"{path.name} has no readable digest file {digest_path(path).name} (the run was "
+            "stopped while writing it, or the file was copied alone), so it cannot be verified"
+        ) from None
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(
+            f"{path.name} is damaged: its content does not match its sha256 digest (the file "
+            "was truncated, overwritten or corrupted after it was written)"
+        )
+    return data
+
+
+def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
+    """Verify, load and validate one checkpoint; raise `CheckpointError` saying what is wrong."""
+    data = verified_bytes(path)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - verified bytes that torch cannot read: not ours
+        raise CheckpointError(
+            f"{path.name} is not an acdc-recipe checkpoint (its digest matches, but it does not "
+            "hold the tensors and plain values a checkpoint holds)"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not an acdc-recipe checkpoint")
@@ -146,7 +186,7 @@ def load_latest(run_dir: Path, recipe_hash: str) -> LoadedCheckpoint | None:
     Raises `CheckpointError` when checkpoints exist but none is usable.
     """
     refused = []
-    for stale in run_dir.glob(".checkpoint-*.pt.tmp-*") if run_dir.is_dir() else ():
+    for stale in run_dir.glob(".checkpoint-*.tmp-*") if run_dir.is_dir() else ():
         stale.unlink(missing_ok=True)  # left by a crash mid-write
     for path in list_checkpoints(run_dir):
         try:
@@ -163,14 +203,12 @@ def load_latest(run_dir: Path, recipe_hash: str) -> LoadedCheckpoint | None:
 def save_safetensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> None:
-    """Write a model's tensors (contiguous CPU copies) as safetensors, atomically."""
-    from safetensors.torch import save_file
-
+    """Write a model's tensors (contiguous CPU copies) as safetensors, atomically. The
+    metadata is stored under one key (as sorted JSON), so equal content gives equal bytes."""
     plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    write_atomic(path, lambda temporary: save_file(plain, str(temporary), metadata=metadata))
+    header = {"acdc_recipe": json.dumps(metadata, sort_keys=True)}
+    write_atomic(path, lambda temporary: save_file(plain, str(temporary), metadata=header))
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     return load_file(str(path))

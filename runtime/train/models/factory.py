@@ -1,8 +1,8 @@
-"""`build_model(spec)`: the model a recipe's `train.model` names.
+"""`build_model(spec)`: the model a recipe's `train.model` names, and the recipe compiled
+against it.
 
-Resolution order: a built-in name (`acdc_recipe.runtime.models.BUILTIN_MODELS`, imported
-lazily so the compiler does not depend on the runtime at import time), an import path
-`package.module:callable`, then a torchvision model (`torchvision:resnet50` or bare `resnet50`).
+Resolution order: a built-in name (`BUILTIN_MODELS`), an import path `package.module:callable`,
+then a torchvision model (`torchvision:resnet50` or bare `resnet50`).
 """
 
 from __future__ import annotations
@@ -10,27 +10,15 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from acdc_recipe.compiler.errors import CompileError
+from acdc_recipe.compiler import CompiledRecipe, CompileError, compile
+from acdc_recipe.runtime.train.models.builtin import BUILTIN_MODELS
 from acdc_recipe.schema import ModelSpec, Recipe
 
-if TYPE_CHECKING:
-    from acdc_recipe.compiler.compiled import CompiledRecipe
-
 _PATH = ("train", "model", "name")
-
-
-def builtin_models() -> dict[str, Callable[..., nn.Module]]:
-    """The runtime's built-in models, or an empty dict when the runtime does not provide them."""
-    try:
-        module = importlib.import_module("acdc_recipe.runtime.models")
-    except ImportError:
-        return {}
-    return dict(getattr(module, "BUILTIN_MODELS", {}))
 
 
 def torchvision_models() -> dict[str, Callable[..., nn.Module]]:
@@ -47,7 +35,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     factory = resolve_factory(spec.name)
     try:
         model = factory(**spec.kwargs)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:  # the constructor's own argument checks
         raise CompileError(
             f"model {spec.name!r} rejected its kwargs {spec.kwargs}: {error}",
             ("train", "model", "kwargs"),
@@ -61,7 +49,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 def resolve_factory(name: str) -> Callable[..., nn.Module]:
     """The callable behind a model name (see the module docstring for the order)."""
-    builtins = builtin_models()
+    builtins = BUILTIN_MODELS
     if name in builtins:
         return builtins[name]
     module_name, colon, attribute = name.partition(":")
@@ -103,14 +91,12 @@ def _import_callable(module_name: str, attribute: str, name: str) -> Callable[..
     return target
 
 
-def compile_plan(recipe: Recipe) -> CompiledRecipe:
-    """Compile `recipe` against its `train.model` built on the meta device.
+def compile_recipe_model(recipe: Recipe) -> CompiledRecipe:
+    """`recipe` compiled against its `train.model`, built on the meta device.
 
     A plan needs shapes, not weights, so nothing is allocated or initialised. A model that only
     runs on real tensors (data-dependent control flow) is rebuilt on the CPU.
     """
-    from acdc_recipe.compiler.passes import compile as compile_recipe
-
     if recipe.train is None:
         raise CompileError(
             f"recipe {recipe.name!r} has no `train.model`, so there is no model to build; add "
@@ -120,8 +106,8 @@ def compile_plan(recipe: Recipe) -> CompiledRecipe:
     try:
         with torch.device("meta"):
             model = build_model(recipe.train.model)
-        return compile_recipe(model, recipe)
+        return compile(model, recipe)
     except CompileError as error:
         if error.path != ("train", "model", "input_shape"):
             raise
-    return compile_recipe(build_model(recipe.train.model), recipe)
+    return compile(build_model(recipe.train.model), recipe)

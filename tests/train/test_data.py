@@ -1,14 +1,13 @@
 """Data sources on tiny fake files, and the deterministic batch order that resume relies on."""
 
-import gzip
+import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
 
-from acdc_recipe.runtime.data import (
+from acdc_recipe.runtime.train.data import (
     DataError,
     EpochSampler,
     augment_batch,
@@ -19,23 +18,11 @@ from acdc_recipe.runtime.data import (
 )
 from acdc_recipe.schema import DataSpec
 
-
-def write_idx(path, array, compress):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    raw = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if compress else raw)
+from ..conftest import write_idx_dataset
 
 
 def fake_mnist(root, compress=True, train=12, test=5):
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if compress else ""
-    for prefix, n in (("train", train), ("t10k", test)):
-        write_idx(
-            root / f"{prefix}-images-idx3-ubyte{suffix}",
-            rng.integers(0, 256, (n, 28, 28)),
-            compress,
-        )
-        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, n), compress)
+    write_idx_dataset(root, train, test, compress)
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -195,3 +182,17 @@ def test_augmentation_is_a_function_of_seed_epoch_and_batch():
     assert once.shape == images.shape
     # a crop of the zero-padded image: every nonzero value comes from the original image
     assert set(once.unique().tolist()) - {0.0} <= set(images.unique().tolist())
+
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(DEBIAN_FASHION_MNIST),
+    reason="Debian's dataset-fashion-mnist is not installed; the IDX loader is tested above on "
+    "files the tests write",
+)
+def test_the_real_fashion_mnist_files_load_where_installed():
+    bundle = load_data(DataSpec(source="fashion_mnist"))
+    assert (len(bundle.train), len(bundle.val)) == (60000, 10000)
+    assert bundle.sample_shape == (1, 28, 28) and bundle.num_classes == 10

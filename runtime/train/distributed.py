@@ -2,7 +2,7 @@
 that replicas agree.
 
 `acdc run --nproc-per-node N` starts its workers with torch elastic in-process
-(`acdc_recipe.runtime.launch`); a plain `torchrun ... -m acdc_recipe.cli.main run RECIPE` works
+(`acdc_recipe.runtime.train.launch`); a plain `torchrun ... -m acdc_recipe.cli.main run RECIPE` works
 the same way, except that each rank then prints its own error. Gloo on CPU, NCCL on GPU.
 """
 
@@ -90,6 +90,13 @@ def all_reduce_sum(values: Tensor, context: DistContext) -> Tensor:
     """Sum `values` over ranks (a no-op for a single process)."""
     if context.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_reduce_min(values: Tensor, context: DistContext) -> Tensor:
+    """The minimum of `values` over ranks (a no-op for a single process)."""
+    if context.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
     return values
 
 

@@ -1,8 +1,8 @@
 """Built-in models for `acdc run`: small, fast, and the CIFAR ResNet-20 of the paper.
 
 `BUILTIN_MODELS` maps the names a recipe's `train.model.name` may use to factories taking the
-recipe's `train.model.kwargs`. Import paths and torchvision names are resolved by the
-compiler's `build_model`, not here.
+recipe's `train.model.kwargs`; `factory.build_model` also resolves import paths and
+torchvision names.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from acdc_recipe.runtime.paper_models import PAPER_MODELS
+from acdc_recipe.runtime.train.models.paper import PAPER_MODELS
 
 
 def mlp(

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from acdc_recipe.runtime.models import cnn
-from acdc_recipe.runtime.optim import build_lr_schedule, build_optimizer, lr_factor
+from acdc_recipe.runtime.train.models import cnn
+from acdc_recipe.runtime.train.optim import build_lr_schedule, build_optimizer, lr_factor
 from acdc_recipe.schema import LRScheduleSpec, OptimizerSpec
 
 
@@ -66,6 +66,8 @@ def test_schedule_steps_every_iteration():
     assert seen == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2])
 
 
-def test_nesterov_without_momentum_is_refused():
-    with pytest.raises(ValueError, match="nesterov needs a momentum"):
-        build_optimizer(torch.nn.Linear(2, 2), OptimizerSpec(momentum=0.0, nesterov=True))
+def test_values_torch_would_refuse_are_refused_by_the_schema():
+    with pytest.raises(ValueError, match="nesterov: true needs name: sgd and a momentum above 0"):
+        OptimizerSpec(momentum=0.0, nesterov=True)
+    with pytest.raises(ValueError, match="betas must each lie in"):
+        OptimizerSpec(name="adam", betas=(1.5, 0.9))

@@ -2,16 +2,17 @@
 
 import pytest
 
-from acdc_recipe.compiler import compile_plan
+from acdc_recipe.compiler.emit import plan_json
 from acdc_recipe.loading import load_recipe, shipped_recipes
+from acdc_recipe.runtime.train.models import compile_recipe_model
 
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_shipped_recipe_compiles(name):
     recipe = load_recipe(name)
-    compiled = compile_plan(recipe)
+    compiled = compile_recipe_model(recipe)
     assert bool(compiled.params) == (recipe.sparsity is not None)
-    plan = compiled.plan()
+    plan = plan_json(compiled)
     assert plan["recipe"]["hash"] == compiled.recipe_hash
     assert plan["totals"]["prunable_params"] == len(compiled.params)
     dense_rules = {r.match for r in (recipe.sparsity.rules if recipe.sparsity else ()) if r.dense}

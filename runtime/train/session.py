@@ -1,0 +1,108 @@
+"""`TrainingSession`: what one `acdc run` holds while it trains (built by `setup.prepare`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from acdc_recipe.compiler import CompiledRecipe, FlopsMeter
+from acdc_recipe.errors import UserError
+from acdc_recipe.runtime import SparsityRuntime
+from acdc_recipe.runtime.train.data import DataBundle
+from acdc_recipe.runtime.train.distributed import DistContext
+from acdc_recipe.runtime.train.records import Record
+from acdc_recipe.runtime.train.sinks import Sink, StepUpdate
+from acdc_recipe.schema import Recipe, TrainSpec
+
+
+class TrainingSetupError(UserError, ValueError):
+    """The recipe cannot be trained as written (no train section, data that does not fit)."""
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long the run is, in optimizer steps of this process."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
+
+
+@dataclass
+class Progress:
+    """The running totals a checkpoint keeps: this epoch's loss so far and the time spent."""
+
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    loss_count: int = 0  # batches summed into loss_sum
+    elapsed: float = 0.0  # seconds of training before this process started
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self.loss_sum = self.loss_sum.to(loss.device) + loss.detach().double()
+        self.loss_count += 1
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / max(self.loss_count, 1)
+
+    def reset_epoch(self) -> None:
+        self.loss_sum, self.loss_count = torch.zeros((), dtype=torch.float64), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss_sum": float(self.loss_sum),
+            "loss_count": self.loss_count,
+            "elapsed": self.elapsed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum = torch.tensor(float(state["loss_sum"]), dtype=torch.float64)
+        self.loss_count = int(state["loss_count"])
+        self.elapsed = float(state["elapsed"])
+
+
+@dataclass(kw_only=True)
+class TrainingSession:
+    """One run: the model and what trains it, where it writes, and how far it has come."""
+
+    recipe: Recipe
+    run_dir: Path
+    device: torch.device
+    context: DistContext
+    model: nn.Module  # owns the state dict, with the names the user knows
+    network: nn.Module  # what the loop calls: the compiled module, maybe DDP/torch.compile-wrapped
+    compiled: CompiledRecipe
+    runtime: SparsityRuntime
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LambdaLR
+    data: DataBundle
+    length: RunLength
+    flops: FlopsMeter
+    progress: Progress = field(default_factory=Progress)
+    sinks: list[Sink] = field(default_factory=list)
+    resumed_from: int | None = None
+    notes: list[str] = field(default_factory=list)  # for the summary, one sentence each
+    dense_state: dict[str, torch.Tensor] | None = None
+    last_checkpoint: str | None = None
+
+    @property
+    def spec(self) -> TrainSpec:
+        assert self.recipe.train is not None  # prepare() refuses recipes without one
+        return self.recipe.train
+
+    @property
+    def autocast(self) -> bool:
+        return self.spec.precision == "bf16" and self.device.type == "cuda"
+
+    def emit(self, record: Record) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+
+    def show_progress(self, update: StepUpdate) -> None:
+        for sink in self.sinks:
+            sink.progress(update)

@@ -1,0 +1,277 @@
+"""Setting up a run, one `_setup_*` step at a time; `prepare()` calls them in order.
+
+distributed context and device -> seed -> data -> model and compiled recipe -> run length ->
+optimizer and LR schedule -> runtime -> the network the loop calls -> run directory (resume or
+start fresh) -> sinks -> the runtime's events. The loop that drives the session is `loop.py`.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from acdc_recipe.compiler import CompiledRecipe, FlopsMeter
+from acdc_recipe.compiler import compile as compile_recipe
+from acdc_recipe.errors import RecipeError
+from acdc_recipe.files import write_text_atomic
+from acdc_recipe.loading import dump_recipe, load_recipe_text
+from acdc_recipe.runtime import DenseSnapshot, MasksComputed, PhaseStarted, RuntimeEvent, attach
+from acdc_recipe.runtime.train import checkpoint as ckpt
+from acdc_recipe.runtime.train import run_dir as runs
+from acdc_recipe.runtime.train.data import DataBundle, batches_per_epoch, load_data
+from acdc_recipe.runtime.train.distributed import (
+    DistContext,
+    init_from_environment,
+    local_rank_from_environment,
+    resolve_device,
+)
+from acdc_recipe.runtime.train.models import build_model
+from acdc_recipe.runtime.train.optim import build_lr_schedule, build_optimizer
+from acdc_recipe.runtime.train.resume import restore
+from acdc_recipe.runtime.train.session import (
+    RunLength,
+    TrainingSession,
+    TrainingSetupError,
+)
+from acdc_recipe.runtime.train.sinks import JsonlSink, TerminalSink, tensorboard_sink
+from acdc_recipe.schema import Recipe, TrainSpec, is_resumable, recipe_changes
+
+
+def prepare(
+    recipe: Recipe,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+    log_every: float = 10.0,
+) -> TrainingSession:
+    """Build the run (and restore its newest checkpoint when `resume`).
+
+    A run directory that already holds a run is refused unless `resume` or `overwrite`.
+    """
+    spec = _train_section(recipe)
+    run_dir = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
+    target, context = _setup_distributed(spec, device)
+    _seed_everything(spec.seed)
+    data = load_data(spec.data)
+    model, compiled = _setup_model(recipe, data, target)
+    length = _setup_length(compiled, data, spec, context)
+    optimizer, lr_schedule = _setup_optimizer(model, spec, length)
+    session = TrainingSession(
+        recipe=recipe,
+        run_dir=run_dir,
+        device=target,
+        context=context,
+        model=model,
+        network=_setup_network(compiled, spec, context, target),
+        compiled=compiled,
+        runtime=attach(compiled, optimizer, steps_per_epoch=length.steps_per_epoch),
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        data=data,
+        length=length,
+        flops=FlopsMeter(compiled.weight_flops),
+    )
+    _setup_run_dir(session, resume, overwrite)
+    if context.is_main:
+        _setup_sinks(session, log_every)
+    session.runtime.add_listener(partial(_on_runtime_event, session))
+    return session
+
+
+def _train_section(recipe: Recipe) -> TrainSpec:
+    if recipe.train is None:
+        raise TrainingSetupError(
+            f"recipe {recipe.name!r} has no `train` section, so `acdc run` does not know what "
+            "to train; add train.model (and train.data), or use the recipe from your own loop"
+        )
+    return recipe.train
+
+
+def _setup_distributed(spec: TrainSpec, device: str | None) -> tuple[torch.device, DistContext]:
+    target = resolve_device(device or spec.device, local_rank_from_environment())
+    return target, init_from_environment(target)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def _setup_model(
+    recipe: Recipe, data: DataBundle, device: torch.device
+) -> tuple[nn.Module, CompiledRecipe]:
+    model = build_model(recipe.train.model).to(device)
+    _check_model_fits_data(model, recipe, data)
+    shape = recipe.train.model.input_shape or data.sample_shape
+    if shape is None:
+        example = torch.as_tensor(data.train[0][0]).unsqueeze(0)
+    else:
+        example = torch.zeros((2, *shape))
+    compiled = compile_recipe(model, recipe, example_inputs=example.to(device))
+    return model, compiled
+
+
+def _check_model_fits_data(model: nn.Module, recipe: Recipe, data: DataBundle) -> None:
+    """Run one sample through the model so a shape mismatch is a recipe error, not a traceback."""
+    sample = torch.as_tensor(data.val[0][0]).unsqueeze(0)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(sample.to(device))
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise TrainingSetupError(
+            f"model {recipe.train.model.name!r} cannot take the samples of data source "
+            f"{recipe.train.data.source!r} (shape {tuple(sample.shape[1:])}): {first}; check "
+            "train.model.kwargs (e.g. in_features, in_channels) against the data"
+        ) from None
+    finally:
+        model.train(was_training)
+    classes = data.num_classes
+    if classes is not None and (outputs.dim() != 2 or outputs.shape[1] < classes):
+        raise TrainingSetupError(
+            f"model {recipe.train.model.name!r} outputs shape {tuple(outputs.shape[1:])} per "
+            f"sample, but data source {recipe.train.data.source!r} has {classes} classes; set "
+            f"train.model.kwargs.num_classes: {classes}"
+        )
+    if recipe.train.data.augment and sample.dim() != 4:
+        raise TrainingSetupError(
+            "train.data.augment needs image data (channels x height x width), but the samples "
+            f"of {recipe.train.data.source!r} have shape {tuple(sample.shape[1:])}"
+        )
+
+
+def _setup_length(
+    compiled: CompiledRecipe, data: DataBundle, spec: TrainSpec, context: DistContext
+) -> RunLength:
+    steps_per_epoch = batches_per_epoch(len(data.train), spec.batch_size, context.world_size)
+    return RunLength(steps_per_epoch, compiled.timeline.to_steps(steps_per_epoch).length)
+
+
+def _setup_optimizer(
+    model: nn.Module, spec: TrainSpec, length: RunLength
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    try:
+        optimizer = build_optimizer(model, spec.optimizer)
+    except ValueError as error:  # a value torch refuses that the schema let through
+        raise TrainingSetupError(f"recipe key `train.optimizer`: {error}") from None
+    lr_schedule = build_lr_schedule(
+        optimizer, spec.lr_schedule, length.steps_per_epoch, length.total_steps, spec.optimizer.lr
+    )
+    return optimizer, lr_schedule
+
+
+def _setup_network(
+    compiled: CompiledRecipe, spec: TrainSpec, context: DistContext, device: torch.device
+) -> nn.Module:
+    network = compiled.module
+    if context.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        network = nn.parallel.DistributedDataParallel(network, device_ids=ids)
+    if spec.compile:
+        network = torch.compile(network)
+    return network
+
+
+def _setup_run_dir(session: TrainingSession, resume: bool, overwrite: bool) -> None:
+    """Resume from the newest valid checkpoint, or start fresh; never replace a run silently."""
+    run_dir, main = session.run_dir, session.context.is_main
+    resolved = dump_recipe(session.recipe)
+    if not resume:
+        if main and (removed := runs.start_fresh(run_dir, overwrite, resolved)):
+            session.notes.append(f"started fresh (--overwrite): removed {', '.join(removed)}")
+        return
+    if ckpt.list_checkpoints(run_dir):
+        _refuse_changes_a_resume_cannot_carry(session)
+    loaded = ckpt.load_latest(run_dir, session.compiled.recipe_hash)
+    if loaded is None:
+        if main:
+            session.notes.append(runs.restart_unstarted(run_dir, resolved))
+        return
+    restore(session, loaded)
+    _note_resumed_changes(session, loaded.state["recipe"])
+    dense_path = run_dir / "dense.safetensors"
+    if dense_path.exists():
+        session.dense_state = ckpt.load_safetensors(dense_path)
+
+
+def _refuse_changes_a_resume_cannot_carry(session: TrainingSession) -> None:
+    """A resume may change only the `RESUMABLE_KEYS`; say which other keys differ."""
+    written = session.run_dir / "recipe.yaml"
+    if not written.is_file():
+        return
+    try:
+        before = load_recipe_text(written.read_text(encoding="utf-8", errors="replace"))
+    except RecipeError:
+        return  # not a recipe this tool wrote; the checkpoints' hashes decide
+    fixed = [key for key, _, _ in recipe_changes(before, session.recipe) if not is_resumable(key)]
+    if fixed:
+        raise runs.RunDirectoryError(
+            f"cannot resume the run in {session.run_dir} with a different "
+            f"{', '.join(fixed[:5])}{' (and more)' if len(fixed) > 5 else ''}: a resume may "
+            "change only the learning rate and its schedule, grad_clip, checkpoint_every_steps, "
+            "eval_batch_size and data.num_workers; resume with the original recipe and --set "
+            "values, or start a new run in another --out"
+        )
+
+
+def _note_resumed_changes(session: TrainingSession, written: str) -> None:
+    before = load_recipe_text(written, "<checkpoint>")
+    for key, old, new in recipe_changes(before, session.recipe):
+        session.notes.append(f"from step {session.resumed_from}: {key} {old!r} -> {new!r}")
+
+
+def _setup_sinks(session: TrainingSession, log_every: float) -> None:
+    try:
+        session.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainingSetupError(
+            f"cannot create the run directory {session.run_dir}: {error.strerror}; "
+            "choose another --out"
+        ) from None
+    session.sinks = [
+        TerminalSink(log_every=log_every),
+        JsonlSink(session.run_dir / "metrics.jsonl", session.resumed_from),
+    ]
+    board = tensorboard_sink(session.run_dir / "tensorboard")
+    if board is not None:
+        session.sinks.append(board)
+    write_text_atomic(session.run_dir / "recipe.yaml", dump_recipe(session.recipe))
+
+
+def _on_runtime_event(session: TrainingSession, event: RuntimeEvent) -> None:
+    """The engine's events drive the FLOPs meter and the dense half of the pair."""
+    if isinstance(event, MasksComputed):
+        session.flops.set_densities({n: 1.0 - s for n, s in event.per_layer_sparsity.items()})
+    elif isinstance(event, PhaseStarted) and event.kind == "dense":
+        session.flops.set_densities({})
+    elif isinstance(event, DenseSnapshot):
+        capture_dense(session)
+    session.emit(event)
+
+
+def capture_dense(session: TrainingSession) -> None:
+    """Keep the dense half of the pair: the weights at the end of the last dense phase, before
+    the next forward pass moves the batch-norm statistics (the event comes before it)."""
+    state = session.model.state_dict()
+    session.dense_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    if session.context.is_main:
+        save_model(session, "dense.safetensors", session.dense_state)
+
+
+def save_model(session: TrainingSession, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    metadata = {"recipe": session.recipe.name, "recipe_hash": session.compiled.recipe_hash}
+    ckpt.save_safetensors(session.run_dir / name, tensors, metadata)
