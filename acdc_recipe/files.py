@@ -5,6 +5,7 @@ keeps an output folder's recipe.yaml from replacing one it should not."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,11 +24,7 @@ def fsync_directory(folder: Path) -> None:
         os.close(handle)
 
 
-def write_atomic(
-    path: Path,
-    write: Callable[[Path], None],
-    before_rename: Callable[[], None] | None = None,
-) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(temporary_path)`, fsync it, and rename it to `path`.
 
     The file gets the usual permissions (0666 less the umask) whatever `write` chose;
@@ -43,8 +40,6 @@ def write_atomic(
         temporary.chmod(0o666 & ~umask)
         with temporary.open("rb+") as handle:
             os.fsync(handle.fileno())
-        if before_rename is not None:
-            before_rename()
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -74,3 +69,13 @@ def refuse_to_replace_recipe(
             f"{target} exists and is not this run's resolved recipe, and the run would replace "
             f"it; choose another {flag}, or replace it with --overwrite"
         )
+
+
+def folder_name(name: str) -> str:
+    """A recipe name as one safe folder name: `runs/<this>`, `builds/<this>` (no separators,
+    no `..`, nothing a shell would trip on)."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "recipe"
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / folder_name(name)

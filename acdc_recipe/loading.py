@@ -42,9 +42,12 @@ def read_source(source: str | Path) -> tuple[str, str]:
         raise RecipeError([Problem("this is a folder; give a recipe file (.yaml)")], str(path))
     if path.is_file():
         try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as error:
-            raise RecipeError([Problem(f"cannot read the file: {error}")], str(path)) from None
+            data = path.read_bytes()
+        except OSError as error:
+            raise RecipeError(
+                [Problem(f"cannot read the file: {error.strerror}")], str(path)
+            ) from None
+        return decode_recipe(data, str(path)), str(path)
     shipped = shipped_recipes()
     if str(source) in shipped:
         return shipped[str(source)], f"<shipped:{source}>"
@@ -60,6 +63,28 @@ def read_source(source: str | Path) -> tuple[str, str]:
         ],
         str(source),
     )
+
+
+def decode_recipe(data: bytes, source: str = "<recipe>") -> str:
+    """A recipe file's bytes as text (UTF-8); anything else is an error at its line and column."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        raise RecipeError(
+            [
+                Problem(
+                    f"the file is not UTF-8 text: byte 0x{data[error.start]:02x} cannot start "
+                    "or continue a character (save the recipe as UTF-8)",
+                    (),
+                    line,
+                    column,
+                )
+            ],
+            source,
+        ) from None
 
 
 def load_recipe(
@@ -118,22 +143,30 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
     return result
 
 
+MAX_DEPTH = 32  # lists and mappings inside each other; a recipe needs fewer than ten
+MAX_INT_DIGITS = 40  # an integer literal of more digits is a mistake (and slow to convert)
+_OPENING = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+            yaml.BlockMappingStartToken)  # fmt: skip
+_CLOSING = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
 def _parse_yaml(text: str, source: str) -> tuple[dict, Marks]:
-    loader = yaml.SafeLoader(text)
+    marks: Marks = {}
+    problems: list[Problem] = []
     try:
-        node = loader.get_single_node()
-        marks: Marks = {}
-        problems: list[Problem] = []
-        if node is not None:
-            _index_marks(node, (), marks, problems)
-        data = loader.construct_document(node) if node is not None else None
+        _check_depth(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _index_marks(node, (), marks, problems)
+            data = None if node is None or problems else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except _TooDeep as error:
+        raise RecipeError([Problem(str(error), (), error.line, error.column)], source) from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        reason = getattr(error, "problem", None) or str(error)
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        raise RecipeError([Problem(f"invalid YAML: {reason}", (), line, column)], source) from None
-    finally:
-        loader.dispose()
+        raise RecipeError([_yaml_problem(error, text)], source) from None
     if problems:
         raise RecipeError(problems, source)
     if not isinstance(data, dict):
@@ -142,6 +175,51 @@ def _parse_yaml(text: str, source: str) -> tuple[dict, Marks]:
             [Problem(f"a recipe is a YAML mapping of keys, found {found}", (), 1, 1)], source
         )
     return data, marks
+
+
+class _TooDeep(ValueError):
+    def __init__(self, line: int, column: int) -> None:
+        super().__init__(
+            f"lists and mappings are nested more than {MAX_DEPTH} levels deep here; a recipe "
+            "needs only a few levels"
+        )
+        self.line, self.column = line, column
+
+
+def _check_depth(text: str) -> None:
+    """Refuse deep nesting from the token stream (the YAML composer would recurse into it)."""
+    scanner = yaml.SafeLoader(text)
+    try:
+        depth = 0
+        while not scanner.check_token(yaml.StreamEndToken):
+            token = scanner.get_token()
+            if isinstance(token, _OPENING):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _TooDeep(token.start_mark.line + 1, token.start_mark.column + 1)
+            elif isinstance(token, _CLOSING):
+                depth -= 1
+    finally:
+        scanner.dispose()
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str) -> Problem:
+    """A YAML error located at its line and column, in words a person can act on."""
+    if isinstance(error, yaml.reader.ReaderError):
+        before = text[: error.position]
+        line, column = before.count("\n") + 1, error.position - (before.rfind("\n") + 1) + 1
+        return Problem(
+            f"invalid YAML: the character #x{error.character:04x} is not allowed in a recipe "
+            "(control characters and other special characters; write it as an escape in a "
+            "double-quoted string if you need it)",
+            (),
+            line,
+            column,
+        )
+    mark = getattr(error, "problem_mark", None)
+    reason = getattr(error, "problem", None) or str(error)
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return Problem(f"invalid YAML: {reason}", (), line, column)
 
 
 MAX_NODES = 100_000  # a recipe is small; aliases must not expand it without bound
@@ -166,7 +244,11 @@ def _index_marks(
         return
     marks[path] = (line, column)
     inner = (*ancestors, id(node))
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, yaml.ScalarNode):
+        problem = _scalar_problem(node)
+        if problem is not None:
+            problems.append(Problem(problem, path, line, column))
+    elif isinstance(node, yaml.MappingNode):
         seen: set[object] = set()
         for key_node, value_node in node.value:
             key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
@@ -176,6 +258,9 @@ def _index_marks(
                 )
                 continue
             key = key_node.value
+            if (problem := _scalar_problem(key_node)) is not None:
+                problems.append(Problem(problem, path, *key_mark))
+                continue
             child = (*path, key)
             if key in seen:
                 problems.append(Problem(f"duplicate key {key!r}", child, *key_mark))
@@ -185,6 +270,22 @@ def _index_marks(
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _index_marks(item, (*path, index), marks, problems, inner)
+
+
+def _scalar_problem(node: yaml.ScalarNode) -> str | None:
+    """What is wrong with one YAML value before it is converted, or None."""
+    if any("\ud800" <= ch <= "\udfff" for ch in node.value):
+        return (
+            "this text holds a lone surrogate escape (such as \\ud800), which is not Unicode text"
+        )
+    if node.tag == "tag:yaml.org,2002:int":
+        digits = sum(ch.isdigit() for ch in node.value)
+        if digits > MAX_INT_DIGITS:
+            return (
+                f"an integer of {digits} digits; numbers in a recipe have at most "
+                f"{MAX_INT_DIGITS} digits"
+            )
+    return None
 
 
 def _apply_overrides(

@@ -49,10 +49,23 @@ _NM = re.compile(r"^(\d+):(\d+)$")
 _BLOCK = re.compile(r"^block:(\d+)x(\d+)$")
 
 
-class Strict(BaseModel):
-    """Base for every recipe model: immutable, unknown keys are errors."""
+MAX_LENGTH = 1_000_000_000  # any length, count or position, in its unit
+MAX_NAME = 200  # characters of a recipe name
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_LENGTH)]
+Count = Annotated[int, Field(ge=0, le=MAX_LENGTH)]
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Strict(BaseModel):
+    """Base for every recipe model: immutable, unknown keys are errors, numbers finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _check_printable(value: str, what: str) -> str:
+    if not value.isprintable():
+        bad = next(ch for ch in value if not ch.isprintable())
+        raise ValueError(f"{what} must be printable text; it holds the character {bad!r}")
+    return value
 
 
 def parse_pattern(text: str) -> tuple[str, int, int]:
@@ -118,6 +131,19 @@ class Rule(Strict):
     _fraction = field_validator("target")(_check_fraction)
     _pattern = field_validator("pattern")(_check_pattern)
 
+    @field_validator("match")
+    @classmethod
+    def _match_compiles(cls, value: str) -> str:
+        _check_printable(value, "a rule's match")
+        if not value.strip() or value.strip() in ("re:", "type:"):
+            raise ValueError("a rule's match must name something")
+        if value.startswith("re:"):
+            try:
+                re.compile(value[3:])
+            except re.error as error:
+                raise ValueError(f"invalid regular expression {value[3:]!r}: {error}") from None
+        return value
+
     @model_validator(mode="after")
     def _dense_is_exclusive(self) -> Rule:
         if self.dense and (self.target is not None or self.pattern is not None):
@@ -151,13 +177,13 @@ class Sparsity(Strict):
 class DensePhase(Strict):
     """A dense (decompressed) phase: no mask."""
 
-    dense: int = Field(gt=0, description="Length in schedule units.")
+    dense: PositiveInt = Field(description="Length in schedule units.")
 
 
 class SparsePhase(Strict):
     """A sparse (compressed) phase: masks chosen by magnitude at its start, fixed throughout."""
 
-    sparse: int = Field(gt=0, description="Length in schedule units.")
+    sparse: PositiveInt = Field(description="Length in schedule units.")
     target: float | None = Field(default=None, description="Overrides sparsity.target.")
 
     _fraction = field_validator("target")(_check_fraction)
@@ -166,13 +192,13 @@ class SparsePhase(Strict):
 class GradualPhase(Strict):
     """A gradual pruning ramp (GMP): sparsity grows from `initial` to the target on a curve."""
 
-    gradual: int = Field(gt=0, description="Length in schedule units.")
+    gradual: PositiveInt = Field(description="Length in schedule units.")
     initial: float = Field(default=0.0, ge=0.0, lt=1.0, description="Sparsity at the ramp start.")
     target: float | None = Field(
         default=None, description="Final sparsity; default sparsity.target."
     )
     curve: Literal["cubic", "linear"] = Field(default="cubic", description="Shape of the ramp.")
-    update: int = Field(default=1, gt=0, description="Recompute the mask every this many units.")
+    update: PositiveInt = Field(default=1, description="Recompute the mask every this many units.")
 
     _fraction = field_validator("target")(_check_fraction)
 
@@ -180,7 +206,7 @@ class GradualPhase(Strict):
 class RepeatBlock(Strict):
     """A block of phases repeated `repeat` times."""
 
-    repeat: int = Field(gt=0, description="How many times to repeat `phases`.")
+    repeat: PositiveInt = Field(description="How many times to repeat `phases`.")
     phases: tuple[PhaseItem, ...] = Field(min_length=1, description="The phases to repeat.")
 
 
@@ -212,20 +238,20 @@ RepeatBlock.model_rebuild()
 class AcdcMacro(Strict):
     """AC/DC in one line: warm-up, alternating sparse/dense blocks, last dense, final sparse."""
 
-    epochs: int = Field(gt=0, description="Total length in schedule units.")
-    warmup: int = Field(default=10, ge=0, description="Dense warm-up at the start.")
-    sparse: int = Field(default=5, gt=0, description="Length of each alternating sparse block.")
-    dense: int = Field(default=5, gt=0, description="Length of each alternating dense block.")
-    last_dense: int = Field(default=10, ge=0, description="The last dense phase before the end.")
-    final_sparse: int = Field(default=15, gt=0, description="Final sparse fine-tune, mask fixed.")
+    epochs: PositiveInt = Field(description="Total length in schedule units.")
+    warmup: Count = Field(default=10, description="Dense warm-up at the start.")
+    sparse: PositiveInt = Field(default=5, description="Length of each alternating sparse block.")
+    dense: PositiveInt = Field(default=5, description="Length of each alternating dense block.")
+    last_dense: Count = Field(default=10, description="The last dense phase before the end.")
+    final_sparse: PositiveInt = Field(default=15, description="Final sparse fine-tune, mask fixed.")
 
 
 class Transitions(Strict):
     """The reference code's form: the epochs at which to prune and to restore dense training."""
 
-    epochs: int = Field(gt=0, description="Total length in schedule units.")
-    sparse_at: tuple[int, ...] = Field(description="Positions where a sparse phase starts.")
-    dense_at: tuple[int, ...] = Field(
+    epochs: PositiveInt = Field(description="Total length in schedule units.")
+    sparse_at: tuple[Count, ...] = Field(description="Positions where a sparse phase starts.")
+    dense_at: tuple[Count, ...] = Field(
         default=(), description="Positions where a dense phase starts."
     )
 
@@ -271,7 +297,7 @@ class ModelSpec(Strict):
         "import path 'package.module:callable'."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
-    input_shape: tuple[int, ...] | None = Field(
+    input_shape: tuple[PositiveInt, ...] | None = Field(
         default=None, description="One sample's shape (no batch dim), for tracing and FLOPs."
     )
 
@@ -286,7 +312,7 @@ class DataSpec(Strict):
     callable: str | None = Field(
         default=None, description="For source 'callable': 'package.module:fn' returning datasets."
     )
-    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(default=0, ge=0, le=1024, description="DataLoader worker processes.")
     augment: bool = Field(default=False, description="Random crop and flip (image sources).")
 
     @model_validator(mode="after")
@@ -331,8 +357,8 @@ class LRScheduleSpec(Strict):
         default="constant", description="Shape after warm-up."
     )
     warmup_epochs: float = Field(default=0, ge=0, description="Linear warm-up from ~0 to lr.")
-    milestones: tuple[int, ...] = Field(default=(), description="multistep: epochs to decay at.")
-    step_size: int = Field(default=30, gt=0, description="step: decay every this many epochs.")
+    milestones: tuple[Count, ...] = Field(default=(), description="multistep: epochs to decay at.")
+    step_size: PositiveInt = Field(default=30, description="step: decay every this many epochs.")
     gamma: float = Field(default=0.1, gt=0, description="step/multistep: decay factor.")
     final_lr: float = Field(default=0.0, ge=0, description="cosine: the lr reached at the end.")
 
@@ -344,9 +370,11 @@ class TrainSpec(Strict):
     data: DataSpec = Field(default_factory=DataSpec, description="The data.")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="The optimizer.")
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="LR schedule.")
-    batch_size: int = Field(default=128, gt=0, description="Batch size per process.")
-    eval_batch_size: int = Field(default=512, gt=0, description="Batch size for evaluation.")
-    seed: int = Field(default=0, description="Seed for weights, shuffling and augmentation.")
+    batch_size: PositiveInt = Field(default=128, description="Batch size per process.")
+    eval_batch_size: PositiveInt = Field(default=512, description="Batch size for evaluation.")
+    seed: int = Field(
+        default=0, ge=0, lt=2**63, description="Seed for weights, shuffling and augmentation."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where to train.")
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32", description="bf16: autocast on CUDA."
@@ -354,8 +382,8 @@ class TrainSpec(Strict):
     compile: bool = Field(default=False, description="Wrap the model in torch.compile.")
     grad_clip: float | None = Field(default=None, gt=0, description="Clip the gradient norm.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing.")
-    checkpoint_every_steps: int | None = Field(
-        default=None, gt=0, description="Also checkpoint every this many steps (always per epoch)."
+    checkpoint_every_steps: PositiveInt | None = Field(
+        default=None, description="Also checkpoint every this many steps (always per epoch)."
     )
 
 
@@ -363,7 +391,9 @@ class Recipe(Strict):
     """A whole recipe."""
 
     version: Literal[1] = Field(default=1, description="Recipe format version.")
-    name: str = Field(description="A short name, used for output folders.")
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME, description="A short name, used for output folders."
+    )
     description: str | None = Field(default=None, description="What the recipe reproduces.")
     variables: dict[str, Any] = Field(
         default_factory=dict,
@@ -375,6 +405,11 @@ class Recipe(Strict):
         default_factory=OptimizerState, description="Optimizer-state policy at phase switches."
     )
     train: TrainSpec | None = Field(default=None, description="What `acdc run` trains.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_printable(cls, value: str) -> str:
+        return _check_printable(value, "the recipe name")
 
     @model_validator(mode="after")
     def _sparse_phases_need_a_target(self) -> Recipe:

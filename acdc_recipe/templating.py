@@ -1,4 +1,5 @@
-"""Recipe variables: sandboxed jinja2 over string values, undefined names are errors.
+"""Recipe variables: sandboxed jinja2 over string values, undefined names are errors, and
+every render's work bounded (`acdc_recipe.sandbox`).
 
 A string that is one whole expression (``"{{ sparsity }}"``) becomes the expression's native
 value (a float stays a float, a list a list); any other templated string renders to text.
@@ -13,10 +14,11 @@ from typing import Any
 import jinja2
 import jinja2.meta
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from acdc_recipe.sandbox import BoundedSandbox, TemplateBoundError, run_bounded
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_ENV = BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 class TemplateProblem(ValueError):
@@ -32,8 +34,10 @@ def render_value(text: str, variables: Mapping[str, Any]) -> Any:
     try:
         if match := _WHOLE_EXPRESSION.match(text):
             expression = _ENV.compile_expression(match["expr"], undefined_to_none=False)
-            return _reject_undefined(expression(**variables))
-        return _ENV.from_string(text).render(**variables)
+            return _reject_undefined(run_bounded(expression, **variables))
+        return run_bounded(_ENV.from_string(text).render, **variables)
+    except TemplateBoundError as error:
+        raise TemplateProblem(f"template stopped at a bound: {error}") from None
     except jinja2.UndefinedError as error:
         known = ", ".join(sorted(variables)) or "none"
         raise TemplateProblem(f"{error.message} (variables: {known})") from None

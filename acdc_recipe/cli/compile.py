@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from acdc_recipe.cli.common import add_recipe_arguments, console, load_from_args
 from acdc_recipe.errors import UserError
-from acdc_recipe.files import refuse_to_replace_recipe
+from acdc_recipe.files import folder_name, refuse_to_replace_recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from acdc_recipe.loading import dump_recipe
     from acdc_recipe.runtime.train.models import compile_recipe_model
 
-    folder = Path(args.output) if args.output else Path("builds") / _folder_name(recipe.name)
+    folder = Path(args.output) if args.output else Path("builds") / folder_name(recipe.name)
     resolved = dump_recipe(recipe)
     refuse_to_replace_recipe(folder / "recipe.yaml", resolved, "-o", source=args.recipe)
     compiled = compile_recipe_model(recipe)
@@ -50,7 +49,3 @@ def run(args: argparse.Namespace) -> int:
     render_plan(plan, console)
     console.print(f"[green]wrote[/] {folder}/{{recipe.yaml, plan.json, module.py}}")
     return 0
-
-
-def _folder_name(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "recipe"

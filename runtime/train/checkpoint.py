@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,29 +30,10 @@ FORMAT = "acdc-recipe-checkpoint"
 FORMAT_VERSION = 2
 KEEP = 2
 _NAME = re.compile(r"^checkpoint-(\d{9})\.pt$")
-# Test hook: exit right after writing the temporary file of the Nth checkpoint (1-based),
-# before the rename, to prove a crash mid-write loses nothing that was already saved.
-CRASH_BEFORE_RENAME_ENV = "ACDC_TEST_CRASH_BEFORE_RENAME"
 
 
 class CheckpointError(UserError, ValueError):
     """No usable checkpoint; the message lists each candidate and why it was refused."""
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`acdc_recipe.files.write_atomic` with the crash-before-rename test hook."""
-    files.write_atomic(path, write, before_rename=lambda: _maybe_crash(path))
-
-
-_writes = {"count": 0}
-
-
-def _maybe_crash(path: Path) -> None:
-    crash_at = os.environ.get(CRASH_BEFORE_RENAME_ENV)
-    if crash_at and _NAME.match(path.name):
-        _writes["count"] += 1
-        if _writes["count"] == int(crash_at):
-            os._exit(17)
 
 
 def rng_state() -> dict[str, Any]:
@@ -118,7 +97,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], recipe_hash
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getbuffer()
-    write_atomic(path, lambda temporary: temporary.write_bytes(data))
+    files.write_atomic(path, lambda temporary: temporary.write_bytes(data))
     line = f"{hashlib.sha256(data).hexdigest()}  {path.name}\n"
     files.write_text_atomic(digest_path(path), line)
     for old in list_checkpoints(run_dir)[KEEP:]:
@@ -186,8 +165,6 @@ def load_latest(run_dir: Path, recipe_hash: str) -> LoadedCheckpoint | None:
     Raises `CheckpointError` when checkpoints exist but none is usable.
     """
     refused = []
-    for stale in run_dir.glob(".checkpoint-*.tmp-*") if run_dir.is_dir() else ():
-        stale.unlink(missing_ok=True)  # left by a crash mid-write
     for path in list_checkpoints(run_dir):
         try:
             return LoadedCheckpoint(path, read_checkpoint(path, recipe_hash), tuple(refused))
@@ -207,7 +184,7 @@ def save_safetensors(
     metadata is stored under one key (as sorted JSON), so equal content gives equal bytes."""
     plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     header = {"acdc_recipe": json.dumps(metadata, sort_keys=True)}
-    write_atomic(path, lambda temporary: save_file(plain, str(temporary), metadata=header))
+    files.write_atomic(path, lambda temporary: save_file(plain, str(temporary), metadata=header))
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:

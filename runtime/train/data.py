@@ -339,7 +339,7 @@ class EpochSampler(Sampler[list[int]]):
 
     def indices(self) -> list[int]:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            generator = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63)
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))

@@ -54,16 +54,10 @@ class TrainingDiverged(RuntimeError):
         self.step, self.epoch, self.loss, self.checkpoint = step, epoch, loss, checkpoint
 
 
-def train(
-    recipe: Recipe,
-    out_dir: str | Path | None = None,
-    resume: bool = False,
-    device: str | None = None,
-    overwrite: bool = False,
-    log_every: float = 10.0,
-) -> RunSummary:
-    """Train `recipe` into `out_dir` (default runs/<recipe.name>); see the module docstring."""
-    session = prepare(recipe, out_dir, resume, device, overwrite, log_every)
+def train(recipe: Recipe, out_dir: str | Path | None = None, **options: Any) -> RunSummary:
+    """Train `recipe` into `out_dir` (default runs/<recipe name>); `options` as `prepare`'s
+    (`RunOptions`: resume, overwrite, device, threads, log_every)."""
+    session = prepare(recipe, out_dir, **options)
     try:
         return fit(session)
     finally:

@@ -41,6 +41,13 @@ def outputs(run_dir: Path) -> list[Path]:
     return found + [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
 
 
+def leftovers(run_dir: Path) -> list[Path]:
+    """Temporary files of atomic writes a stop interrupted (`.<name>.tmp-<pid>`): ours only."""
+    names = ("recipe.yaml", "checkpoint-", *RUN_OUTPUTS)
+    found = run_dir.glob(".*.tmp-*") if run_dir.is_dir() else ()
+    return [p for p in found if p.name[1:].startswith(names)]
+
+
 def remove(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir() and not path.is_symlink():
@@ -73,18 +80,19 @@ def restart_unstarted(run_dir: Path, resolved: str) -> str:
             f"nothing to resume: {run_dir} {state}; --resume expects a run directory written by "
             "`acdc run` (checkpoint-*.pt files); start the run without --resume"
         )
-    previous = outputs(run_dir)
-    started_only = {p.name for p in previous} <= set(START_UP)
-    same_recipe = (run_dir / "recipe.yaml").is_file() and (run_dir / "recipe.yaml").read_text(
-        encoding="utf-8", errors="replace"
-    ) == resolved
-    if not started_only or not same_recipe:
-        found = _names(previous) if previous else "no run's files"
+    recipe = run_dir / "recipe.yaml"
+    written = recipe.read_text(encoding="utf-8", errors="replace") if recipe.is_file() else None
+    ours = outputs(run_dir)
+    interrupted = leftovers(run_dir)
+    only_start_up = all(p.name in START_UP for p in ours)
+    started = written == resolved or bool(ours) or bool(interrupted)
+    if not (started and only_start_up and written in (None, resolved)):
+        found = _names(ours) if ours else "no run's files"
         raise RunDirectoryError(
             f"{run_dir} has no checkpoint to resume from ({found}); replace it with --overwrite, "
             "or choose another --out"
         )
-    remove(previous)
+    remove(ours + interrupted)
     return "no checkpoint was written before the run stopped, so it started again from step 0"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from torch import nn
 from acdc_recipe.compiler import CompiledRecipe, FlopsMeter
 from acdc_recipe.compiler import compile as compile_recipe
 from acdc_recipe.errors import RecipeError
-from acdc_recipe.files import write_text_atomic
+from acdc_recipe.files import default_run_dir, write_text_atomic
 from acdc_recipe.loading import dump_recipe, load_recipe_text
 from acdc_recipe.runtime import DenseSnapshot, MasksComputed, PhaseStarted, RuntimeEvent, attach
 from acdc_recipe.runtime.train import checkpoint as ckpt
@@ -34,28 +35,25 @@ from acdc_recipe.runtime.train.optim import build_lr_schedule, build_optimizer
 from acdc_recipe.runtime.train.resume import restore
 from acdc_recipe.runtime.train.session import (
     RunLength,
+    RunOptions,
     TrainingSession,
     TrainingSetupError,
+    default_threads,
 )
 from acdc_recipe.runtime.train.sinks import JsonlSink, TerminalSink, tensorboard_sink
 from acdc_recipe.schema import Recipe, TrainSpec, is_resumable, recipe_changes
 
 
-def prepare(
-    recipe: Recipe,
-    out_dir: str | Path | None = None,
-    resume: bool = False,
-    device: str | None = None,
-    overwrite: bool = False,
-    log_every: float = 10.0,
-) -> TrainingSession:
-    """Build the run (and restore its newest checkpoint when `resume`).
-
-    A run directory that already holds a run is refused unless `resume` or `overwrite`.
+def prepare(recipe: Recipe, out_dir: str | Path | None = None, **options: Any) -> TrainingSession:
+    """Build the run in `out_dir` (default runs/<recipe name>), restoring its newest checkpoint
+    when resuming; `options` are `RunOptions` fields (resume, overwrite, device, threads,
+    log_every). A run directory that already holds a run is refused unless resume or overwrite.
     """
+    run = RunOptions(**options)
     spec = _train_section(recipe)
-    run_dir = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
-    target, context = _setup_distributed(spec, device)
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe.name)
+    torch.set_num_threads(run.threads or default_threads())
+    target, context = _setup_distributed(spec, run.device)
     _seed_everything(spec.seed)
     data = load_data(spec.data)
     model, compiled = _setup_model(recipe, data, target)
@@ -76,9 +74,9 @@ def prepare(
         length=length,
         flops=FlopsMeter(compiled.weight_flops),
     )
-    _setup_run_dir(session, resume, overwrite)
+    _setup_run_dir(session, run.resume, run.overwrite)
     if context.is_main:
-        _setup_sinks(session, log_every)
+        _setup_sinks(session, run.log_every)
     session.runtime.add_listener(partial(_on_runtime_event, session))
     return session
 
@@ -201,6 +199,8 @@ def _setup_run_dir(session: TrainingSession, resume: bool, overwrite: bool) -> N
         if main:
             session.notes.append(runs.restart_unstarted(run_dir, resolved))
         return
+    if main:
+        runs.remove(runs.leftovers(run_dir))
     restore(session, loaded)
     _note_resumed_changes(session, loaded.state["recipe"])
     dense_path = run_dir / "dense.safetensors"

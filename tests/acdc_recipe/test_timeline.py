@@ -164,10 +164,13 @@ def test_any_phase_list_is_contiguous_and_covers_its_length(items, steps_per_epo
 
 def test_schedules_that_expand_without_bound_are_refused_cheaply():
     with pytest.raises(ScheduleError, match="more than the 100000 allowed"):
-        lower(Schedule(acdc={"epochs": 2_000_000_029, "sparse": 2, "dense": 2}))
+        lower(Schedule(acdc={"epochs": 400_000_029, "sparse": 2, "dense": 2}))
     nested = {
         "repeat": 10**6,
         "phases": [{"repeat": 10**6, "phases": [{"sparse": 1}, {"dense": 1}]}],
     }
     with pytest.raises(ScheduleError, match="expands to"):
         lower(Schedule(phases=[nested]))
+    gradual = [{"gradual": 10**6, "update": 1}]
+    with pytest.raises(ScheduleError, match="computes masks 1000000 times"):
+        lower(Schedule(unit="step", phases=gradual))

@@ -100,6 +100,6 @@ def test_rule_on_a_norm_without_include(resnet18) -> None:
         resolve(resnet18, {"match": "bn1", "target": 0.5})
 
 
-def test_invalid_regex(resnet18) -> None:
-    with pytest.raises(CompileError, match="invalid regular expression"):
-        resolve(resnet18, {"match": "re:layer(", "target": 0.5})
+def test_invalid_regex_is_refused_when_the_recipe_is_validated() -> None:
+    with pytest.raises(ValueError, match="invalid regular expression 'layer\\('"):
+        Rule(match="re:layer(", target=0.5)

@@ -12,11 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from acdc_recipe.runtime.train.checkpoint import CRASH_BEFORE_RENAME_ENV, load_safetensors
+from acdc_recipe.runtime.train.checkpoint import load_safetensors
 
 HERE = Path(__file__).parent
 TINY = str(HERE / "data" / "tiny.yaml")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(Path(__file__).parent),
+}  # sitecustomize.py
 CNN = ["train.model.name=cnn", "train.model.kwargs={in_channels: 1, num_classes: 10, width: 4}"]
 
 
@@ -51,7 +55,10 @@ def test_cli_ranks_crash_and_resume_to_the_same_weights(worker_run, tmp_path):
     sets = [item for pair in zip(["--set"] * len(CNN), CNN) for item in pair]
     command = [sys.executable, "-m", "acdc_recipe.cli.main", "run", TINY, *sets,
                "--out", str(tmp_path), "--device", "cpu", "--nproc-per-node", "2"]  # fmt: skip
-    env = {**ENV, CRASH_BEFORE_RENAME_ENV: "5"}  # 5, 6, 10, 12, then dies writing 15
+    env = {
+        **ENV,
+        "ACDC_TEST_STOP_AT": r"before_rename:^checkpoint-\d+\.pt$:5",
+    }  # 5, 6, 10, 12, then dies writing 15
     crashed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert crashed.returncode != 0 and not (tmp_path / "sparse.safetensors").exists()
     result = subprocess.run(

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from acdc_recipe.runtime.train.checkpoint import CRASH_BEFORE_RENAME_ENV
 from acdc_recipe.runtime.train.launch import WorkerReport, summarize_failure
 
 HERE = Path(__file__).parent
 TINY = HERE / "data" / "tiny.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(Path(__file__).parent),
+}  # sitecustomize.py
 ENV.pop("ACDC_TRACEBACK", None)
 
 
@@ -73,7 +76,12 @@ def test_an_error_only_rank_0_sees_still_exits_2(single_process_run):
 
 
 def test_a_worker_dying_is_one_paragraph_and_exit_1(tmp_path):
-    result = two_ranks(TINY, "--out", tmp_path, env={**ENV, CRASH_BEFORE_RENAME_ENV: "2"})
+    result = two_ranks(
+        TINY,
+        "--out",
+        tmp_path,
+        env={**ENV, "ACDC_TEST_STOP_AT": r"before_rename:^checkpoint-\d+\.pt$:2"},
+    )
     assert result.returncode == 1
     assert "worker 0 of 2 exited with code 17" in the_one_paragraph(result)
 

@@ -284,3 +284,11 @@ def test_epoch_records_use_the_schedule_numbering(tmp_path):
     assert main(["run", str(TINY), "--out", str(tmp_path), "--device", "cpu"]) == 0
     epochs = [r for r in read_records(tmp_path / "metrics.jsonl") if isinstance(r, EpochEnded)]
     assert [r.epoch for r in epochs] == list(range(6))
+
+
+def test_a_recipe_name_cannot_lead_outside_the_runs_folder(tmp_path, monkeypatch):
+    from acdc_recipe.files import default_run_dir
+
+    assert default_run_dir("../../etc/x") == Path("runs") / "etc_x"
+    assert default_run_dir("a/b c") == Path("runs") / "a_b_c"
+    assert default_run_dir("..") == Path("runs") / "recipe"

@@ -12,11 +12,7 @@ import pytest
 import torch
 
 from acdc_recipe.cli.main import main
-from acdc_recipe.runtime.train.checkpoint import (
-    CRASH_BEFORE_RENAME_ENV,
-    list_checkpoints,
-    load_safetensors,
-)
+from acdc_recipe.runtime.train.checkpoint import list_checkpoints, load_safetensors
 from acdc_recipe.runtime.train.records import (
     CheckpointWritten,
     EpochEnded,
@@ -137,7 +133,8 @@ def test_ctrl_c_checkpoints_that_step_then_resume_is_bitwise_equal(
 
 
 def test_crash_while_writing_a_checkpoint_then_resume_is_bitwise_equal(reference, tmp_path):
-    env = {**ENV, CRASH_BEFORE_RENAME_ENV: "7"}  # 5, 10, 12, 15, 20, 24, then dies writing 25
+    # 5, 10, 12, 15, 20, 24, then dies writing 25 (see sitecustomize.py)
+    env = {**ENV, "ACDC_TEST_STOP_AT": r"before_rename:^checkpoint-\d+\.pt$:7"}
     crashed = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", env=env)
     assert crashed.returncode == 17
     assert [p.name for p in list_checkpoints(tmp_path)] == [

@@ -5,6 +5,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,7 +101,8 @@ def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):
         "folder = Path(sys.argv[1])\n"
         "for step in (1, 2):\n    c.save_checkpoint(folder, step, {'w': torch.full((2,), step)}, 'h')\n"
     )
-    env = {**os.environ, ckpt.CRASH_BEFORE_RENAME_ENV: "2"}
+    hooks = str(Path(__file__).parents[1] / "e2e")  # sitecustomize.py: stop at a rename
+    env = {**os.environ, "PYTHONPATH": hooks, "ACDC_TEST_STOP_AT": r"before_rename:\.pt$:2"}
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, timeout=120)
     assert result.returncode == 17
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-000000001.pt"]
