@@ -41,7 +41,7 @@ from acdc_recipe.runtime.train.session import (
     default_threads,
 )
 from acdc_recipe.runtime.train.sinks import JsonlSink, TerminalSink, tensorboard_sink
-from acdc_recipe.schema import Recipe, TrainSpec, is_resumable, recipe_changes
+from acdc_recipe.schema import RESUMABLE_KEYS, Recipe, TrainSpec, is_resumable, recipe_changes
 
 
 def prepare(recipe: Recipe, out_dir: str | Path | None = None, **options: Any) -> TrainingSession:
@@ -222,9 +222,8 @@ def _refuse_changes_a_resume_cannot_carry(session: TrainingSession) -> None:
         raise runs.RunDirectoryError(
             f"cannot resume the run in {session.run_dir} with a different "
             f"{', '.join(fixed[:5])}{' (and more)' if len(fixed) > 5 else ''}: a resume may "
-            "change only the learning rate and its schedule, grad_clip, checkpoint_every_steps, "
-            "eval_batch_size and data.num_workers; resume with the original recipe and --set "
-            "values, or start a new run in another --out"
+            f"change only {', '.join('.'.join(key) for key in RESUMABLE_KEYS)}; resume with the "
+            "original recipe and --set values, or start a new run in another --out"
         )
 
 
