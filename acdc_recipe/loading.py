@@ -119,8 +119,9 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
 
 
 def _parse_yaml(text: str, source: str) -> tuple[dict, Marks]:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # refuses control characters: a YAMLError too
         node = loader.get_single_node()
         marks: Marks = {}
         problems: list[Problem] = []
@@ -129,11 +130,12 @@ def _parse_yaml(text: str, source: str) -> tuple[dict, Marks]:
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        reason = getattr(error, "problem", None) or str(error)
+        reason = getattr(error, "problem", None) or " ".join(str(error).split())
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         raise RecipeError([Problem(f"invalid YAML: {reason}", (), line, column)], source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if problems:
         raise RecipeError(problems, source)
     if not isinstance(data, dict):
