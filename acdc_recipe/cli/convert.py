@@ -15,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert", help="convert a SparseML recipe or a reference-code config to a recipe"
     )
-    parser.add_argument("file", metavar="FILE", help="a SparseML recipe (.yaml or .md) or config")
+    parser.add_argument(
+        "file", metavar="FILE", help="a SparseML recipe (.yaml or .md) or a reference-code config"
+    )
     parser.add_argument(
         "-o", "--output", metavar="RECIPE.yaml", help="write the recipe here (default: stdout)"
     )
