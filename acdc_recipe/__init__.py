@@ -5,6 +5,9 @@
     runtime = acdc_recipe.attach(compiled, optimizer, steps_per_epoch=len(loader))
     # ... your own loop: runtime.begin_step(); loss.backward(); optimizer.step()
 
+    conversion = acdc_recipe.convert_recipe("sparseml_recipe.md")  # or a reference config
+    conversion.recipe, conversion.text, conversion.report.lines()
+
 Importing this package does not import torch: `compile` and `attach` import the compiler and
 the engine on first use.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from acdc_recipe.build import acdc
+from acdc_recipe.convert import Conversion, ConversionError, convert_recipe
 from acdc_recipe.errors import RecipeError, UserError
 from acdc_recipe.loading import dump_recipe, load_recipe, load_recipe_text
 from acdc_recipe.schema import Recipe
@@ -45,6 +49,8 @@ def attach(
 
 
 __all__ = [
+    "Conversion",
+    "ConversionError",
     "Recipe",
     "RecipeError",
     "Timeline",
@@ -52,6 +58,7 @@ __all__ = [
     "acdc",
     "attach",
     "compile",
+    "convert_recipe",
     "dump_recipe",
     "load_recipe",
     "load_recipe_text",

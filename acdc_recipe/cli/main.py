@@ -14,13 +14,13 @@ import sys
 from acdc_recipe.console import silence_stdout
 from acdc_recipe.errors import UserError
 
-VERBS = ("validate", "schedule", "compile", "run", "report")
+VERBS = ("validate", "schedule", "compile", "run", "report", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acdc",
-        description="AC/DC sparsity recipes for PyTorch: validate, inspect, compile and run.",
+        description="AC/DC sparsity recipes for PyTorch: validate, inspect, compile, run and convert.",
     )
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:

@@ -1,0 +1,212 @@
+"""SparseML recipes key by key: safe tags, variables as jinja2, params as rules, LR modifiers,
+and a clear error for what cannot convert."""
+
+from __future__ import annotations
+
+import pytest
+
+from acdc_recipe.convert import ConversionError, convert_text
+from acdc_recipe.loading import load_recipe_text
+from acdc_recipe.timeline import lower
+
+ACDC = """\
+modifiers:
+  - !EpochRangeModifier {start_epoch: 0, end_epoch: 20}
+  - !ACDCPruningModifier
+    compression_sparsity: 0.9
+    start_epoch: 0
+    end_epoch: 16
+    update_frequency: 2
+    params: __ALL_PRUNABLE__
+"""
+
+
+def convert(text, source="recipe.yaml", **options):
+    return convert_text(text, source, **options)
+
+
+def texts(items):
+    return " ".join(item.render() for item in items)
+
+
+def test_tags_are_read_safely_and_python_tags_are_refused(tmp_path):
+    marker = tmp_path / "ran"
+    hostile = ACDC + (f"  - !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConversionError, match="invalid YAML"):
+        convert(hostile)
+    assert not marker.exists()
+
+
+def test_keys_of_the_converted_recipe():
+    recipe = convert(ACDC).recipe
+    assert recipe.sparsity.target == 0.9 and recipe.sparsity.scope == "global"
+    assert recipe.sparsity.rules == ()
+    assert recipe.optimizer_state.on_decompress == "reset"
+    # end_epoch 16 moves back to 14, which starts a sparse phase that is held to the end.
+    assert recipe.schedule.transitions.sparse_at == (2, 6, 10, 14)
+    assert recipe.schedule.transitions.dense_at == (4, 8, 12)
+    assert recipe.schedule.transitions.epochs == 20
+    assert recipe.train is None
+
+
+def test_momentum_buffer_reset_false_keeps_optimizer_state():
+    recipe = convert(ACDC + "    momentum_buffer_reset: false\n").recipe
+    assert recipe.optimizer_state.on_decompress == "keep"
+
+
+def test_the_converted_text_loads_to_the_same_recipe():
+    conversion = convert(ACDC)
+    assert load_recipe_text(conversion.text) == conversion.recipe
+    assert conversion.text.startswith("# Converted from recipe.yaml (SparseML recipe).")
+
+
+def test_arithmetic_variables_become_jinja2_variables_others_are_evaluated():
+    text = """\
+sparsity: 0.8
+num_epochs: 20
+lr: 0.05
+final_lr: eval(lr * 0.1)
+end: eval(num_epochs - 4)
+modifiers:
+  - !EpochRangeModifier {start_epoch: 0, end_epoch: eval(num_epochs)}
+  - !LearningRateFunctionModifier
+    {start_epoch: 0, end_epoch: eval(num_epochs), lr_func: cosine, init_lr: eval(lr),
+     final_lr: eval(final_lr)}
+  - !ACDCPruningModifier
+    {compression_sparsity: eval(sparsity), start_epoch: 0, end_epoch: eval(end),
+     update_frequency: 2, params: __ALL_PRUNABLE__}
+"""
+    conversion = convert(text, model="mlp")
+    assert "target: '{{ sparsity }}'" in conversion.text
+    assert "final_lr: '{{ lr * 0.1 }}'" in conversion.text
+    assert conversion.recipe.variables == pytest.approx(
+        {"sparsity": 0.8, "lr": 0.05, "final_lr": 0.005}
+    )
+    assert conversion.recipe.train.lr_schedule.final_lr == pytest.approx(0.005)
+    # The schedule's variables are evaluated into it, so they are not recipe variables.
+    assert "num_epochs" not in conversion.recipe.variables
+    assert "evaluated into the schedule" in texts(conversion.report.mapped)
+    changed = load_recipe_text(conversion.text, overrides={"lr": 0.2})
+    assert changed.train.optimizer.lr == 0.2
+    assert changed.train.lr_schedule.final_lr == pytest.approx(0.02)
+
+
+def test_a_variable_the_schedule_uses_is_not_left_as_a_template():
+    text = ACDC.replace("update_frequency: 2", "update_frequency: eval(sparsity * 0 + 2)")
+    text = "sparsity: 0.9\n" + text.replace("compression_sparsity: 0.9",
+                                            "compression_sparsity: eval(sparsity)")  # fmt: skip
+    conversion = convert(text)
+    assert conversion.recipe.variables == {}
+    assert conversion.recipe.sparsity.target == 0.9
+
+
+@pytest.mark.parametrize(
+    "expression, message",
+    [
+        ("__import__('os').getcwd()", "variable `bad`: .* is not arithmetic"),
+        ("open('x')", "is not arithmetic"),
+        ("[1, 2][0]", "is not arithmetic"),
+        ("missing + 1", "uses missing, which the recipe does not define"),
+        ("10 ** 10 ** 10", "cannot evaluate"),
+        ("1 / 0", "cannot evaluate"),
+    ],
+)
+def test_non_arithmetic_expressions_are_errors_naming_the_variable(expression, message):
+    with pytest.raises(ConversionError, match=message):
+        convert(f'bad: "eval({expression})"\n' + ACDC)
+
+
+def test_variables_in_a_cycle_are_an_error_naming_them():
+    with pytest.raises(ConversionError, match="a, b use each other in a cycle"):
+        convert("a: eval(b + 1)\nb: eval(a + 1)\n" + ACDC)
+
+
+def test_variables_may_be_declared_in_any_order():
+    text = "b: eval(a * 2)\na: 3\n" + ACDC.replace(
+        "update_frequency: 2", "update_frequency: eval(b)"
+    )
+    recipe = convert(text).recipe
+    assert recipe.schedule.transitions.sparse_at[0] == 6
+
+
+def test_params_names_and_regexes_become_rules_that_keep_the_rest_dense():
+    text = ACDC.replace("params: __ALL_PRUNABLE__", "params: ['re:.*conv*', 'fc.weight']")
+    recipe = convert(text).recipe
+    assert [r.model_dump(exclude_defaults=True) for r in recipe.sparsity.rules] == [
+        {"match": "re:(?:.*conv*).*", "include": True},
+        {"match": "fc.weight", "include": True},
+        {"match": "re:.*", "dense": True, "include": True},
+    ]
+
+
+def test_an_invalid_params_regex_is_an_error():
+    with pytest.raises(ConversionError, match="invalid regex"):
+        convert(ACDC.replace("params: __ALL_PRUNABLE__", "params: ['re:(']"))
+
+
+def test_unknown_modifiers_and_keys_are_reported_not_dropped():
+    text = ACDC + "    frobnicate: 3\n  - !QuantizationModifier {start_epoch: 5}\n"
+    report = convert(text).report
+    missing = texts(report.no_equivalent)
+    assert "QuantizationModifier (line 10): QuantizationModifier has no acdc equivalent" in missing
+    assert "key `frobnicate` has no equivalent" in missing
+
+
+def test_modifiers_pruning_different_params_are_an_error():
+    text = ACDC + (
+        "  - !GMPruningModifier {init_sparsity: 0.9, final_sparsity: 0.9, start_epoch: 16,\n"
+        "     end_epoch: 20, update_frequency: 1, params: ['fc.weight']}\n"
+    )
+    with pytest.raises(ConversionError, match="differ in `params`"):
+        convert(text)
+
+
+def test_learning_rate_steps_by_one_factor_become_multistep():
+    text = ACDC + (
+        "  - !SetLearningRateModifier {start_epoch: 0, learning_rate: 0.1}\n"
+        "  - !SetLearningRateModifier {start_epoch: 8, learning_rate: 0.01}\n"
+        "  - !SetLearningRateModifier {start_epoch: 14, learning_rate: 0.001}\n"
+    )
+    train = convert(text, model="mlp").recipe.train
+    assert train.optimizer.lr == 0.1
+    assert train.lr_schedule.name == "multistep" and train.lr_schedule.milestones == (8, 14)
+    assert train.lr_schedule.gamma == pytest.approx(0.1)
+
+
+def test_multistep_lr_modifier_maps_to_multistep():
+    text = ACDC + (
+        "  - !LearningRateModifier {start_epoch: 0, lr_class: MultiStepLR, init_lr: 0.1,\n"
+        "     lr_kwargs: {milestones: [10, 15], gamma: 0.2}}\n"
+    )
+    schedule = convert(text, model="mlp").recipe.train.lr_schedule
+    assert (schedule.name, schedule.milestones, schedule.gamma) == ("multistep", (10, 15), 0.2)
+
+
+def test_an_lr_schedule_without_equivalent_is_reported_and_the_first_lr_kept():
+    text = ACDC + (
+        "  - !LearningRateFunctionModifier {start_epoch: 0, end_epoch: 20, lr_func: linear,\n"
+        "     init_lr: 0.1, final_lr: 0.0}\n"
+    )
+    conversion = convert(text, model="mlp")
+    assert conversion.recipe.train.optimizer.lr == 0.1
+    assert conversion.recipe.train.lr_schedule.name == "constant"
+    assert "no acdc equivalent" in texts(conversion.report.no_equivalent)
+
+
+def test_a_staged_recipe_is_an_error():
+    staged = "stage_0:\n  " + ACDC.replace("\n", "\n  ")
+    with pytest.raises(ConversionError, match="staged recipe"):
+        convert(staged)
+
+
+def test_a_recipe_without_an_end_needs_epochs():
+    text = "modifiers:\n  - !SetLearningRateModifier {learning_rate: 0.1}\n"
+    with pytest.raises(ConversionError, match="give the run's length with --epochs"):
+        convert(text)
+    recipe = convert(text, epochs=5).recipe
+    assert lower(recipe.schedule).compact() == "D0-4" and recipe.sparsity is None
+
+
+def test_a_markdown_card_without_front_matter_is_an_error():
+    with pytest.raises(ConversionError, match="without YAML front matter"):
+        convert("# just a title\n", "card.md")
