@@ -6,7 +6,7 @@ sha256 goes beside it, in `sha256sum` format (`checkpoint-<step>.pt.sha256`, so
 `sha256sum -c` checks it too). Reading verifies the digest before `torch.load` sees a byte, so
 a file damaged anywhere (torch does not check the zip's CRCs) is refused by name, and resuming
 takes the newest checkpoint that verifies, loads and belongs to this recipe. The newest two
-are kept.
+are kept. Runs sharded with FSDP2 write checkpoint folders instead (`sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ FORMAT = "acdc-recipe-checkpoint"
 FORMAT_VERSION = 2
 KEEP = 2
 _NAME = re.compile(r"^checkpoint-(\d{9})\.pt$")
-# Test hook: exit right after writing the temporary file of the Nth checkpoint (1-based),
-# before the rename, to prove a crash mid-write loses nothing that was already saved.
+_ANY_NAME = re.compile(r"^checkpoint-(\d{9})(\.pt)?$")  # a file, or an FSDP2 run's folder
+# Test hook: exit right after writing the temporary file (or folder) of the Nth checkpoint
+# (1-based), before the rename, to prove a crash mid-write loses nothing already saved.
 CRASH_BEFORE_RENAME_ENV = "ACDC_TEST_CRASH_BEFORE_RENAME"
 
 
@@ -49,9 +51,18 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 _writes = {"count": 0}
 
 
+def rename_into_place(temporary: Path, final: Path) -> None:
+    """Rename a completed checkpoint folder into place (replacing a refused one of that step)."""
+    _maybe_crash(final)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    files.fsync_directory(final.parent)
+
+
 def _maybe_crash(path: Path) -> None:
     crash_at = os.environ.get(CRASH_BEFORE_RENAME_ENV)
-    if crash_at and _NAME.match(path.name):
+    if crash_at and _ANY_NAME.match(path.name):
         _writes["count"] += 1
         if _writes["count"] == int(crash_at):
             os._exit(17)
@@ -157,24 +168,29 @@ def verified_bytes(path: Path) -> bytes:
 
 def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
     """Verify, load and validate one checkpoint; raise `CheckpointError` saying what is wrong."""
-    data = verified_bytes(path)
+    return checked_payload(verified_bytes(path), path.name, recipe_hash)
+
+
+def checked_payload(data: bytes, name: str, recipe_hash: str) -> dict[str, Any]:
+    """Load verified checkpoint bytes (`weights_only=True`) and check that they are a
+    checkpoint of this format and recipe; `name` is what errors call the file."""
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - verified bytes that torch cannot read: not ours
         raise CheckpointError(
-            f"{path.name} is not an acdc-recipe checkpoint (its digest matches, but it does not "
+            f"{name} is not an acdc-recipe checkpoint (its digest matches, but it does not "
             "hold the tensors and plain values a checkpoint holds)"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path.name} is not an acdc-recipe checkpoint")
+        raise CheckpointError(f"{name} is not an acdc-recipe checkpoint")
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path.name} has checkpoint format version {state.get('format_version')!r}, "
+            f"{name} has checkpoint format version {state.get('format_version')!r}, "
             f"this version reads {FORMAT_VERSION}"
         )
     if state.get("recipe_hash") != recipe_hash:
         raise CheckpointError(
-            f"{path.name} was written for a different recipe (hash {state.get('recipe_hash')}, "
+            f"{name} was written for a different recipe (hash {state.get('recipe_hash')}, "
             f"this recipe's is {recipe_hash}); resume with the original recipe and --set values"
         )
     return state
