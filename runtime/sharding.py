@@ -207,10 +207,11 @@ def live_parameters(compiled: CompiledRecipe, optimizer: torch.optim.Optimizer) 
 
     `fully_shard` replaces a module's parameters by DTensors after compilation; a compiled
     parameter the optimizer does not hold is looked up again by name in `compiled.module`.
-    Under sharding every prunable parameter must be one the optimizer holds, so masks are
-    never applied to a stale copy.
+    When anything is sharded, every prunable parameter must be one the optimizer holds, so
+    masks are never applied to a stale copy.
     """
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    updated = [p for group in optimizer.param_groups for p in group["params"]]
+    held = {id(p) for p in updated}
     found = []
     for spec, param in zip(compiled.params, compiled.parameters, strict=True):
         if id(param) not in held:
@@ -220,7 +221,7 @@ def live_parameters(compiled: CompiledRecipe, optimizer: torch.optim.Optimizer) 
                 current = param
             param = current if id(current) in held else param
         found.append(param)
-    if any(isinstance(p, DTensor) for p in found):
+    if any(isinstance(p, DTensor) for p in [*found, *updated]):
         for spec, param in zip(compiled.params, found, strict=True):
             if id(param) not in held:
                 raise ShardingError(

@@ -22,7 +22,7 @@ from acdc_recipe.compiler import MaskGroup
 from acdc_recipe.compiler import compile as compile_recipe
 from acdc_recipe.runtime import MaskMismatchError, attach, select_masks
 from acdc_recipe.runtime.mask_sync import verify_sharded_masks
-from acdc_recipe.runtime.sharding import Sharding, ShardingError, sharded_like
+from acdc_recipe.runtime.sharding import Sharding, ShardingError, rebind, sharded_like
 from acdc_recipe.runtime.threshold import unstructured_masks
 from acdc_recipe.schema import Recipe
 
@@ -172,6 +172,41 @@ def refused_layout(sparsity: dict, placement) -> str:
     return "attached"
 
 
+class OwnWeight(nn.Module):
+    """A weight the root owns and uses functionally: the traced module keeps its own copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(4, 6))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight)
+
+
+def stale_then_rebound() -> tuple[str, bool]:
+    """What attach says when fully_shard replaced a weight the compiled module does not share,
+    and whether attaching `rebind(compiled, model)` then masks the sharded weight."""
+    net = OwnWeight()
+    recipe = Recipe.model_validate(
+        {"name": "t", "sparsity": {"target": 0.5, "rules": [{"match": "weight", "include": True}]},
+         "schedule": {"unit": "step", "phases": [{"sparse": 2}]}}
+    )  # fmt: skip
+    compiled = compile_recipe(net, recipe, example_inputs=torch.zeros(2, 6))
+    fully_shard(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    try:
+        attach(compiled, optimizer)
+        message = "attached"
+    except ShardingError as error:
+        message = str(error)
+    runtime = attach(rebind(compiled, net), optimizer)
+    runtime.begin_step()
+    pruned = int((net.weight.full_tensor() == 0).sum())
+    runtime.close()
+    return message, pruned == 12
+
+
 def mismatches() -> list[str]:
     """What the cross-rank check says of shards that prune one entry too few, and of ranks
     that chose different thresholds."""
@@ -203,6 +238,7 @@ def _rank(rank: int, init: str, out: str) -> None:
     )  # Linear(12, 4): 12 input channels split 6 + 6
     results["unstructured_split"] = refused_layout({"target": 0.5}, by_columns)
     results["mismatches"] = mismatches()
+    results["stale"] = stale_then_rebound()
     torch.save(results, f"{out}.{rank}")
     dist.destroy_process_group()
 
@@ -253,3 +289,9 @@ def test_ranks_whose_shards_do_not_make_one_mask_both_raise_naming_the_layer(ran
         count, threshold = rank["mismatches"]
         assert "fc.weight" in count and "prune 1 entries together where the plan prunes 2" in count
         assert "fc.weight" in threshold and "thresholds differ" in threshold
+
+
+def test_a_sharded_weight_the_compiled_module_does_not_share_is_named_then_rebound(ranks):
+    message, masked = ranks[0]["stale"]
+    assert "'weight'" in message and "rebind(compiled, model)" in message
+    assert masked

@@ -1,18 +1,27 @@
-"""`train.distributed: fsdp` pieces that need no second process: which modules `shard_model`
-shards (on a one-process group), snapshots, and evaluation batches padded for sharded ranks."""
+"""`train.distributed: fsdp` pieces: which modules `shard_model` shards and snapshots (on a
+one-process group), reading a full model file as shards and gathering it on rank 0 (two gloo
+ranks), evaluation batches padded for sharded ranks."""
 
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from acdc_recipe.runtime.train.data import TensorData
 from acdc_recipe.runtime.train.distributed import DistContext
-from acdc_recipe.runtime.train.fsdp import load_snapshot, shard_model, snapshot
+from acdc_recipe.runtime.train.fsdp import (
+    gather_on_rank0,
+    load_snapshot,
+    read_snapshot,
+    shard_model,
+    snapshot,
+)
 from acdc_recipe.runtime.train.loop import _val_batches
 
 
@@ -71,3 +80,30 @@ def test_sharded_ranks_evaluate_as_many_batches_the_last_ones_empty():
         counts.append([len(labels) for _, labels in batches])
         assert all(inputs.shape[1:] == (1,) for inputs, _ in batches)
     assert counts == [[2, 1], [2, 0], [2, 0]]
+
+
+def _two_ranks(rank: int, init: str, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Linear(5, 1))
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    if rank == 0:
+        save_file(full, f"{folder}/full.safetensors")
+    dist.barrier()
+    shard_model(model)
+    read = read_snapshot(f"{folder}/full.safetensors", model)
+    same = all(torch.equal(read[k], v) for k, v in snapshot(model).items())
+    gathered = gather_on_rank0(model)
+    torch.save({"same": same, "gathered": gathered}, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_a_full_model_file_reads_as_each_ranks_shards_and_gathers_back_on_rank_0(tmp_path):
+    mp.spawn(_two_ranks, args=(f"file://{tmp_path / 'rdv'}", str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["same"] and ranks[1]["same"]  # rank 1 holds 2 of 5 rows, none of the last
+    torch.manual_seed(0)
+    expected = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Linear(5, 1)).state_dict()
+    assert ranks[0]["gathered"].keys() == expected.keys() and ranks[1]["gathered"] == {}
+    assert all(torch.equal(ranks[0]["gathered"][k], v) for k, v in expected.items())
