@@ -214,8 +214,9 @@ def read_checkpoint(folder: Path, recipe_hash: str, context: DistContext) -> dic
 def load_latest(run_dir: Path, recipe_hash: str, context: DistContext) -> ShardedCheckpoint | None:
     """The newest checkpoint folder every rank can use; None when there are none at all.
 
-    Every rank reads the same folders, and one sum per folder makes them agree, so all pick
-    one folder or all raise `ckpt.CheckpointError` (when checkpoints exist but none is usable).
+    Every rank reads the same folders, and one exchange of verdicts per folder makes them
+    agree, so all pick one folder or all raise `ckpt.CheckpointError` (when checkpoints exist
+    but none is usable).
     """
     refused = []
     if context.is_main:
@@ -229,9 +230,9 @@ def load_latest(run_dir: Path, recipe_hash: str, context: DistContext) -> Sharde
             raise  # the same verdict on every rank, from the same manifest
         except ckpt.CheckpointError as error:
             reason = str(error)
-        unusable = torch.tensor([int(state is None)])
-        dist.all_reduce(unusable)
-        if not int(unusable):
+        verdicts: list[bool | None] = [None] * context.world_size
+        dist.all_gather_object(verdicts, state is not None)  # any backend, NCCL included
+        if all(verdicts):
             return ShardedCheckpoint(folder, state, tuple(refused))
         refused.append(reason)
     if refused:
