@@ -380,6 +380,13 @@ class TrainSpec(Strict):
         default="fp32", description="bf16: autocast on CUDA."
     )
     compile: bool = Field(default=False, description="Wrap the model in torch.compile.")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="With several processes (--nproc-per-node): 'ddp' keeps a replica of the "
+        "model on every process; 'fsdp' shards parameters, gradients and optimizer state over "
+        "them (FSDP2, fully_shard), and masks are chosen over the shards with the same exact "
+        "global threshold.",
+    )
     grad_clip: float | None = Field(default=None, gt=0, description="Clip the gradient norm.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing.")
     checkpoint_every_steps: PositiveInt | None = Field(

@@ -12,6 +12,7 @@ checked to be identical. Times are medians of interleaved repeats, as wall clock
 process's CPU time (with --threads 1 the CPU time is the compute time even on a shared machine).
 
     python benchmarks/threshold.py [--quick] [--sizes 1e6,25.5e6] [--device cuda] [--threads 0]
+    python benchmarks/threshold.py --distributed 2   # split across gloo ranks (threshold_sharded)
 
 Prints a table and writes benchmarks/results/threshold.json. The default is one torch thread:
 on a shared machine, multi-threaded runs measure mostly barrier stalls of the thread pool
@@ -160,7 +161,22 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--distributed", type=int, default=0, help="split the weights across N gloo ranks"
+    )
     args = parser.parse_args()
+    if args.distributed:  # a module of its own, which builds on this one's weights
+        from benchmarks.threshold_sharded import RESULTS as SHARDED
+        from benchmarks.threshold_sharded import run
+
+        sizes = (
+            [1_000_000, 25_500_000]
+            if args.sizes == parser.get_default("sizes")
+            else [round(float(s)) for s in args.sizes.split(",")]
+        )
+        out = SHARDED if args.out == RESULTS else args.out
+        run(args.distributed, sizes, 3 if args.quick else 5, args.threads or 1, out)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

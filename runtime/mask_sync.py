@@ -5,6 +5,11 @@ they should agree; a silent disagreement (a rank with different weights, a non-d
 kernel) would make the replicas drift apart. Each rank reduces its masks to a short checksum
 (kept count and position-weighted kept sum per mask); one all-reduce of [checksum, -checksum]
 with MAX yields the maximum and minimum over ranks, which agree exactly when all ranks do.
+
+Under FSDP2 each rank holds other shards of the masks, so nothing is identical; instead every
+rank must have reached the same selection and the shards together must prune exactly the
+plan's count: one sum of a small table (per rank, the kept count of every mask shard and the
+threshold of every group) checks both (`verify_sharded_masks`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from acdc_recipe.compiler.plan import MaskGroup
+from acdc_recipe.runtime.sharding import Sharding
+from acdc_recipe.runtime.threshold import magnitude_keys
 
 _CHUNK = 1 << 22
 
@@ -74,4 +83,39 @@ def verify_masks_identical(masks: Sequence[Tensor], names: Sequence[str]) -> Non
             f"{f' and {len(differs) - 1} more layers' if len(differs) > 1 else ''}; the "
             "weights differ between ranks (was the model wrapped in DistributedDataParallel "
             "before training, with the same seed on every rank?)"
+        )
+
+
+def verify_sharded_masks(
+    masks: Sequence[Tensor],
+    names: Sequence[str],
+    groups: Sequence[MaskGroup],
+    thresholds: Sequence[Tensor | None],
+    sharding: Sharding,
+) -> None:
+    """Raise `MaskMismatchError` naming a layer whose group the ranks selected differently
+    (another threshold) or whose shards do not prune exactly `group.prune` entries together."""
+    device = masks[0].device
+    kept = [torch.count_nonzero(mask).reshape(1) for mask in masks]
+    keys = [
+        torch.full((1,), -1, device=device) if t is None else magnitude_keys(t.reshape(1))
+        for t in thresholds
+    ]
+    row = torch.cat([value.to(device=device, dtype=torch.int64) for value in kept + keys])
+    table = sharding.by_rank(row).cpu()
+    kept_total, key_rows = table[:, : len(masks)].sum(dim=0).tolist(), table[:, len(masks) :]
+    for g, group in enumerate(groups):
+        size = sum(sharding.numel(i) for i in group.indices)
+        pruned = size - sum(kept_total[i] for i in group.indices)
+        if not bool((key_rows[:, g] == key_rows[0, g]).all()):
+            why = "their thresholds differ"
+        elif pruned != group.prune:
+            why = (
+                f"their shards prune {pruned} entries together where the plan prunes {group.prune}"
+            )
+        else:
+            continue
+        raise MaskMismatchError(
+            f"the {sharding.world_size} ranks holding shards of {names[group.indices[0]]} did "
+            f"not choose one mask: {why}; every rank must run the same recipe on the same model"
         )

@@ -6,17 +6,22 @@ scores, the earliest in flat order (group tensor order, then row-major) are prun
 Tensors are treated as ``[out, in, *kernel]`` (Linear and Conv weights); transposed-conv
 weights (``[in, out/groups, *kernel]``) are not reinterpreted, and the compiler rejects N:M
 for them.
+
+Weights may be FSDP2 DTensors (`acdc_recipe.runtime.sharding`): the masks are then this rank's
+local shards of the masks one process would choose from the full weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from math import prod
 
 import torch
 from torch import Tensor
 
 from acdc_recipe.compiler.plan import MaskGroup
+from acdc_recipe.runtime.sharding import Sharding, check_pattern, local_tensors, sharding_of
 from acdc_recipe.runtime.threshold import (
     NonFiniteWeightError,
     check_finite,
@@ -41,15 +46,17 @@ __all__ = [
 def select_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> list[Tensor]:
     """One mask per tensor (aligned with `tensors`), each group pruned by its pattern.
 
-    Usable without a runtime: `select_masks(weights, plan.updates[i][0].groups)`.
+    Usable without a runtime: `select_masks(weights, plan.updates[i][0].groups)`. For DTensor
+    weights (every rank calls it) each mask is shaped like the weight's local shard.
     """
     return select_masks_and_thresholds(tensors, groups)[0]
 
 
 @torch.no_grad()
 def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
-    """Multiply each tensor by its mask in place (one fused `_foreach_mul_`)."""
-    torch._foreach_mul_(list(tensors), list(masks))
+    """Multiply each tensor (a DTensor: its local shard) by its mask in place (one fused
+    `_foreach_mul_`)."""
+    torch._foreach_mul_(local_tensors(tensors), list(masks))
 
 
 def select_masks_and_thresholds(
@@ -58,19 +65,24 @@ def select_masks_and_thresholds(
     """`select_masks`, plus per group the largest pruned |w| of an unstructured group (None
     for other patterns and for groups that prune nothing)."""
     _check_partition(len(tensors), groups)
+    sharding = sharding_of(tensors)
+    tensors = local_tensors(tensors)
     masks: list[Tensor] = [torch.empty(0)] * len(tensors)
     thresholds: list[Tensor | None] = []
     for group in groups:
         threshold = None
         members = [tensors[i] for i in group.indices]
+        shards = None if sharding is None else sharding.subset(group.indices)
+        for i in group.indices if sharding is not None else ():
+            check_pattern(sharding, i, group.pattern, f"tensor {i}")
         try:
             kind, a, b = parse_pattern(group.pattern)
             if kind == "n:m":
-                group_masks = prune_mask_n_m(members, a, b, group.prune)
+                group_masks = prune_mask_n_m(members, a, b, group.prune, shards)
             elif kind == "block":
-                group_masks = prune_mask_block(members, a, b, group.prune)
+                group_masks = prune_mask_block(members, a, b, group.prune, shards)
             else:
-                group_masks, threshold = unstructured_masks(members, group.prune)
+                group_masks, threshold = unstructured_masks(members, group.prune, shards)
         except NonFiniteWeightError:
             raise
         except ValueError as error:
@@ -99,19 +111,23 @@ def _check_partition(count: int, groups: Sequence[MaskGroup]) -> None:
         raise ValueError(f"tensors {missing} belong to no mask group")
 
 
-def prune_mask_n_m(tensors: Sequence[Tensor], n: int, m: int, prune: int) -> list[Tensor]:
+def prune_mask_n_m(
+    tensors: Sequence[Tensor], n: int, m: int, prune: int, sharding: Sharding | None = None
+) -> list[Tensor]:
     """Keep the `n` largest |w| of every `m` consecutive weights along the input-channel axis.
 
     `prune` must be 0 (all kept) or exactly what the pattern removes. Among equal magnitudes in
-    one run of `m`, the earlier input channels are pruned first.
+    one run of `m`, the earlier input channels are pruned first. With `sharding` the tensors
+    are local shards that hold whole runs (`check_pattern`), and `prune` counts all ranks.
     """
-    for tensor in tensors:
-        if tensor.dim() < 2 or tensor.shape[1] % m:
+    shapes = [tuple(t.shape) for t in tensors] if sharding is None else sharding.shapes
+    for shape in shapes:
+        if len(shape) < 2 or shape[1] % m:
             raise ValueError(
-                f"a weight of shape {list(tensor.shape)} has no input-channel axis divisible by "
+                f"a weight of shape {list(shape)} has no input-channel axis divisible by "
                 f"{m}, so it cannot hold the {n}:{m} pattern"
             )
-    implied = sum(t.numel() // m * (m - n) for t in tensors)
+    implied = sum(prod(shape) // m * (m - n) for shape in shapes)
     if prune == 0:
         return [torch.ones_like(t) for t in tensors]
     if prune != implied:
@@ -128,29 +144,39 @@ def prune_mask_n_m(tensors: Sequence[Tensor], n: int, m: int, prune: int) -> lis
     return masks
 
 
-def prune_mask_block(tensors: Sequence[Tensor], rows: int, cols: int, prune: int) -> list[Tensor]:
+def prune_mask_block(
+    tensors: Sequence[Tensor], rows: int, cols: int, prune: int, sharding: Sharding | None = None
+) -> list[Tensor]:
     """Prune the `prune // (rows*cols)` whole blocks with the smallest L1 norm over the group.
 
     Each tensor is viewed as ``[out, in * prod(kernel)]`` and tiled by `rows` x `cols` blocks;
-    blocks are ranked across the group's tensors with ties pruned in flat block order.
+    blocks are ranked across the group's tensors with ties pruned in flat block order. With
+    `sharding` the tensors are dim-0 shards of whole block rows (`check_pattern`).
     """
     size = rows * cols
-    scores = []
-    for tensor in tensors:
-        out, inner = tensor.shape[0], prod(tensor.shape[1:])
+    shapes = [tuple(t.shape) for t in tensors] if sharding is None else sharding.shapes
+    grids = []
+    for shape in shapes:
+        out, inner = shape[0], prod(shape[1:])
         if out % rows or inner % cols:
             raise ValueError(
                 f"a weight viewed as {out}x{inner} is not tiled by {rows}x{cols} blocks"
             )
+        grids.append((out // rows, inner // cols))
+    scores = []
+    for tensor in tensors:
+        out, inner = tensor.shape[0], prod(tensor.shape[1:])
         grid = tensor.detach().reshape(out // rows, rows, inner // cols, cols)
         scores.append(grid.abs().sum(dim=(1, 3), dtype=torch.float64))
-    blocks = sum(s.numel() for s in scores)
+    blocks = sum(prod(grid) for grid in grids)
     if prune % size or not 0 <= prune <= blocks * size:
         raise ValueError(
             f"block:{rows}x{cols} prunes whole blocks of {size}: {prune} is not a multiple of "
             f"{size} in [0, {blocks * size}]"
         )
-    block_masks = prune_mask_unstructured(scores, prune // size)
+    # The block grids split like the rows: one row-major block per rank, in rank order.
+    grid_sharding = None if sharding is None else replace(sharding, shapes=tuple(grids))
+    block_masks = prune_mask_unstructured(scores, prune // size, grid_sharding)
     masks = []
     for tensor, block_mask in zip(tensors, block_masks, strict=True):
         grid_rows, grid_cols = block_mask.shape
@@ -159,10 +185,13 @@ def prune_mask_block(tensors: Sequence[Tensor], rows: int, cols: int, prune: int
     return masks
 
 
-def mask_sparsity(masks: Sequence[Tensor]) -> tuple[float, list[float]]:
-    """Fraction of zero entries: over all masks together, and per mask."""
-    sizes = [m.numel() for m in masks]
-    kept = _to_host([torch.count_nonzero(m) for m in masks])
+def mask_sparsity(
+    masks: Sequence[Tensor], sharding: Sharding | None = None
+) -> tuple[float, list[float]]:
+    """Fraction of zero entries: over all masks together, and per mask (with `sharding`: of
+    the full masks whose local shards these are)."""
+    sizes = _sizes(masks, sharding)
+    kept = _to_host([torch.count_nonzero(m) for m in masks], sharding)
     zeros = [s - k for s, k in zip(sizes, kept, strict=True)]
     per_tensor = [z / s if s else 0.0 for z, s in zip(zeros, sizes, strict=True)]
     total = sum(sizes)
@@ -170,10 +199,10 @@ def mask_sparsity(masks: Sequence[Tensor]) -> tuple[float, list[float]]:
 
 
 def mask_change_fraction(
-    old_masks: Sequence[Tensor], new_masks: Sequence[Tensor]
+    old_masks: Sequence[Tensor], new_masks: Sequence[Tensor], sharding: Sharding | None = None
 ) -> tuple[float, list[float]]:
     """Fraction of entries whose kept/pruned state differs between two lists of 0/1 masks
-    (any dtype, bool included)."""
+    (any dtype, bool included; with `sharding`, local shards of the full masks)."""
     if len(old_masks) != len(new_masks):
         raise ValueError(f"cannot compare {len(old_masks)} masks with {len(new_masks)}")
     flips = []
@@ -181,15 +210,25 @@ def mask_change_fraction(
         if old.shape != new.shape:
             raise ValueError(f"mask {i} changed shape from {list(old.shape)} to {list(new.shape)}")
         flips.append(torch.count_nonzero(torch.ne(new, old)))
-    counts = _to_host(flips)
-    sizes = [m.numel() for m in old_masks]
+    counts = _to_host(flips, sharding)
+    sizes = _sizes(old_masks, sharding)
     per_tensor = [c / s if s else 0.0 for c, s in zip(counts, sizes, strict=True)]
     total = sum(sizes)
     return (sum(counts) / total if total else 0.0), per_tensor
 
 
-def _to_host(counts: Sequence[Tensor]) -> list[int]:
-    """0-dim count tensors as Python ints, read to the host in one transfer."""
+def _sizes(masks: Sequence[Tensor], sharding: Sharding | None) -> list[int]:
+    if sharding is None:
+        return [m.numel() for m in masks]
+    return [sharding.numel(i) for i in range(len(masks))]
+
+
+def _to_host(counts: Sequence[Tensor], sharding: Sharding | None = None) -> list[int]:
+    """0-dim count tensors as Python ints, read to the host in one transfer (summed over the
+    ranks of `sharding` first)."""
     if not counts:
         return []
-    return torch.stack([c.to(counts[0].device) for c in counts]).tolist()
+    stacked = torch.stack([c.to(counts[0].device) for c in counts])
+    if sharding is not None:
+        sharding.sum_(stacked)
+    return stacked.tolist()

@@ -6,7 +6,8 @@ Covers the state torch's SGD, Adam and AdamW keep per parameter: `momentum_buffe
 same way; scalar state other than `step` is left alone.
 
 Everything is in place (`zero_`, `_foreach_mul_`): no tensor is reallocated, so compiled or
-capturable optimizer steps keep pointing at the same storage.
+capturable optimizer steps keep pointing at the same storage. State of FSDP2 parameters
+(DTensors) is read and written as local shards, multiplied by local masks.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from acdc_recipe.runtime.sharding import local_tensor
 from acdc_recipe.schema import DECOMPRESS_POLICIES, DecompressPolicy
 
 MOMENT_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
 def _elementwise_state(optimizer: torch.optim.Optimizer, param: Tensor) -> list[Tensor]:
-    """The per-element state tensors (same shape as `param`) the optimizer keeps for it."""
+    """The per-element state tensors (same shape as `param`) the optimizer keeps for it, as
+    local tensors."""
     state = optimizer.state.get(param, {})
     return [
-        value
+        local_tensor(value)
         for key, value in state.items()
         if key != "step" and isinstance(value, Tensor) and value.shape == param.shape
     ]

@@ -13,12 +13,14 @@ position `s` is the step about to run. Every side effect is a function of `s`:
 
 Dense phases cost one integer comparison per step; sparse phases one fused `_foreach_mul_`
 over the gradients and one over the weights, with no host-device sync. Hooks are registered
-once, so a `torch.compile`d model never sees a change at a phase boundary.
+once, so a `torch.compile`d model never sees a change at a phase boundary. FSDP2 parameters
+are masked as local shards (`acdc_recipe.runtime.sharding`).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,7 +43,7 @@ from acdc_recipe.runtime.events import (
     event_from_dict,
     event_to_dict,
 )
-from acdc_recipe.runtime.mask_sync import verify_masks_identical
+from acdc_recipe.runtime.mask_sync import verify_masks_identical, verify_sharded_masks
 from acdc_recipe.runtime.masks import (
     apply_masks_,
     mask_change_fraction,
@@ -49,6 +51,12 @@ from acdc_recipe.runtime.masks import (
     select_masks_and_thresholds,
 )
 from acdc_recipe.runtime.optimizer_state import reset_optimizer_state_, zero_state_where_pruned_
+from acdc_recipe.runtime.sharding import (
+    live_parameters,
+    local_grads,
+    local_tensors,
+    plan_sharding,
+)
 from acdc_recipe.runtime.threshold import NonFiniteWeightError, check_finite
 from acdc_recipe.timeline import Phase, Timeline
 
@@ -127,7 +135,9 @@ class SparsityRuntime:
         self.timeline = timeline_in_steps(plan.timeline, steps_per_epoch)
         epochs = plan.timeline.unit == "epoch"
         self.steps_per_epoch = int(steps_per_epoch) if epochs else None  # a plain int to save
-        self._parameters: list[Tensor] = list(compiled.parameters)
+        self._parameters: list[Tensor] = live_parameters(compiled, optimizer)
+        compiled = dataclasses.replace(compiled, parameters=self._parameters)
+        self._sharding = plan_sharding(self._parameters, plan)
         self._names = plan.names
         self._companions = _companion_parameters(compiled)
         self._policy = plan.on_decompress
@@ -227,7 +237,7 @@ class SparsityRuntime:
         self.begin_step()
         if self._masks is None:
             return
-        grads = [param.grad for param in self._parameters]
+        grads = local_grads(self._parameters)
         first = (
             grads[0] if grads[0] is not None else next((g for g in grads if g is not None), None)
         )
@@ -249,9 +259,13 @@ class SparsityRuntime:
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._masks is not None:
             with torch.no_grad():
-                torch._foreach_mul_(self._parameters, self._masks)
+                torch._foreach_mul_(self._local_weights(), self._masks)
         self._step += 1
         self._masked_grad = None
+
+    def _local_weights(self) -> list[Tensor]:
+        """The prunable weights as this rank's local shards (themselves when not sharded)."""
+        return self._parameters if self._sharding is None else local_tensors(self._parameters)
 
     # -- phase actions (rare) --------------------------------------------------------------
     def _emit(self, event: RuntimeEvent) -> None:
@@ -305,28 +319,32 @@ class SparsityRuntime:
         ]
         companions, companion_names = self._companions
         check_finite(
-            [weights[i] for i in others] + companions,
+            local_tensors([weights[i] for i in others] + companions),
             [self._names[i] for i in others] + companion_names,
+            across=self._sharding,
         )
         start = time.perf_counter()
         try:
             masks, thresholds = select_masks_and_thresholds(weights, groups)
-        except NonFiniteWeightError:
-            check_finite(weights, self._names)  # raises the same error, naming the layer
+        except NonFiniteWeightError:  # raises the same error, naming the layer
+            check_finite(local_tensors(weights), self._names, across=self._sharding)
             raise
         threshold = _pool_threshold(groups, thresholds)
         seconds = time.perf_counter() - start
-        verify_masks_identical(masks, self._names)
+        if self._sharding is None:
+            verify_masks_identical(masks, self._names)
+        else:
+            verify_sharded_masks(masks, self._names, groups, thresholds, self._sharding)
         previous = self._previous if self._masks is None else self._masks
         changed, per_layer_changed = None, None
         if previous is not None:
-            changed, per_changed = mask_change_fraction(previous, masks)
+            changed, per_changed = mask_change_fraction(previous, masks, self._sharding)
             per_layer_changed = dict(zip(self._names, per_changed, strict=True))
         apply_masks_(weights, masks)
         zero_state_where_pruned_(self.optimizer, self._parameters, masks)
         self._masks, self._mask_view, self._previous = masks, tuple(masks), None
         self._target = target
-        achieved, per_layer = mask_sparsity(masks)
+        achieved, per_layer = mask_sparsity(masks, self._sharding)
         self._emit(
             MasksComputed(
                 step,
@@ -347,7 +365,8 @@ class SparsityRuntime:
 
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: step, masks (bool, CPU), history, recipe hash."""
+        """Everything needed to continue exactly: step, masks (bool, CPU; under FSDP2 this
+        rank's shards), history, recipe hash."""
         return {
             "format_version": FORMAT_VERSION,
             "recipe_hash": self.plan.recipe_hash,
@@ -403,7 +422,8 @@ class SparsityRuntime:
                 f"{len(self._parameters)} prunable parameters; was the model changed?"
             )
         restored = []
-        for name, mask, param in zip(self._names, saved, self._parameters, strict=True):
+        local = local_tensors(self._parameters)
+        for name, mask, param in zip(self._names, saved, local, strict=True):
             if tuple(mask.shape) != tuple(param.shape):
                 raise RuntimeStateError(
                     f"the checkpoint's mask for {name} has shape {tuple(mask.shape)}, the "

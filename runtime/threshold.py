@@ -8,8 +8,10 @@ is O(chunk) plus the candidates that share the answer's top 15 bits (flushed int
 when they exceed a budget). float16/bfloat16 need one digit, float32 two, float64 four; the
 weights are read twice on CPU (later digits come from the gathered candidates, unless they
 exceed the budget) and once per digit on GPU; each digit reads its histogram once on the host.
-Every histogram is a sum of per-chunk ones, so sharded weights need one small all-reduce per
-digit to select over all shards.
+Every histogram is a sum of per-chunk ones, so sharded weights (`Sharding`: each rank holds
+one row-major block of every tensor) need one all-reduce per digit, of 2^15 or 2^16 counts
+whatever the number of weights, to select over all shards; ties are then broken on the full
+tensors' flat order from one more sum, of the per-rank tie counts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from acdc_recipe.runtime.sharding import Sharding
 
 _INT_VIEW = {
     torch.float16: torch.int16,
@@ -53,19 +57,28 @@ class Selection:
     equal_by_tensor: tuple[int, ...] | None = None  # `equal` split by tensor, when known
 
 
-def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
+def check_finite(
+    tensors: Sequence[Tensor], names: Sequence[str], across: Sharding | None = None
+) -> None:
     """Raise `NonFiniteWeightError` naming the first tensor that holds NaN or inf.
 
-    One max-|w| reduction per tensor (fused on GPU) and a single host read.
+    One max-|w| reduction per tensor (fused on GPU) and a single host read. With `across`, the
+    tensors are local shards and the verdicts are summed over its ranks, so every rank raises
+    the same error (none is left waiting in a collective).
     """
-    present = [(t.detach(), name) for t, name in zip(tensors, names, strict=True) if t.numel()]
-    if not present:
+    present = [i for i, t in enumerate(tensors) if t.numel()]
+    if not tensors or (not present and across is None):
         return
-    peaks = torch._foreach_norm([t for t, _ in present], float("inf"))
-    device = peaks[0].device
-    finite = torch.isfinite(torch.stack([p.float().to(device) for p in peaks])).tolist()
-    for (_, name), ok in zip(present, finite, strict=True):
-        if not ok:
+    device = tensors[present[0] if present else 0].device
+    bad = torch.zeros(len(tensors), dtype=torch.int64, device=device)
+    if present:
+        peaks = torch._foreach_norm([tensors[i].detach() for i in present], float("inf"))
+        finite = torch.isfinite(torch.stack([p.float().to(device) for p in peaks]))
+        bad[present] = (~finite).long()
+    if across is not None:
+        across.sum_(bad)
+    for name, count in zip(names, bad.tolist(), strict=True):
+        if count:
             raise NonFiniteWeightError(
                 f"parameter '{name}' contains NaN or infinite values, so no mask can be chosen "
                 "from it; the run diverged before this mask computation (lower the learning "
@@ -85,41 +98,55 @@ def key_to_value(key: int, dtype: torch.dtype, device: torch.device | str = "cpu
     return torch.tensor(key, dtype=_int_view(dtype), device=device).view(dtype)
 
 
-def kth_smallest_magnitude(tensors: Sequence[Tensor], k: int) -> Tensor:
-    """The k-th smallest |w| (1-based, ties counted) over the concatenation of `tensors`.
+def kth_smallest_magnitude(
+    tensors: Sequence[Tensor], k: int, sharding: Sharding | None = None
+) -> Tensor:
+    """The k-th smallest |w| (1-based, ties counted) over the concatenation of `tensors`
+    (with `sharding`: of the full tensors whose local shards they are).
 
     Equals `torch.kthvalue(cat(|w|), k).values` as a 0-dim tensor in the inputs' dtype, on their
     device. Inputs must be finite (see `check_finite`) and share one floating dtype and device.
     """
-    dtype, device, total = _validate(tensors)
+    dtype, device, total = _validate(tensors, sharding)
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}] for {total} weights, got {k}")
-    return key_to_value(select_magnitude_key(tensors, k).key, dtype, device)
+    return key_to_value(select_magnitude_key(tensors, k, sharding).key, dtype, device)
 
 
-def prune_mask_unstructured(tensors: Sequence[Tensor], prune: int) -> list[Tensor]:
+def prune_mask_unstructured(
+    tensors: Sequence[Tensor], prune: int, sharding: Sharding | None = None
+) -> list[Tensor]:
     """Masks (tensor dtype and device) with exactly `prune` zeros over all `tensors` together.
 
     Every |w| below the threshold is pruned; among entries equal to it, the earliest in flat
     order (tensor order, then row-major) are pruned until the count is exact. The selection is
     on the integer keys, and so is every comparison against a denormal threshold, so
-    flush-to-zero modes cannot blur denormals.
+    flush-to-zero modes cannot blur denormals. With `sharding` the tensors are this rank's
+    shards, the count and the flat order are those of the full tensors, and every rank gets the
+    masks of its shards of what one process would choose from the full tensors.
     """
-    return unstructured_masks(tensors, prune)[0]
+    return unstructured_masks(tensors, prune, sharding)[0]
 
 
-def unstructured_masks(tensors: Sequence[Tensor], prune: int) -> tuple[list[Tensor], Tensor | None]:
+def unstructured_masks(
+    tensors: Sequence[Tensor], prune: int, sharding: Sharding | None = None
+) -> tuple[list[Tensor], Tensor | None]:
     """`prune_mask_unstructured` and the threshold it used: the largest pruned |w| (0-dim, in
     the input dtype), or None when nothing is pruned."""
-    dtype, device, total = _validate(tensors)
+    dtype, device, total = _validate(tensors, sharding)
     if not 0 <= prune <= total:
         raise ValueError(f"cannot prune {prune} of {total} weights (must be in [0, {total}])")
     if prune == 0:
         return [torch.ones_like(t) for t in tensors], None
     if prune == total:  # the largest key, not a float max: flush-to-zero would blur denormals
-        largest = torch.stack([magnitude_keys(t).max() for t in tensors if t.numel()]).max()
+        largest = torch.stack(
+            [magnitude_keys(t).max().long() for t in tensors if t.numel()]
+            + [torch.tensor(-1, device=device)]
+        ).max()
+        if sharding is not None:
+            sharding.max_(largest)
         return [torch.zeros_like(t) for t in tensors], key_to_value(int(largest), dtype, device)
-    sel = select_magnitude_key(tensors, prune)
+    sel = select_magnitude_key(tensors, prune, sharding)
     threshold = key_to_value(sel.key, dtype, device)
     ties_to_prune = prune - sel.below
     if ties_to_prune == sel.equal:
@@ -128,20 +155,38 @@ def unstructured_masks(tensors: Sequence[Tensor], prune: int) -> tuple[list[Tens
     if tie_counts is None:
         tie_counts = torch.stack([(magnitude_keys(t) == sel.key).sum() for t in tensors]).tolist()
     masks = []
-    for tensor, ties in zip(tensors, tie_counts, strict=True):
-        if ties_to_prune >= ties:
+    quotas = _tie_quotas(tie_counts, ties_to_prune, sharding, device)
+    for tensor, ties, quota in zip(tensors, tie_counts, quotas, strict=True):
+        if quota == ties:
             masks.append(_above(tensor, sel.key, threshold, inclusive=False))
-            ties_to_prune -= ties
-        elif ties_to_prune == 0:
+        elif quota == 0:
             masks.append(_above(tensor, sel.key, threshold, inclusive=True))
         else:
             keys = magnitude_keys(tensor)
             equal = (keys == sel.key).reshape(-1)
             rank = equal.cumsum(0, dtype=torch.int32 if equal.numel() < 2**31 else torch.int64)
-            pruned_tie = (equal & (rank <= ties_to_prune)).view(keys.shape)
+            pruned_tie = (equal & (rank <= quota)).view(keys.shape)
             masks.append(((keys >= sel.key) & ~pruned_tie).to(tensor.dtype))
-            ties_to_prune = 0
     return masks, threshold
+
+
+def _tie_quotas(
+    ties: Sequence[int], to_prune: int, sharding: Sharding | None, device: torch.device
+) -> list[int]:
+    """How many of each local tensor's ties to prune: the `to_prune` earliest in the full flat
+    order, where tensor `i`'s block on this rank follows every rank's ties in earlier tensors
+    and the lower ranks' ties in tensor `i` (one sum of the per-rank counts)."""
+    if sharding is None:
+        table, rank = [list(ties)], 0
+    else:
+        local = torch.tensor(list(ties), dtype=torch.int64, device=device)
+        table = sharding.by_rank(local).tolist()
+        rank = sharding.rank
+    quotas = []
+    for i, count in enumerate(ties):
+        before = sum(sum(row[:i]) for row in table) + sum(row[i] for row in table[:rank])
+        quotas.append(min(max(to_prune - before, 0), count))
+    return quotas
 
 
 def _above(tensor: Tensor, key: int, threshold: Tensor, inclusive: bool) -> Tensor:
@@ -163,12 +208,17 @@ def _smallest_normal_key(dtype: torch.dtype) -> int:
     return int(magnitude_keys(tiny))
 
 
-def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
-    """Radix select of the k-th smallest (1-based) magnitude key over `tensors`."""
+def select_magnitude_key(
+    tensors: Sequence[Tensor], k: int, sharding: Sharding | None = None
+) -> Selection:
+    """Radix select of the k-th smallest (1-based) magnitude key over `tensors` (with
+    `sharding`: over all ranks' shards; `below` and `equal` count all ranks, `equal_by_tensor`
+    this rank's)."""
     width = torch.iinfo(_int_view(tensors[0].dtype)).bits
     compact = not _sync_free(tensors[0].device)
     scratch = _Scratch(tensors)
-    hist = _top_word_histogram(tensors, scratch)
+    summed = sharding.sum_ if sharding is not None else (lambda hist: hist)
+    hist = summed(_top_word_histogram(tensors, scratch))
     if bool(hist[_NON_FINITE_TOP_WORD[tensors[0].dtype] :].any()):  # free with the first pass
         raise NonFiniteWeightError(
             "the weights contain NaN or infinite values, so no magnitude threshold exists"
@@ -186,6 +236,7 @@ def select_magnitude_key(tensors: Sequence[Tensor], k: int) -> Selection:
             hist = _histogram((candidates >> shift) & 0xFFFF, 1 << _DIGIT_BITS)
         else:
             hist = _streamed_digit_histogram(tensors, prefix, shift, compact, scratch)
+        hist = summed(hist)
         digit, below_in_digit, count = _pick(hist, rank)
         below += below_in_digit
         rank -= below_in_digit
@@ -206,9 +257,13 @@ def _int_view(dtype: torch.dtype) -> torch.dtype:
     return _INT_VIEW[dtype]
 
 
-def _validate(tensors: Sequence[Tensor]) -> tuple[torch.dtype, torch.device, int]:
+def _validate(
+    tensors: Sequence[Tensor], sharding: Sharding | None = None
+) -> tuple[torch.dtype, torch.device, int]:
     if not tensors:
         raise ValueError("magnitude selection needs at least one tensor")
+    if sharding is not None and len(sharding.shapes) != len(tensors):
+        raise ValueError(f"{len(tensors)} local shards for {len(sharding.shapes)} tensors")
     dtype, device = tensors[0].dtype, tensors[0].device
     _int_view(dtype)
     for i, t in enumerate(tensors):
@@ -217,7 +272,8 @@ def _validate(tensors: Sequence[Tensor]) -> tuple[torch.dtype, torch.device, int
                 f"tensors in one selection must share dtype and device: tensor 0 is "
                 f"{dtype} on {device}, tensor {i} is {t.dtype} on {t.device}"
             )
-    return dtype, device, sum(t.numel() for t in tensors)
+    total = sharding.total if sharding is not None else sum(t.numel() for t in tensors)
+    return dtype, device, total
 
 
 def _chunks(tensors: Sequence[Tensor]):

@@ -6,7 +6,7 @@ sha256 goes beside it, in `sha256sum` format (`checkpoint-<step>.pt.sha256`, so
 `sha256sum -c` checks it too). Reading verifies the digest before `torch.load` sees a byte, so
 a file damaged anywhere (torch does not check the zip's CRCs) is refused by name, and resuming
 takes the newest checkpoint that verifies, loads and belongs to this recipe. The newest two
-are kept.
+are kept. Runs sharded with FSDP2 write checkpoint folders instead (`sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,19 @@ FORMAT = "acdc-recipe-checkpoint"
 FORMAT_VERSION = 2
 KEEP = 2
 _NAME = re.compile(r"^checkpoint-(\d{9})\.pt$")
+_ANY_NAME = re.compile(r"^checkpoint-(\d{9})(\.pt)?$")  # a file, or an FSDP2 run's folder
 
 
 class CheckpointError(UserError, ValueError):
     """No usable checkpoint; the message lists each candidate and why it was refused."""
+
+
+def rename_into_place(temporary: Path, final: Path) -> None:
+    """Rename a completed checkpoint folder into place (replacing a refused one of that step)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    files.fsync_directory(final.parent)
 
 
 def rng_state() -> dict[str, Any]:
@@ -136,24 +147,29 @@ def verified_bytes(path: Path) -> bytes:
 
 def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
     """Verify, load and validate one checkpoint; raise `CheckpointError` saying what is wrong."""
-    data = verified_bytes(path)
+    return checked_payload(verified_bytes(path), path.name, recipe_hash)
+
+
+def checked_payload(data: bytes, name: str, recipe_hash: str) -> dict[str, Any]:
+    """Load verified checkpoint bytes (`weights_only=True`) and check that they are a
+    checkpoint of this format and recipe; `name` is what errors call the file."""
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - verified bytes that torch cannot read: not ours
         raise CheckpointError(
-            f"{path.name} is not an acdc-recipe checkpoint (its digest matches, but it does not "
+            f"{name} is not an acdc-recipe checkpoint (its digest matches, but it does not "
             "hold the tensors and plain values a checkpoint holds)"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path.name} is not an acdc-recipe checkpoint")
+        raise CheckpointError(f"{name} is not an acdc-recipe checkpoint")
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path.name} has checkpoint format version {state.get('format_version')!r}, "
+            f"{name} has checkpoint format version {state.get('format_version')!r}, "
             f"this version reads {FORMAT_VERSION}"
         )
     if state.get("recipe_hash") != recipe_hash:
         raise CheckpointError(
-            f"{path.name} was written for a different recipe (hash {state.get('recipe_hash')}, "
+            f"{name} was written for a different recipe (hash {state.get('recipe_hash')}, "
             f"this recipe's is {recipe_hash}); resume with the original recipe and --set values"
         )
     return state

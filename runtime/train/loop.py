@@ -7,7 +7,9 @@ schedule and leaves a run directory with the dense and sparse models, metrics an
 
 from __future__ import annotations
 
+import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,9 @@ from torch.nn import functional as F
 
 from acdc_recipe.compiler.tracing import unwrap
 from acdc_recipe.runtime.events import emptied_layers_note
+from acdc_recipe.runtime.sharding import is_sharded, local_tensors
 from acdc_recipe.runtime.threshold import NonFiniteWeightError, check_finite
+from acdc_recipe.runtime.train import fsdp
 from acdc_recipe.runtime.train.data import EpochSampler, augment_batch, make_loader
 from acdc_recipe.runtime.train.distributed import (
     all_reduce_min,
@@ -201,12 +205,16 @@ def _stop_if_diverged(session: TrainingSession, loss: torch.Tensor, epoch: int) 
 
 
 def _checkpoint(session: TrainingSession, epoch: int) -> str | None:
-    """Write a checkpoint of this step, after checking nothing in it is NaN or infinite."""
+    """Write a checkpoint of this step, after checking nothing in it is NaN or infinite (on
+    any rank: each checks what it holds)."""
     names, tensors = zip(*session.model.state_dict().items(), strict=True)
     floating = [(n, t) for n, t in zip(names, tensors, strict=True) if t.is_floating_point()]
     try:
-        check_finite([t for _, t in floating], [n for n, _ in floating])
+        check_finite(local_tensors([t for _, t in floating]), [n for n, _ in floating])
+        finite = torch.ones((), device=session.device)
     except NonFiniteWeightError:
+        finite = torch.zeros((), device=session.device)
+    if not bool(all_reduce_min(finite, session.context)):
         step = session.runtime.step
         session.emit(RunDiverged(step, None, session.last_checkpoint))
         raise TrainingDiverged(step, epoch, None, session.last_checkpoint) from None
@@ -222,10 +230,27 @@ def _interrupted(session: TrainingSession, stop: StopRequest, checkpoint: str | 
 
 def _val_batches(session: TrainingSession) -> Any:
     size, batch = len(session.data.val), session.spec.eval_batch_size
-    mine = list(range(session.context.rank, size, session.context.world_size))
-    return make_loader(
+    world = session.context.world_size
+    mine = list(range(session.context.rank, size, world))
+    loader = make_loader(
         session.data.val, [mine[i : i + batch] for i in range(0, len(mine), batch)], 0
     )
+    if not session.sharded:
+        return loader
+    return _padded(loader, math.ceil(math.ceil(size / world) / batch), session)
+
+
+def _padded(batches: Any, count: int, session: TrainingSession) -> Any:
+    """`batches`, then empty ones up to `count`: every forward of a sharded model gathers its
+    shards from all ranks, so every rank must run as many."""
+    done = 0
+    for batch in batches:
+        done += 1
+        yield batch
+    inputs, label = session.data.val[0]
+    empty = (torch.as_tensor(inputs).unsqueeze(0)[:0], torch.as_tensor(label).reshape(1)[:0])
+    for _ in range(count - done):
+        yield empty
 
 
 def _sync_buffers(session: TrainingSession) -> None:
@@ -246,30 +271,50 @@ def _evaluate(session: TrainingSession) -> tuple[float, float]:
     return loss / max(count, 1), correct / max(count, 1)
 
 
+def _write_models(
+    session: TrainingSession, final_state: dict[str, torch.Tensor], ends_sparse: bool
+) -> None:
+    """dense.safetensors and sparse.safetensors, from rank 0. A sharded run gathers its final
+    model here, once; its dense model, when it ends sparse, was gathered and written at the
+    dense snapshot."""
+    if session.sharded:
+        final_state = fsdp.gather_on_rank0(session.model)
+    if not session.context.is_main:
+        return
+    if not ends_sparse:
+        save_model(session, "dense.safetensors", final_state)
+        return
+    if session.dense_state is not None and not session.sharded:
+        save_model(session, "dense.safetensors", session.dense_state)
+    save_model(session, "sparse.safetensors", final_state)
+
+
 def _finish(session: TrainingSession, started: float) -> RunSummary:
     timeline, notes = session.runtime.timeline, list(session.notes)
     names = session.compiled.plan.names
     _sync_buffers(session)
     state = session.model.state_dict()
-    verify_replicas(list(state.values()), list(state), session.context)
-    final_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    replicas = {k: v for k, v in state.items() if not is_sharded(v)}  # FSDP2: the buffers
+    verify_replicas(list(replicas.values()), list(replicas), session.context)
+    if session.sharded:
+        final_state, load = fsdp.snapshot(session.model), partial(fsdp.load_snapshot, session.model)
+    else:
+        final_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        load = session.model.load_state_dict
     ends_sparse = bool(timeline.phases) and timeline.phases[-1].kind != "dense"
     final_loss, final_top1 = _evaluate(session)
     dense_loss = dense_top1 = None
     if not ends_sparse:
         session.dense_state, dense_loss, dense_top1 = final_state, final_loss, final_top1
     elif session.dense_state is not None:
-        session.model.load_state_dict(session.dense_state)
+        load(session.dense_state)
         dense_loss, dense_top1 = _evaluate(session)
-        session.model.load_state_dict(final_state)
+        load(final_state)
     achieved, per_layer = exact_sparsity(names, session.compiled.parameters)
     if emptied := emptied_layers(per_layer):
         notes.append(emptied_layers_note(emptied))
+    _write_models(session, final_state, ends_sparse)
     main = session.context.is_main
-    if main and session.dense_state is not None:
-        save_model(session, "dense.safetensors", session.dense_state)
-    if main and ends_sparse:
-        save_model(session, "sparse.safetensors", final_state)
     multipliers = session.flops.multipliers()
     summary = RunSummary(
         recipe=session.recipe.name,

@@ -4,6 +4,8 @@ A run resumed from any checkpoint ends bitwise equal to an uninterrupted one (sa
 machine and thread count): shuffling and augmentation are pure functions of (seed, epoch,
 batch), and everything else that moves is here. A resume may change the `RESUMABLE_KEYS`
 (the learning rate, its schedule, clipping, ...); the changes are recorded as a note.
+A sharded (FSDP2) run saves the same parts into a checkpoint folder: the DTensors in them
+through torch.distributed.checkpoint, the rest per rank (`sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from acdc_recipe.loading import dump_recipe
 from acdc_recipe.runtime.train import checkpoint as ckpt
+from acdc_recipe.runtime.train import sharded_checkpoint as sharded_ckpt
 from acdc_recipe.runtime.train.records import CheckpointWritten
 from acdc_recipe.runtime.train.session import TrainingSession
 
@@ -69,21 +72,33 @@ CHECKPOINT_CONTENTS: tuple[Part, ...] = (
 
 
 def write_checkpoint(session: TrainingSession) -> str | None:
-    """Write the checkpoint for the current step (rank 0); its file name, or None elsewhere."""
-    step = session.runtime.step
-    if not session.context.is_main:
+    """Write the checkpoint for the current step (rank 0 alone, or every rank of a sharded
+    run); its file or folder name, or None on the ranks that wrote nothing."""
+    step, recipe_hash = session.runtime.step, session.compiled.recipe_hash
+    if not (session.context.is_main or session.sharded):
         return None
     state = {part.key: part.save(session) for part in CHECKPOINT_CONTENTS}
-    path = ckpt.save_checkpoint(session.run_dir, step, state, session.compiled.recipe_hash)
+    if session.sharded:
+        path = sharded_ckpt.save_checkpoint(
+            session.run_dir, step, state, recipe_hash, session.context
+        )
+    else:
+        path = ckpt.save_checkpoint(session.run_dir, step, state, recipe_hash)
     session.last_checkpoint = path.name
     session.emit(CheckpointWritten(step, path.name))
     return path.name
 
 
-def restore(session: TrainingSession, loaded: ckpt.LoadedCheckpoint) -> None:
+def restore(
+    session: TrainingSession, loaded: ckpt.LoadedCheckpoint | sharded_ckpt.ShardedCheckpoint
+) -> None:
     """Put every part of a checkpoint back, then apply this recipe's learning rate."""
+    state = loaded.state
+    if isinstance(loaded, sharded_ckpt.ShardedCheckpoint):
+        templates = {part.key: part.save(session) for part in CHECKPOINT_CONTENTS}
+        state = sharded_ckpt.load_state(loaded, templates)
     for part in CHECKPOINT_CONTENTS:
-        part.restore(session, loaded.state[part.key])
+        part.restore(session, state[part.key])
     apply_learning_rate(session)
     session.resumed_from = int(loaded.state["step"])
     session.last_checkpoint = loaded.path.name

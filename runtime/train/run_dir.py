@@ -13,6 +13,7 @@ from pathlib import Path
 from acdc_recipe.errors import UserError
 from acdc_recipe.files import refuse_to_replace_recipe
 from acdc_recipe.runtime.train import checkpoint as ckpt
+from acdc_recipe.runtime.train import sharded_checkpoint as sharded_ckpt
 
 # Everything `acdc run` and `acdc report` write into a run directory, beside the checkpoints
 # and recipe.yaml (which alone is not a run: `acdc compile -o` writes one too).
@@ -38,6 +39,7 @@ def outputs(run_dir: Path) -> list[Path]:
         return []
     found = list(ckpt.list_checkpoints(run_dir))
     found += [ckpt.digest_path(p) for p in found if ckpt.digest_path(p).exists()]
+    found += sharded_ckpt.list_checkpoints(run_dir)
     return found + [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
 
 
@@ -78,7 +80,7 @@ def restart_unstarted(run_dir: Path, resolved: str) -> str:
             state = "is not a folder"
         raise RunDirectoryError(
             f"nothing to resume: {run_dir} {state}; --resume expects a run directory written by "
-            "`acdc run` (checkpoint-*.pt files); start the run without --resume"
+            "`acdc run` (checkpoint-*.pt files or folders); start the run without --resume"
         )
     recipe = run_dir / "recipe.yaml"
     written = recipe.read_text(encoding="utf-8", errors="replace") if recipe.is_file() else None

@@ -114,13 +114,18 @@ class TrainingSession:
     sinks: list[Sink] = field(default_factory=list)
     resumed_from: int | None = None
     notes: list[str] = field(default_factory=list)  # for the summary, one sentence each
-    dense_state: dict[str, torch.Tensor] | None = None
+    dense_state: dict[str, torch.Tensor] | None = None  # sharded runs: this rank's shards
     last_checkpoint: str | None = None
 
     @property
     def spec(self) -> TrainSpec:
         assert self.recipe.train is not None  # prepare() refuses recipes without one
         return self.recipe.train
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters, gradients and optimizer state sharded over the processes (FSDP2)."""
+        return self.context.enabled and self.spec.distributed == "fsdp"
 
     @property
     def autocast(self) -> bool:

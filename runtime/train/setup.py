@@ -1,8 +1,9 @@
 """Setting up a run, one `_setup_*` step at a time; `prepare()` calls them in order.
 
-distributed context and device -> seed -> data -> model and compiled recipe -> run length ->
-optimizer and LR schedule -> runtime -> the network the loop calls -> run directory (resume or
-start fresh) -> sinks -> the runtime's events. The loop that drives the session is `loop.py`.
+distributed context and device -> seed -> data -> model and compiled recipe -> FSDP2 shards
+(`train.distributed: fsdp`) -> run length -> optimizer and LR schedule -> runtime -> the
+network the loop calls -> run directory (resume or start fresh) -> sinks -> the runtime's
+events. The loop that drives the session is `loop.py`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from acdc_recipe.errors import RecipeError
 from acdc_recipe.files import default_run_dir, write_text_atomic
 from acdc_recipe.loading import dump_recipe, load_recipe_text
 from acdc_recipe.runtime import DenseSnapshot, MasksComputed, PhaseStarted, RuntimeEvent, attach
+from acdc_recipe.runtime.sharding import rebind
 from acdc_recipe.runtime.train import checkpoint as ckpt
+from acdc_recipe.runtime.train import fsdp
 from acdc_recipe.runtime.train import run_dir as runs
+from acdc_recipe.runtime.train import sharded_checkpoint as sharded_ckpt
 from acdc_recipe.runtime.train.data import DataBundle, batches_per_epoch, load_data
 from acdc_recipe.runtime.train.distributed import (
     DistContext,
@@ -57,15 +61,21 @@ def prepare(recipe: Recipe, out_dir: str | Path | None = None, **options: Any) -
     _seed_everything(spec.seed)
     data = load_data(spec.data)
     model, compiled = _setup_model(recipe, data, target)
+    sharded = spec.distributed == "fsdp" and context.enabled
+    if sharded:
+        fsdp.shard_model(model)
+        compiled = rebind(compiled, model)
     length = _setup_length(compiled, data, spec, context)
     optimizer, lr_schedule = _setup_optimizer(model, spec, length)
+    if sharded and run.resume and sharded_ckpt.list_checkpoints(run_dir):
+        sharded_ckpt.create_optimizer_state(optimizer)  # before the runtime counts steps
     session = TrainingSession(
         recipe=recipe,
         run_dir=run_dir,
         device=target,
         context=context,
         model=model,
-        network=_setup_network(compiled, spec, context, target),
+        network=_setup_network(compiled, model, spec, context, target),
         compiled=compiled,
         runtime=attach(compiled, optimizer, steps_per_epoch=length.steps_per_epoch),
         optimizer=optimizer,
@@ -173,10 +183,18 @@ def _setup_optimizer(
 
 
 def _setup_network(
-    compiled: CompiledRecipe, spec: TrainSpec, context: DistContext, device: torch.device
+    compiled: CompiledRecipe,
+    model: nn.Module,
+    spec: TrainSpec,
+    context: DistContext,
+    device: torch.device,
 ) -> nn.Module:
+    """What the loop calls: the compiled module (in DDP with several processes), or under
+    FSDP2 the sharded model itself (its modules carry the shards' gather hooks)."""
     network = compiled.module
-    if context.enabled:
+    if context.enabled and spec.distributed == "fsdp":
+        network = model
+    elif context.enabled:
         ids = [device.index] if device.type == "cuda" else None
         network = nn.parallel.DistributedDataParallel(network, device_ids=ids)
     if spec.compile:
@@ -192,9 +210,14 @@ def _setup_run_dir(session: TrainingSession, resume: bool, overwrite: bool) -> N
         if main and (removed := runs.start_fresh(run_dir, overwrite, resolved)):
             session.notes.append(f"started fresh (--overwrite): removed {', '.join(removed)}")
         return
-    if ckpt.list_checkpoints(run_dir):
+    if ckpt.list_checkpoints(run_dir) or sharded_ckpt.list_checkpoints(run_dir):
         _refuse_changes_a_resume_cannot_carry(session)
-    loaded = ckpt.load_latest(run_dir, session.compiled.recipe_hash)
+    if session.sharded:
+        loaded = sharded_ckpt.load_latest(run_dir, session.compiled.recipe_hash, session.context)
+    else:
+        if not ckpt.list_checkpoints(run_dir):
+            sharded_ckpt.refuse_unsharded_resume(run_dir, session.context.world_size)
+        loaded = ckpt.load_latest(run_dir, session.compiled.recipe_hash)
     if loaded is None:
         if main:
             session.notes.append(runs.restart_unstarted(run_dir, resolved))
@@ -204,7 +227,9 @@ def _setup_run_dir(session: TrainingSession, resume: bool, overwrite: bool) -> N
     restore(session, loaded)
     _note_resumed_changes(session, loaded.state["recipe"])
     dense_path = run_dir / "dense.safetensors"
-    if dense_path.exists():
+    if dense_path.exists() and session.sharded:
+        session.dense_state = fsdp.read_snapshot(dense_path, session.model)
+    elif dense_path.exists():
         session.dense_state = ckpt.load_safetensors(dense_path)
 
 
@@ -264,7 +289,14 @@ def _on_runtime_event(session: TrainingSession, event: RuntimeEvent) -> None:
 
 def capture_dense(session: TrainingSession) -> None:
     """Keep the dense half of the pair: the weights at the end of the last dense phase, before
-    the next forward pass moves the batch-norm statistics (the event comes before it)."""
+    the next forward pass moves the batch-norm statistics (the event comes before it). A
+    sharded run keeps each rank's shards and gathers the dense model once, on rank 0, now."""
+    if session.sharded:
+        session.dense_state = fsdp.snapshot(session.model)
+        full = fsdp.gather_on_rank0(session.model)
+        if session.context.is_main:
+            save_model(session, "dense.safetensors", full)
+        return
     state = session.model.state_dict()
     session.dense_state = {k: v.detach().cpu().clone() for k, v in state.items()}
     if session.context.is_main:

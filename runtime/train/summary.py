@@ -13,16 +13,17 @@ import torch
 from torch import Tensor
 
 from acdc_recipe.files import write_text_atomic
+from acdc_recipe.runtime.masks import mask_sparsity
+from acdc_recipe.runtime.sharding import local_tensors, sharding_of
 
 
 def exact_sparsity(
     names: Sequence[str], weights: Sequence[Tensor]
 ) -> tuple[float, dict[str, float]]:
-    """Fraction of exactly-zero entries over all prunable weights, and per parameter."""
-    zeros = [int((w.detach() == 0).sum()) for w in weights]
-    total = sum(w.numel() for w in weights)
-    per_layer = {n: z / w.numel() for n, z, w in zip(names, zeros, weights, strict=True)}
-    return (sum(zeros) / total if total else 0.0), per_layer
+    """Fraction of exactly-zero entries over all prunable weights, and per parameter (of the
+    full weights when they are FSDP2 shards: every rank calls it)."""
+    overall, per_layer = mask_sparsity(local_tensors(weights), sharding_of(weights))
+    return overall, dict(zip(names, per_layer, strict=True))
 
 
 @dataclass(frozen=True)

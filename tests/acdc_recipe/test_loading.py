@@ -79,7 +79,10 @@ def test_yaml_syntax_and_duplicate_keys_and_non_mappings():
     assert "found a list" in problems("- 1\n- 2\n")[0].message
     assert "empty file" in problems("")[0].message
     (problem,) = problems("name: x\n\x1f\n")  # YAML refuses control characters
-    assert "the character #x001f is not allowed in a recipe" in problem.message and "\n" not in problem.message
+    assert (
+        "the character #x001f is not allowed in a recipe" in problem.message
+        and "\n" not in problem.message
+    )
 
 
 def test_schedule_errors_point_at_the_schedule():
