@@ -3,9 +3,9 @@
 Every mask is in its weight's dtype and on its device (so the runtime can `_foreach_mul_` with
 it), has exactly `group.prune` zeros per group, and breaks ties by position: among equal
 scores, the earliest in flat order (group tensor order, then row-major) are pruned first.
-Tensors are treated as ``[out, in, *kernel]`` (Linear and Conv weights); transposed-conv
-weights (``[in, out/groups, *kernel]``) are not reinterpreted, and the compiler rejects N:M
-for them.
+N:M and block patterns read each tensor as ``[out, in, *kernel]``: its input axis (the plan's
+`PrunableParam.input_axis`, 1 for Linear and Conv weights, 0 for transformers' Conv1D) is
+moved to position 1 first, and the mask is moved back.
 """
 
 from __future__ import annotations
@@ -38,12 +38,17 @@ __all__ = [
 ]
 
 
-def select_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> list[Tensor]:
+def select_masks(
+    tensors: Sequence[Tensor],
+    groups: Sequence[MaskGroup],
+    input_axes: Sequence[int] | None = None,
+) -> list[Tensor]:
     """One mask per tensor (aligned with `tensors`), each group pruned by its pattern.
 
-    Usable without a runtime: `select_masks(weights, plan.updates[i][0].groups)`.
+    Usable without a runtime: `select_masks(weights, plan.updates[i][0].groups,
+    [p.input_axis for p in plan.params])`; `input_axes` defaults to 1 for every tensor.
     """
-    return select_masks_and_thresholds(tensors, groups)[0]
+    return select_masks_and_thresholds(tensors, groups, input_axes)[0]
 
 
 @torch.no_grad()
@@ -53,22 +58,26 @@ def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
 
 
 def select_masks_and_thresholds(
-    tensors: Sequence[Tensor], groups: Sequence[MaskGroup]
+    tensors: Sequence[Tensor],
+    groups: Sequence[MaskGroup],
+    input_axes: Sequence[int] | None = None,
 ) -> tuple[list[Tensor], list[Tensor | None]]:
     """`select_masks`, plus per group the largest pruned |w| of an unstructured group (None
     for other patterns and for groups that prune nothing)."""
     _check_partition(len(tensors), groups)
+    axes = list(input_axes) if input_axes is not None else [1] * len(tensors)
     masks: list[Tensor] = [torch.empty(0)] * len(tensors)
     thresholds: list[Tensor | None] = []
     for group in groups:
         threshold = None
         members = [tensors[i] for i in group.indices]
+        member_axes = [axes[i] for i in group.indices]
         try:
             kind, a, b = parse_pattern(group.pattern)
             if kind == "n:m":
-                group_masks = prune_mask_n_m(members, a, b, group.prune)
+                group_masks = prune_mask_n_m(members, a, b, group.prune, member_axes)
             elif kind == "block":
-                group_masks = prune_mask_block(members, a, b, group.prune)
+                group_masks = prune_mask_block(members, a, b, group.prune, member_axes)
             else:
                 group_masks, threshold = unstructured_masks(members, group.prune)
         except NonFiniteWeightError:
@@ -99,14 +108,27 @@ def _check_partition(count: int, groups: Sequence[MaskGroup]) -> None:
         raise ValueError(f"tensors {missing} belong to no mask group")
 
 
-def prune_mask_n_m(tensors: Sequence[Tensor], n: int, m: int, prune: int) -> list[Tensor]:
-    """Keep the `n` largest |w| of every `m` consecutive weights along the input-channel axis.
+def _logical(tensor: Tensor, input_axis: int) -> Tensor:
+    """`tensor` viewed as ``[out, in, *kernel]`` (its input axis moved to position 1)."""
+    return tensor.movedim(input_axis, 1) if tensor.dim() >= 2 else tensor
+
+
+def prune_mask_n_m(
+    tensors: Sequence[Tensor],
+    n: int,
+    m: int,
+    prune: int,
+    input_axes: Sequence[int] | None = None,
+) -> list[Tensor]:
+    """Keep the `n` largest |w| of every `m` consecutive weights along the input axis (dim 1
+    unless `input_axes` says otherwise, per tensor).
 
     `prune` must be 0 (all kept) or exactly what the pattern removes. Among equal magnitudes in
     one run of `m`, the earlier input channels are pruned first.
     """
-    for tensor in tensors:
-        if tensor.dim() < 2 or tensor.shape[1] % m:
+    axes = list(input_axes) if input_axes is not None else [1] * len(tensors)
+    for tensor, axis in zip(tensors, axes, strict=True):
+        if tensor.dim() < 2 or tensor.shape[axis] % m:
             raise ValueError(
                 f"a weight of shape {list(tensor.shape)} has no input-channel axis divisible by "
                 f"{m}, so it cannot hold the {n}:{m} pattern"
@@ -117,26 +139,35 @@ def prune_mask_n_m(tensors: Sequence[Tensor], n: int, m: int, prune: int) -> lis
     if prune != implied:
         raise ValueError(f"{n}:{m} prunes exactly {implied} entries here, not {prune}")
     masks = []
-    for tensor in tensors:
-        channels_last = tensor.detach().movedim(1, -1)
+    for tensor, axis in zip(tensors, axes, strict=True):
+        channels_last = tensor.detach().movedim(axis, -1)
         runs = channels_last.abs().reshape(-1, m)
         order = runs.argsort(dim=1, stable=True)
         keep = torch.ones_like(runs, dtype=torch.bool)
         keep.scatter_(1, order[:, : m - n], False)
-        mask = keep.view(channels_last.shape).movedim(-1, 1).contiguous()
+        mask = keep.view(channels_last.shape).movedim(-1, axis).contiguous()
         masks.append(mask.to(tensor.dtype))
     return masks
 
 
-def prune_mask_block(tensors: Sequence[Tensor], rows: int, cols: int, prune: int) -> list[Tensor]:
+def prune_mask_block(
+    tensors: Sequence[Tensor],
+    rows: int,
+    cols: int,
+    prune: int,
+    input_axes: Sequence[int] | None = None,
+) -> list[Tensor]:
     """Prune the `prune // (rows*cols)` whole blocks with the smallest L1 norm over the group.
 
-    Each tensor is viewed as ``[out, in * prod(kernel)]`` and tiled by `rows` x `cols` blocks;
-    blocks are ranked across the group's tensors with ties pruned in flat block order.
+    Each tensor is viewed as ``[out, in * prod(kernel)]`` (its input axis moved to position 1)
+    and tiled by `rows` x `cols` blocks; blocks are ranked across the group's tensors with ties
+    pruned in flat block order.
     """
     size = rows * cols
+    axes = list(input_axes) if input_axes is not None else [1] * len(tensors)
+    logical = [_logical(t.detach(), a) for t, a in zip(tensors, axes, strict=True)]
     scores = []
-    for tensor in tensors:
+    for tensor in logical:
         out, inner = tensor.shape[0], prod(tensor.shape[1:])
         if out % rows or inner % cols:
             raise ValueError(
@@ -152,10 +183,13 @@ def prune_mask_block(tensors: Sequence[Tensor], rows: int, cols: int, prune: int
         )
     block_masks = prune_mask_unstructured(scores, prune // size)
     masks = []
-    for tensor, block_mask in zip(tensors, block_masks, strict=True):
+    for tensor, view, axis, block_mask in zip(tensors, logical, axes, block_masks, strict=True):
         grid_rows, grid_cols = block_mask.shape
         expanded = block_mask.view(grid_rows, 1, grid_cols, 1).expand(-1, rows, -1, cols)
-        masks.append(expanded.reshape(tensor.shape).to(tensor.dtype))
+        mask = expanded.reshape(view.shape)
+        if tensor.dim() >= 2:
+            mask = mask.movedim(1, axis)
+        masks.append(mask.contiguous().to(tensor.dtype))
     return masks
 
 

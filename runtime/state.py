@@ -129,6 +129,7 @@ class SparsityRuntime:
         self.steps_per_epoch = int(steps_per_epoch) if epochs else None  # a plain int to save
         self._parameters: list[Tensor] = list(compiled.parameters)
         self._names = plan.names
+        self._input_axes = [param.input_axis for param in plan.params]
         self._companions = _companion_parameters(compiled)
         self._policy = plan.on_decompress
         dense = [i for i, p in enumerate(self.timeline.phases) if p.kind == "dense"]
@@ -310,7 +311,7 @@ class SparsityRuntime:
         )
         start = time.perf_counter()
         try:
-            masks, thresholds = select_masks_and_thresholds(weights, groups)
+            masks, thresholds = select_masks_and_thresholds(weights, groups, self._input_axes)
         except NonFiniteWeightError:
             check_finite(weights, self._names)  # raises the same error, naming the layer
             raise
