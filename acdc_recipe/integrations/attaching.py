@@ -1,0 +1,141 @@
+"""What every trainer integration does the same way: read the recipe, compile it against the
+trainer's model, check the trainer's length against the schedule, attach the engine to the
+optimizer the trainer built, and turn the engine's events into scalar metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from acdc_recipe.compiler import CompiledRecipe, compile
+from acdc_recipe.errors import UserError
+from acdc_recipe.loading import load_recipe
+from acdc_recipe.runtime import (
+    LayersEmptied,
+    MasksComputed,
+    PhaseStarted,
+    RuntimeEvent,
+    SparsityRuntime,
+    attach,
+)
+from acdc_recipe.runtime.train.checkpoint import save_safetensors
+from acdc_recipe.schema import Recipe
+
+
+class IntegrationError(UserError, ValueError):
+    """A trainer set up in a way the recipe cannot run with; the message says what to change."""
+
+
+def as_recipe(recipe: Recipe | str | Path) -> Recipe:
+    """A `Recipe` as given, or loaded from a file path or a shipped recipe's name."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, (str, Path)):
+        return load_recipe(recipe)
+    raise IntegrationError(
+        f"the recipe must be a Recipe, a recipe file's path or a shipped recipe's name, not a "
+        f"{type(recipe).__name__}"
+    )
+
+
+def compile_for(model: Any, recipe: Recipe, example_inputs: Any, owner: str) -> CompiledRecipe:
+    """`recipe` compiled against the trainer's model (which must be a torch module)."""
+    if not isinstance(model, nn.Module):
+        raise IntegrationError(
+            f"{owner} prunes a torch.nn.Module, but the trainer's model is a "
+            f"{type(model).__name__}; give the trainer the torch model itself"
+        )
+    return compile(model, recipe, example_inputs)
+
+
+def torch_optimizer(optimizer: Any, owner: str) -> torch.optim.Optimizer:
+    """The torch optimizer the trainer steps (accelerate's wrapper holds it as `.optimizer`)."""
+    if optimizer is None:
+        raise IntegrationError(
+            f"{owner} attaches to the trainer's optimizer, and the trainer has none yet; the "
+            "callback attaches when training begins, after the trainer has built its optimizer, "
+            "so let the trainer call it (trainer.train() / trainer.fit()) rather than calling "
+            "it yourself"
+        )
+    inner = optimizer
+    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+        inner = inner.optimizer
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise IntegrationError(
+            f"{owner} needs a torch.optim.Optimizer, the trainer's is a {type(inner).__name__}"
+        )
+    return inner
+
+
+def schedule_steps(compiled: CompiledRecipe, steps_per_epoch: int) -> int:
+    """The recipe's schedule length in optimizer steps."""
+    return compiled.timeline.to_steps(steps_per_epoch).length
+
+
+def check_length(
+    compiled: CompiledRecipe, steps_per_epoch: int, trainer_steps: int, fix: str
+) -> None:
+    """Refuse a trainer that would stop before, or train past, the end of the schedule."""
+    wanted = schedule_steps(compiled, steps_per_epoch)
+    if trainer_steps == wanted:
+        return
+    timeline = compiled.timeline
+    epochs = f" ({timeline.length} epochs of {steps_per_epoch})" if timeline.unit == "epoch" else ""
+    raise IntegrationError(
+        f"the trainer will run {trainer_steps} optimizer steps, but recipe "
+        f"{compiled.recipe.name!r} schedules {wanted}{epochs}; its phases ({timeline.compact()} "
+        f"{timeline.unit}s) only hold when the run has exactly that length: {fix}"
+    )
+
+
+def attach_runtime(
+    compiled: CompiledRecipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> SparsityRuntime:
+    steps = steps_per_epoch if compiled.timeline.unit == "epoch" else None
+    return attach(compiled, optimizer, steps_per_epoch=steps)
+
+
+def event_metrics(event: RuntimeEvent) -> dict[str, float]:
+    """The scalars a trainer's loggers get for one engine event (none for the others)."""
+    if isinstance(event, PhaseStarted):
+        return {
+            "acdc/phase": float(event.phase_index),
+            "acdc/sparse_phase": float(event.kind != "dense"),
+            "acdc/target": float(event.target),
+        }
+    if isinstance(event, MasksComputed):
+        metrics = {"acdc/sparsity": event.achieved_sparsity, "acdc/target": event.target}
+        if event.changed_fraction is not None:
+            metrics["acdc/mask_changed"] = event.changed_fraction
+        return metrics
+    if isinstance(event, LayersEmptied):
+        return {"acdc/emptied_layers": float(len(event.names))}
+    return {}
+
+
+def save_model(model: nn.Module, folder: Path, compiled: CompiledRecipe) -> None:
+    """`model` into `folder`: ``save_pretrained`` for a transformers model, else its state dict
+    as ``model.safetensors`` (tied tensors stored once each, as copies)."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(folder)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = {"recipe": compiled.recipe.name, "recipe_hash": compiled.recipe_hash}
+    save_safetensors(folder / "model.safetensors", model.state_dict(), metadata)
+
+
+def summary_line(compiled: CompiledRecipe) -> str:
+    """One line: what was compiled, how the model was read, what is pruned."""
+    how = (
+        f"traced by {compiled.tracer}"
+        if compiled.traced
+        else f"module tree walked ({compiled.tracer}: {compiled.trace_error})"
+    )
+    weights = sum(p.numel for p in compiled.params)
+    return (
+        f"acdc: recipe {compiled.recipe.name!r}, {how}; {len(compiled.params)} prunable tensors "
+        f"({weights:,} weights), schedule {compiled.timeline.compact()} {compiled.timeline.unit}s"
+    )
