@@ -286,8 +286,9 @@ class ModelSpec(Strict):
     """The model `acdc compile` and `acdc run` build."""
 
     name: str = Field(
-        description="A built-in model (mlp, cnn, resnet20), a torchvision name (resnet50), or an "
-        "import path 'package.module:callable'."
+        description="A built-in model (mlp, cnn, resnet20), a torchvision name (resnet50), a "
+        "transformers language model built from its config with kwargs as its fields "
+        "('transformers:gpt2', no download), or an import path 'package.module:callable'."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
     input_shape: tuple[int, ...] | None = Field(
@@ -304,9 +305,42 @@ class DataSpec(Strict):
     """Where training and evaluation data come from."""
 
     source: Literal[
-        "digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "callable"
-    ] = Field(default="digits", description="The data source.")
-    root: str | None = Field(default=None, description="Folder with the data files.")
+        "digits",
+        "fashion_mnist",
+        "mnist",
+        "cifar10",
+        "cifar100",
+        "imagefolder",
+        "callable",
+        "text",
+        "tokens",
+        "python_source",
+    ] = Field(
+        default="digits",
+        description="The data source. Token sequences for language models (next-token labels): "
+        "text (your text files, tokenized by `tokenizer`), tokens (a .npy or .safetensors array "
+        "of token ids) and python_source (the Python standard library's own .py files, on every "
+        "machine).",
+    )
+    root: str | None = Field(
+        default=None,
+        description="Folder with the data files (text: a file or a folder; tokens: the array file).",
+    )
+    glob: str = Field(
+        default="**/*.txt",
+        description="text: which files of the `root` folder to read, in sorted order.",
+    )
+    tokenizer: Literal["byte", "char"] = Field(
+        default="byte",
+        description="text and python_source: byte-level (vocabulary 256) or character-level "
+        "(the sorted characters of the text) tokens.",
+    )
+    sequence_length: int = Field(
+        default=64, gt=1, description="Token sources: tokens per training sequence."
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=1, description="Token sources: read at most this many tokens."
+    )
     callable: str | None = Field(
         default=None, description="For source 'callable': 'package.module:fn' returning datasets."
     )
