@@ -126,11 +126,9 @@ def _layer_sites(
             kind = kind_of(module, kinds)
             if kind is None or sub in sites:
                 continue
+            ancestors = [""] + [sub[:i] for i, ch in enumerate(sub) if ch == "."]
             enclosing = {
-                name
-                for key, site in sites.items()
-                if not key or sub.startswith(f"{key}.")
-                for name, _ in site.weights
+                name for key in ancestors if key in sites for name, _ in sites[key].weights
             }
             weights = [
                 (name, role)

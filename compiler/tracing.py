@@ -17,10 +17,11 @@ compiled by walking the module tree, which finds every layer of a registered kin
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 
 from torch import fx, nn
@@ -180,11 +181,19 @@ def _trace_transformers(root: nn.Module, unwrapped: tuple[str, ...]) -> TraceRes
     first = next(iter(inspect.signature(root.forward).parameters))
 
     def trace_graph(module: nn.Module) -> fx.Graph:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's own notes, not the user's business
-            return symbolic_trace(module, input_names=[first]).graph
+        notes = logging.getLogger("torch.fx._symbolic_trace")  # warns once about is_fx_tracing
+        disabled, notes.disabled = notes.disabled, True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's own notes, not the user's business
+                return symbolic_trace(module, input_names=[first]).graph
+        finally:
+            notes.disabled = disabled
 
-    return _trace_with(root, unwrapped, "transformers.utils.fx", trace_graph)
+    result = _trace_with(root, unwrapped, "transformers.utils.fx", trace_graph)
+    if result.traced:
+        return result
+    return replace(result, error=f"transformers {transformers.__version__}: {result.error}")
 
 
 def set_mode(graph_module: fx.GraphModule, training: bool) -> None:

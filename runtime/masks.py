@@ -65,7 +65,7 @@ def select_masks_and_thresholds(
     """`select_masks`, plus per group the largest pruned |w| of an unstructured group (None
     for other patterns and for groups that prune nothing)."""
     _check_partition(len(tensors), groups)
-    axes = list(input_axes) if input_axes is not None else [1] * len(tensors)
+    axes = _axes(input_axes, len(tensors))
     masks: list[Tensor] = [torch.empty(0)] * len(tensors)
     thresholds: list[Tensor | None] = []
     for group in groups:
@@ -108,6 +108,11 @@ def _check_partition(count: int, groups: Sequence[MaskGroup]) -> None:
         raise ValueError(f"tensors {missing} belong to no mask group")
 
 
+def _axes(input_axes: Sequence[int] | None, count: int) -> list[int]:
+    """Each tensor's input axis: as given, or 1 (``[out, in, *kernel]``) for all."""
+    return list(input_axes) if input_axes is not None else [1] * count
+
+
 def _logical(tensor: Tensor, input_axis: int) -> Tensor:
     """`tensor` viewed as ``[out, in, *kernel]`` (its input axis moved to position 1)."""
     return tensor.movedim(input_axis, 1) if tensor.dim() >= 2 else tensor
@@ -126,7 +131,7 @@ def prune_mask_n_m(
     `prune` must be 0 (all kept) or exactly what the pattern removes. Among equal magnitudes in
     one run of `m`, the earlier input channels are pruned first.
     """
-    axes = list(input_axes) if input_axes is not None else [1] * len(tensors)
+    axes = _axes(input_axes, len(tensors))
     for tensor, axis in zip(tensors, axes, strict=True):
         if tensor.dim() < 2 or tensor.shape[axis] % m:
             raise ValueError(
@@ -164,7 +169,7 @@ def prune_mask_block(
     pruned in flat block order.
     """
     size = rows * cols
-    axes = list(input_axes) if input_axes is not None else [1] * len(tensors)
+    axes = _axes(input_axes, len(tensors))
     logical = [_logical(t.detach(), a) for t, a in zip(tensors, axes, strict=True)]
     scores = []
     for tensor in logical:

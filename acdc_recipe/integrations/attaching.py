@@ -4,6 +4,8 @@ optimizer the trainer built, and turn the engine's events into scalar metrics.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from acdc_recipe.compiler import CompiledRecipe, compile
 from acdc_recipe.errors import UserError
 from acdc_recipe.loading import load_recipe
 from acdc_recipe.runtime import (
+    DenseSnapshot,
     LayersEmptied,
     MasksComputed,
     PhaseStarted,
@@ -70,24 +73,40 @@ def torch_optimizer(optimizer: Any, owner: str) -> torch.optim.Optimizer:
     return inner
 
 
-def schedule_steps(compiled: CompiledRecipe, steps_per_epoch: int) -> int:
-    """The recipe's schedule length in optimizer steps."""
-    return compiled.timeline.to_steps(steps_per_epoch).length
+def steps_per_epoch(batches: Any, accumulation: int, owner: str) -> int:
+    """Optimizer steps per epoch: `batches` per epoch over `accumulation`, the last partial
+    accumulation counted (as both trainers count it)."""
+    if not isinstance(batches, int) or batches <= 0:
+        raise IntegrationError(
+            f"{owner} needs a train dataloader with a length (an epoch's size) to place the "
+            "recipe's phases; with an iterable dataset, write the schedule in steps "
+            "(schedule.unit: step) and set max_steps"
+        )
+    return max(-(-batches // accumulation), 1)
 
 
 def check_length(
-    compiled: CompiledRecipe, steps_per_epoch: int, trainer_steps: int, fix: str
+    compiled: CompiledRecipe,
+    steps_per_epoch: int,
+    trainer_steps: Any,
+    epochs_setting: str,
+    steps_setting: str,
 ) -> None:
-    """Refuse a trainer that would stop before, or train past, the end of the schedule."""
-    wanted = schedule_steps(compiled, steps_per_epoch)
+    """Refuse a trainer that would stop before, or train past, the end of the schedule; the
+    message fills in the trainer's own settings (``"max_epochs={}"``, ``"max_steps={}"``)."""
+    timeline = compiled.timeline
+    wanted = timeline.to_steps(steps_per_epoch).length
     if trainer_steps == wanted:
         return
-    timeline = compiled.timeline
-    epochs = f" ({timeline.length} epochs of {steps_per_epoch})" if timeline.unit == "epoch" else ""
+    fix = steps_setting.format(wanted)
+    epochs = ""
+    if timeline.unit == "epoch":
+        fix = f"{epochs_setting.format(timeline.length)} or {fix}"
+        epochs = f" ({timeline.length} epochs of {steps_per_epoch})"
     raise IntegrationError(
         f"the trainer will run {trainer_steps} optimizer steps, but recipe "
         f"{compiled.recipe.name!r} schedules {wanted}{epochs}; its phases ({timeline.compact()} "
-        f"{timeline.unit}s) only hold when the run has exactly that length: {fix}"
+        f"{timeline.unit}s) only hold when the run has exactly that length: set {fix}"
     )
 
 
@@ -125,6 +144,57 @@ def save_model(model: nn.Module, folder: Path, compiled: CompiledRecipe) -> None
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"recipe": compiled.recipe.name, "recipe_hash": compiled.recipe_hash}
     save_safetensors(folder / "model.safetensors", model.state_dict(), metadata)
+
+
+@dataclass
+class AttachedRecipe:
+    """What a callback drives once training starts: the compiled recipe, the engine attached to
+    the trainer's optimizer, the model it prunes, where the pair of models goes (`folder`,
+    written only where `saves`: the main process) and how the trainer logs scalars."""
+
+    compiled: CompiledRecipe
+    runtime: SparsityRuntime
+    model: nn.Module
+    folder: Path
+    saves: bool
+    log: Callable[[dict[str, float]], None]
+
+    def listen(self) -> None:
+        """From now on: the dense half when the last dense phase ends, metrics for events."""
+        self.runtime.add_listener(self._on_event)
+
+    def finish(self) -> None:
+        """Save the final model when the schedule ran to its end (the sparse half, or the dense
+        one for a schedule ending dense), and detach the engine."""
+        phases = self.runtime.timeline.phases
+        if phases and self.runtime.step >= phases[-1].end:
+            self._save("dense" if phases[-1].kind == "dense" else "sparse")
+        self.runtime.close()
+
+    def _on_event(self, event: RuntimeEvent) -> None:
+        if isinstance(event, DenseSnapshot):
+            self._save("dense")
+        metrics = event_metrics(event)
+        if metrics:
+            self.log(metrics)
+
+    def _save(self, name: str) -> None:
+        if self.saves:
+            save_model(self.model, self.folder / name, self.compiled)
+
+
+class AttachedViews:
+    """`compiled` and `runtime` of a callback's `attached` recipe (None before training)."""
+
+    attached: AttachedRecipe | None
+
+    @property
+    def compiled(self) -> CompiledRecipe | None:
+        return self.attached.compiled if self.attached is not None else None
+
+    @property
+    def runtime(self) -> SparsityRuntime | None:
+        return self.attached.runtime if self.attached is not None else None
 
 
 def summary_line(compiled: CompiledRecipe) -> str:

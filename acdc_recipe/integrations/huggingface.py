@@ -32,27 +32,26 @@ schedule ends.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from acdc_recipe.compiler import CompiledRecipe
 from acdc_recipe.integrations.attaching import (
+    AttachedRecipe,
+    AttachedViews,
     IntegrationError,
     as_recipe,
     attach_runtime,
     check_length,
     compile_for,
-    event_metrics,
-    save_model,
+    steps_per_epoch,
     summary_line,
     torch_optimizer,
 )
 from acdc_recipe.integrations.extras import require
 from acdc_recipe.integrations.runtime_files import load_runtime_state, save_runtime_state
-from acdc_recipe.runtime import DenseSnapshot, RuntimeEvent, SparsityRuntime
+from acdc_recipe.runtime import SparsityRuntime
 from acdc_recipe.schema import Recipe
 
 transformers = require("transformers", "hf", "acdc_recipe.integrations.huggingface")
@@ -89,7 +88,7 @@ class GradientMasking:
         self.handles = []
 
 
-class AcdcCallback(transformers.TrainerCallback):
+class AcdcCallback(AttachedViews, transformers.TrainerCallback):
     """Runs an AC/DC recipe's schedule in the `trainer` it is added to (see the module doc).
 
     `recipe` is a `Recipe`, a recipe file or a shipped recipe's name; `example_inputs` (a
@@ -109,104 +108,84 @@ class AcdcCallback(transformers.TrainerCallback):
         self.trainer = trainer
         self.recipe = as_recipe(recipe)
         self.example_inputs = example_inputs
-        self.compiled: CompiledRecipe | None = None
-        self.runtime: SparsityRuntime | None = None
+        self.attached: AttachedRecipe | None = None
         self._masking: GradientMasking | None = None
-        self._model: nn.Module | None = None
-        self._output_dir = Path(".")
-        self._should_save = True
 
     # -- Trainer events ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._close()
         compiled = compile_for(model, self.recipe, self.example_inputs, OWNER)
         inner = torch_optimizer(optimizer, OWNER)
-        per_epoch = _steps_per_epoch(kwargs.get("train_dataloader"), args)
-        check_length(compiled, per_epoch, state.max_steps, _length_fix(compiled, per_epoch))
+        per_epoch = steps_per_epoch(
+            _length(kwargs.get("train_dataloader")), args.gradient_accumulation_steps, OWNER
+        )
+        check_length(
+            compiled,
+            per_epoch,
+            state.max_steps,
+            "TrainingArguments(num_train_epochs={}) (with max_steps=-1)",
+            "TrainingArguments(max_steps={})",
+        )
         runtime = attach_runtime(compiled, inner, per_epoch)
-        self.compiled, self.runtime, self._model = compiled, runtime, model
-        self._output_dir, self._should_save = Path(args.output_dir), args.should_save
+        output = Path(args.output_dir)
+        self.attached = AttachedRecipe(
+            compiled, runtime, model, output, args.should_save, self.trainer.log
+        )
         if state.global_step > 0:
-            self._restore(args, state.global_step)
-        runtime.add_listener(self._on_event)
+            self._restore(args, output, state.global_step)
+        self.attached.listen()
         self._masking = GradientMasking(runtime, compiled.parameters)
         logger.info(summary_line(compiled))
         for note in compiled.warnings:
             logger.info("acdc: %s", note)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.runtime is not None:
+        if self.attached is not None:
             self._masking.restart()
-            self.runtime.begin_step()
+            self.attached.runtime.begin_step()
 
     def on_substep_end(self, args, state, control, **kwargs):
         if self._masking is not None:
             self._masking.restart()
 
     def on_save(self, args, state, control, **kwargs):
-        folder = self._output_dir / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if self.runtime is not None and args.should_save and folder.is_dir():
-            save_runtime_state(self.runtime, folder)
+        folder = (
+            Path(args.output_dir) / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        )
+        if self.attached is not None and args.should_save and folder.is_dir():
+            save_runtime_state(self.attached.runtime, folder)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.runtime is None:
-            return
-        phases = self.runtime.timeline.phases
-        if phases and self.runtime.step >= phases[-1].end:  # the schedule ran to its end
-            self._save_model("dense" if phases[-1].kind == "dense" else "sparse")
+        if self.attached is not None:
+            self.attached.finish()
         self._close()
 
     # -- helpers -------------------------------------------------------------------------------
-    def _on_event(self, event: RuntimeEvent) -> None:
-        if isinstance(event, DenseSnapshot):
-            self._save_model("dense")
-        metrics = event_metrics(event)
-        if metrics:
-            self.trainer.log(metrics)
-
-    def _restore(self, args: Any, step: int) -> None:
+    def _restore(self, args: Any, output: Path, step: int) -> None:
         given = getattr(args, "resume_from_checkpoint", None)
         folder = (
             Path(given)
             if isinstance(given, str) and given
-            else self._output_dir / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{step}"
+            else output / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{step}"
         )
-        load_runtime_state(self.runtime, folder)
-        if self.runtime.step != step:
+        load_runtime_state(self.attached.runtime, folder)
+        if self.attached.runtime.step != step:
             raise IntegrationError(
-                f"{folder} holds the acdc state of step {self.runtime.step}, but the Trainer "
-                f"resumed at step {step}; resume from a checkpoint folder the Trainer wrote in "
-                "args.output_dir, or name it in TrainingArguments(resume_from_checkpoint=...)"
+                f"{folder} holds the acdc state of step {self.attached.runtime.step}, but the "
+                f"Trainer resumed at step {step}; resume from a checkpoint folder the Trainer "
+                "wrote in args.output_dir, or name it in TrainingArguments(resume_from_checkpoint=...)"
             )
-
-    def _save_model(self, name: str) -> None:
-        if self._should_save and self._model is not None:
-            save_model(self._model, self._output_dir / name, self.compiled)
 
     def _close(self) -> None:
         if self._masking is not None:
             self._masking.remove()
             self._masking = None
-        if self.runtime is not None:
-            self.runtime.close()
+        if self.attached is not None:
+            self.attached.runtime.close()
 
 
-def _steps_per_epoch(dataloader: Any, args: Any) -> int:
-    """Optimizer steps per epoch, as the Trainer counts them."""
+def _length(dataloader: Any) -> int | None:
     try:
-        batches = len(dataloader)
+        return len(dataloader)
     except TypeError:
-        raise IntegrationError(
-            f"{OWNER} needs a train dataloader with a length (an epoch's size) to place the "
-            "recipe's phases; with an iterable dataset, write the schedule in steps "
-            "(schedule.unit: step) and set max_steps"
-        ) from None
-    return max(math.ceil(batches / args.gradient_accumulation_steps), 1)
-
-
-def _length_fix(compiled: CompiledRecipe, steps_per_epoch: int) -> str:
-    timeline = compiled.timeline
-    steps = timeline.to_steps(steps_per_epoch).length
-    if timeline.unit == "epoch":
-        return f"set TrainingArguments(num_train_epochs={timeline.length}) (max_steps=-1) or max_steps={steps}"
-    return f"set TrainingArguments(max_steps={steps})"
+        return None

@@ -31,18 +31,18 @@ from torch import nn
 
 from acdc_recipe.compiler import CompiledRecipe
 from acdc_recipe.integrations.attaching import (
+    AttachedRecipe,
+    AttachedViews,
     IntegrationError,
     as_recipe,
     attach_runtime,
     check_length,
     compile_for,
-    event_metrics,
-    save_model,
+    steps_per_epoch,
     summary_line,
     torch_optimizer,
 )
 from acdc_recipe.integrations.extras import require
-from acdc_recipe.runtime import DenseSnapshot, RuntimeEvent, SparsityRuntime
 from acdc_recipe.schema import Recipe
 
 lightning = require("lightning.pytorch", "lightning", "acdc_recipe.integrations.lightning")
@@ -52,7 +52,7 @@ rank_zero_info = require(
 OWNER = "AcdcCallback (Lightning)"
 
 
-class AcdcCallback(lightning.Callback):
+class AcdcCallback(AttachedViews, lightning.Callback):
     """Runs an AC/DC recipe's schedule in the Lightning trainer it is given to.
 
     `recipe` is a `Recipe`, a recipe file or a shipped recipe's name; `module` names the
@@ -67,24 +67,36 @@ class AcdcCallback(lightning.Callback):
         self.recipe = as_recipe(recipe)
         self.module = module
         self.example_inputs = example_inputs
-        self.compiled: CompiledRecipe | None = None
-        self.runtime: SparsityRuntime | None = None
+        self.attached: AttachedRecipe | None = None
         self._restored: dict[str, Any] | None = None
-        self._trainer: Any = None
-        self._model: nn.Module | None = None
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
-        self._close()
+        if self.attached is not None:
+            self.attached.runtime.close()
         model = _selected(pl_module, self.module)
         compiled = compile_for(model, self.recipe, self.example_inputs, OWNER)
         optimizer = torch_optimizer(_only_optimizer(trainer, compiled), OWNER)
-        per_epoch = _steps_per_epoch(trainer)
+        per_epoch = steps_per_epoch(
+            trainer.num_training_batches, trainer.accumulate_grad_batches, OWNER
+        )
         check_length(
-            compiled, per_epoch, trainer.estimated_stepping_batches, _fix(compiled, per_epoch)
+            compiled,
+            per_epoch,
+            trainer.estimated_stepping_batches,
+            "Trainer(max_epochs={})",
+            "Trainer(max_steps={})",
         )
         runtime = attach_runtime(compiled, optimizer, per_epoch)
-        self.compiled, self.runtime, self._trainer, self._model = compiled, runtime, trainer, model
+
+        def log(metrics: dict[str, float]) -> None:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+        folder = Path(trainer.default_root_dir)
+        self.attached = AttachedRecipe(
+            compiled, runtime, model, folder, trainer.is_global_zero, log
+        )
         if self._restored is not None:
             runtime.load_state_dict(self._restored)
             self._restored = None
@@ -94,47 +106,26 @@ class AcdcCallback(lightning.Callback):
                     f"global step {trainer.global_step}; resume from a checkpoint this callback "
                     "wrote"
                 )
-        runtime.add_listener(self._on_event)
+        self.attached.listen()
         rank_zero_info(summary_line(compiled))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.runtime is not None:
-            self.runtime.begin_step()
+        if self.attached is not None:
+            self.attached.runtime.begin_step()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self.runtime is not None:
-            self.runtime.mask_gradients()
+        if self.attached is not None:
+            self.attached.runtime.mask_gradients()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.runtime is None:
-            return
-        phases = self.runtime.timeline.phases
-        if phases and self.runtime.step >= phases[-1].end:  # the schedule ran to its end
-            self._save_model("dense" if phases[-1].kind == "dense" else "sparse")
-        self._close()
+        if self.attached is not None:
+            self.attached.finish()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.runtime.state_dict() if self.runtime is not None else {}
+        return self.attached.runtime.state_dict() if self.attached is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict) or None  # applied once the engine is attached
-
-    # -- helpers -------------------------------------------------------------------------------
-    def _on_event(self, event: RuntimeEvent) -> None:
-        if isinstance(event, DenseSnapshot):
-            self._save_model("dense")
-        metrics = event_metrics(event)
-        if metrics:
-            for logger in self._trainer.loggers:
-                logger.log_metrics(metrics, step=self._trainer.global_step)
-
-    def _save_model(self, name: str) -> None:
-        if self._trainer.is_global_zero:
-            save_model(self._model, Path(self._trainer.default_root_dir) / name, self.compiled)
-
-    def _close(self) -> None:
-        if self.runtime is not None:
-            self.runtime.close()
 
 
 def _selected(pl_module: nn.Module, path: str | None) -> nn.Module:
@@ -170,23 +161,3 @@ def _only_optimizer(trainer: Any, compiled: CompiledRecipe) -> Any:
             )
         )
     return holding[0]
-
-
-def _steps_per_epoch(trainer: Any) -> int:
-    """Optimizer steps per epoch: batches over accumulation, the last partial one counted."""
-    batches = trainer.num_training_batches
-    if not isinstance(batches, int) or batches <= 0:
-        raise IntegrationError(
-            f"{OWNER} needs a train dataloader with a length to place the recipe's phases; with "
-            "an iterable dataset write the schedule in steps (schedule.unit: step) and set "
-            "max_steps"
-        )
-    return max(-(-batches // trainer.accumulate_grad_batches), 1)
-
-
-def _fix(compiled: CompiledRecipe, steps_per_epoch: int) -> str:
-    timeline = compiled.timeline
-    steps = timeline.to_steps(steps_per_epoch).length
-    if timeline.unit == "epoch":
-        return f"set Trainer(max_epochs={timeline.length}) or max_steps={steps}"
-    return f"set Trainer(max_steps={steps})"

@@ -146,14 +146,15 @@ def assert_exact_sparse_steps(acdc: AcdcCallback, probe: StepProbe) -> None:
     assert [r for r in probe.steps if r["kind"] == "dense" and "mask_zeros" in r] == []
 
 
-@pytest.mark.parametrize(
-    ("build", "kind", "shape", "dtype"),
-    [
-        (tiny_gpt2, "lm", (16,), "int64"),
-        (tiny_bert, "tokens", (16,), "int64"),
-        (tiny_vit, "image", (3, 16, 16), "float"),
-    ],
-)
+# (model builder, Samples kind, one sample's shape, its dtype in the recipe)
+TINY_MODELS = [
+    (tiny_gpt2, "lm", (16,), "int64"),
+    (tiny_bert, "tokens", (16,), "int64"),
+    (tiny_vit, "image", (3, 16, 16), "float"),
+]
+
+
+@pytest.mark.parametrize(("build", "kind", "shape", "dtype"), TINY_MODELS)
 def test_every_sparse_step_is_exact(tmp_path, build, kind, shape, dtype) -> None:
     trainer, acdc, probe = train(tmp_path, build(), Samples(kind), recipe(shape=shape, dtype=dtype))
     assert_exact_sparse_steps(acdc, probe)

@@ -17,8 +17,8 @@ from acdc_recipe.integrations.attaching import IntegrationError
 from acdc_recipe.integrations.lightning import AcdcCallback
 from acdc_recipe.runtime import MasksComputed, PhaseStarted
 
-from ..conftest import tiny_bert, tiny_gpt2, tiny_vit
-from .test_huggingface import Samples, recipe
+from ..conftest import tiny_gpt2
+from .test_huggingface import TINY_MODELS, Samples, recipe
 
 # 4 optimizer steps per epoch (16 samples, batch 4): dense 0-2, sparse 3-8, dense 9-11, sparse 12-15
 PHASES = [{"dense": 3}, {"sparse": 6}, {"dense": 3}, {"sparse": 4}]
@@ -108,14 +108,7 @@ def fit(
     return trainer, acdc, probe
 
 
-@pytest.mark.parametrize(
-    ("build", "kind", "shape", "dtype"),
-    [
-        (tiny_gpt2, "lm", (16,), "int64"),
-        (tiny_bert, "tokens", (16,), "int64"),
-        (tiny_vit, "image", (3, 16, 16), "float"),
-    ],
-)
+@pytest.mark.parametrize(("build", "kind", "shape", "dtype"), TINY_MODELS)
 def test_every_sparse_step_is_exact(tmp_path, build, kind, shape, dtype) -> None:
     the_recipe = recipe(PHASES, shape=shape, dtype=dtype)
     trainer, acdc, probe = fit(tmp_path, build(), Samples(kind, size=16), the_recipe)
