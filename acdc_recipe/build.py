@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from acdc_recipe.schema import PRUNABLE_TYPES, Recipe
+from acdc_recipe.schema import Recipe
 
 
 def acdc(
@@ -19,7 +19,7 @@ def acdc(
     final_sparse: int = 15,
     scope: str = "global",
     pattern: str = "unstructured",
-    prunable: Sequence[str] = PRUNABLE_TYPES,
+    prunable: Sequence[str] | None = None,
     rules: Sequence[Mapping[str, Any]] = (),
     unit: str = "epoch",
     on_decompress: str = "reset",
@@ -38,7 +38,7 @@ def acdc(
                 "target": target,
                 "scope": scope,
                 "pattern": pattern,
-                "prunable": list(prunable),
+                "prunable": None if prunable is None else list(prunable),
                 "rules": [dict(rule) for rule in rules],
             },
             "schedule": {

@@ -21,7 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-PRUNABLE_TYPES = (
+# The layer kinds the compiler registers itself (`acdc_recipe.compiler.LAYER_KINDS` holds them
+# and any a user adds); Conv1D is transformers' (GPT-2), registered when transformers is used.
+BUILTIN_LAYER_KINDS = (
     "Linear",
     "Conv1d",
     "Conv2d",
@@ -30,8 +32,8 @@ PRUNABLE_TYPES = (
     "ConvTranspose2d",
     "ConvTranspose3d",
     "MultiheadAttention",
+    "Conv1D",
 )
-PrunableType = Literal[PRUNABLE_TYPES]  # type: ignore[valid-type]
 DECOMPRESS_POLICIES = ("reset", "keep", "reset_reactivated")
 DecompressPolicy = Literal[DECOMPRESS_POLICIES]  # type: ignore[valid-type]
 # Keys a resumed run may change (`acdc run --resume --set ...`): they steer how the remaining
@@ -161,10 +163,13 @@ class Sparsity(Strict):
         "same sparsity in every layer; erk: Erdos-Renyi-Kernel per-layer densities.",
     )
     pattern: str = Pattern
-    prunable: tuple[PrunableType, ...] = Field(  # type: ignore[valid-type]
-        default=PRUNABLE_TYPES,
-        description="Layer types whose weights are prunable. Biases and norms never are, "
-        "unless a rule includes them.",
+    prunable: tuple[str, ...] | None = Field(
+        default=None,
+        description="Layer kinds whose weights are prunable; default: every registered kind ("
+        + ", ".join(BUILTIN_LAYER_KINDS)
+        + " (transformers' GPT-2 layer), and kinds added to acdc_recipe.compiler.LAYER_KINDS). "
+        "Biases, norms and embeddings never are, unless a rule includes them; names are checked "
+        "against the registry when compiling.",
     )
     rules: tuple[Rule, ...] = Field(
         default=(), description="Ordered per-layer rules; each must match at least one layer."
@@ -172,6 +177,20 @@ class Sparsity(Strict):
 
     _fraction = field_validator("target")(_check_fraction)
     _pattern = field_validator("pattern")(_check_pattern)
+
+    @field_validator("prunable")
+    @classmethod
+    def _kind_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("list at least one layer kind, or leave `prunable` out for all")
+        bad = [name for name in value if not name.isidentifier()]
+        if bad:
+            raise ValueError(f"layer kinds are class names like 'Linear'; got {bad[0]!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("a layer kind is listed twice")
+        return value
 
 
 class DensePhase(Strict):
@@ -293,12 +312,18 @@ class ModelSpec(Strict):
     """The model `acdc compile` and `acdc run` build."""
 
     name: str = Field(
-        description="A built-in model (mlp, cnn, resnet20), a torchvision name (resnet50), or an "
-        "import path 'package.module:callable'."
+        description="A built-in model (mlp, cnn, resnet20), a torchvision name (resnet50), a "
+        "transformers language model built from its config with kwargs as its fields "
+        "('transformers:gpt2', no download), or an import path 'package.module:callable'."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
     input_shape: tuple[PositiveInt, ...] | None = Field(
         default=None, description="One sample's shape (no batch dim), for tracing and FLOPs."
+    )
+    input_dtype: Literal["float", "int64"] = Field(
+        default="float",
+        description="The example input's type: float (the model's floating dtype) or int64 "
+        "(token ids, for models whose first input is a sequence of ids).",
     )
 
 
@@ -306,9 +331,42 @@ class DataSpec(Strict):
     """Where training and evaluation data come from."""
 
     source: Literal[
-        "digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "callable"
-    ] = Field(default="digits", description="The data source.")
-    root: str | None = Field(default=None, description="Folder with the data files.")
+        "digits",
+        "fashion_mnist",
+        "mnist",
+        "cifar10",
+        "cifar100",
+        "imagefolder",
+        "callable",
+        "text",
+        "tokens",
+        "python_source",
+    ] = Field(
+        default="digits",
+        description="The data source. Token sequences for language models (next-token labels): "
+        "text (your text files, tokenized by `tokenizer`), tokens (a .npy or .safetensors array "
+        "of token ids) and python_source (the Python standard library's own .py files, on every "
+        "machine).",
+    )
+    root: str | None = Field(
+        default=None,
+        description="Folder with the data files (text: a file or a folder; tokens: the array file).",
+    )
+    glob: str = Field(
+        default="**/*.txt",
+        description="text: which files of the `root` folder to read, in sorted order.",
+    )
+    tokenizer: Literal["byte", "char"] = Field(
+        default="byte",
+        description="text and python_source: byte-level (vocabulary 256) or character-level "
+        "(the sorted characters of the text) tokens.",
+    )
+    sequence_length: int = Field(
+        default=64, gt=1, description="Token sources: tokens per training sequence."
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=1, description="Token sources: read at most this many tokens."
+    )
     callable: str | None = Field(
         default=None, description="For source 'callable': 'package.module:fn' returning datasets."
     )

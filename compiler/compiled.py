@@ -10,6 +10,36 @@ from acdc_recipe.compiler.plan import DenseParam, PrunableParam, SparsityPlan
 from acdc_recipe.schema import Recipe
 from acdc_recipe.timeline import Timeline
 
+# What the compiler decided for a parameter it does not prune (`CompiledRecipe.not_pruned`).
+NOT_PRUNED_REASONS = {
+    "dense": "kept dense by a rule",
+    "excluded": "weights of kinds not in sparsity.prunable",
+    "bias": "biases",
+    "norm": "norm parameters",
+    "embedding": "embeddings (tied to an output layer or not)",
+    "other": "other parameters (no prunable layer applies them)",
+    "weight": "weights (the recipe has no sparsity section)",
+}
+
+
+@dataclass(frozen=True)
+class TiedGroup:
+    """One parameter reachable under several names, and what was decided for it."""
+
+    names: tuple[str, ...]  # the canonical name first
+    decision: str  # "pruned", or a key of NOT_PRUNED_REASONS
+
+
+@dataclass(frozen=True)
+class TypeFoundLayer:
+    """A layer whose weights the traced graph does not show being applied: pruned (or not) by
+    its module type, like an untraced model's layers."""
+
+    layer: str
+    op: str
+    weights: tuple[str, ...]
+    why: str
+
 
 @dataclass(frozen=True, eq=False)
 class CompiledRecipe:
@@ -34,6 +64,11 @@ class CompiledRecipe:
     unwrapped: tuple[str, ...] = ()  # wrappers removed before tracing (DDP, torch.compile)
     dual_graph: bool = False  # separate train/eval graphs (Python branches on self.training)
     example_shapes: tuple[tuple[int, ...], ...] = ()  # example inputs used for FLOPs
+    tracer: str = "torch.fx"  # the tracer tried ("torch.fx" or "transformers.utils.fx")
+    # Every parameter is in `params`, in `dense`, or here with a key of NOT_PRUNED_REASONS.
+    not_pruned: dict[str, str] = field(default_factory=dict)
+    tied: tuple[TiedGroup, ...] = ()
+    found_by_type: tuple[TypeFoundLayer, ...] = ()
 
     @property
     def params(self) -> tuple[PrunableParam, ...]:

@@ -12,7 +12,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from acdc_recipe.compiler.compiled import CompiledRecipe
+from acdc_recipe.compiler.compiled import NOT_PRUNED_REASONS, CompiledRecipe
 from acdc_recipe.compiler.distribution import mask_groups
 from acdc_recipe.compiler.flops import GLOBAL_ASSUMPTION, scheduled_multipliers
 from acdc_recipe.compiler.plan import DenseParam, MaskGroup, PrunableParam
@@ -22,7 +22,8 @@ from acdc_recipe.schema import Rule
 
 PLAN_VERSION = 1
 FLOPS_COUNTED = (
-    "conv, transposed conv, linear and attention-projection ops, per sample, multiply-add = 2; "
+    "ops applying a prunable layer kind's weights (conv, transposed conv, linear, attention "
+    "projections, Conv1D), per sample, multiply-add = 2; "
     "a training unit costs 3x its forward FLOPs; a layer's FLOPs scale with its density"
 )
 
@@ -41,10 +42,14 @@ def plan_json(compiled: CompiledRecipe) -> dict[str, Any]:
         "recipe": {"name": recipe.name, "hash": plan.recipe_hash},
         "tracer": {
             "traced": compiled.traced,
+            "tracer": compiled.tracer,
             "error": compiled.trace_error,
             "dual_graph": compiled.dual_graph,
             "unwrapped": list(compiled.unwrapped),
         },
+        "parameters": _account(compiled),
+        "tied": [{"names": list(g.names), "decision": g.decision} for g in compiled.tied],
+        "found_by_type": [dataclasses.asdict(layer) for layer in compiled.found_by_type],
         "example_input_shapes": [list(s) for s in compiled.example_shapes],
         "sparsity": None
         if sparsity is None
@@ -102,9 +107,9 @@ def module_code(compiled: CompiledRecipe) -> str:
         evaluate = module.eval_graph.python_code("self").src
         return f"# train mode\n{train}\n\n# eval mode\n{evaluate}"
     if compiled.traced:
-        return f"# {type(module).__name__}: traced by torch.fx\n{module.code}"
+        return f"# {type(module).__name__}: traced by {compiled.tracer}\n{module.code}"
     return (
-        f"# not traced by torch.fx: {compiled.trace_error}\n"
+        f"# not traced by {compiled.tracer}: {compiled.trace_error}\n"
         "# the original module runs unchanged; its structure:\n"
         + "\n".join(f"# {line}" for line in repr(module).splitlines())
         + "\n"
@@ -140,7 +145,21 @@ def _entry(param: PrunableParam | DenseParam, rules: Sequence[Rule]) -> dict[str
         "target": param.target if pruned else 0.0,
         "pattern": param.pattern if pruned else "dense",
         "scope": param.scope if pruned else "dense",
+        "input_axis": param.input_axis if pruned else None,
         "dense_flops": param.dense_flops,
+    }
+
+
+def _account(compiled: CompiledRecipe) -> dict[str, Any]:
+    """Every parameter: how many are pruned, kept dense, or not pruned and why (by name)."""
+    reasons: dict[str, int] = {}
+    for reason in compiled.not_pruned.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "pruned": len(compiled.params),
+        "not_pruned": dict(sorted(reasons.items())),
+        "reasons": {key: NOT_PRUNED_REASONS[key] for key in sorted(reasons)},
+        "not_pruned_params": dict(compiled.not_pruned),
     }
 
 

@@ -1,8 +1,10 @@
 """Pass 5: dense forward FLOPs of every weight site, and the schedule's FLOPs multipliers.
 
-Counted: conv, transposed conv, linear and attention-projection ops only (one multiply-add =
-2 FLOPs; attention score/softmax, norms and activations are not counted), per sample of the
-example input. Shapes come from running the model once on fake tensors (no real compute,
+Counted: the ops that apply a weight of a registered layer kind (conv, transposed conv,
+linear, attention projections, transformers' Conv1D, kinds of your own, each by its kind's
+FLOPs function; one multiply-add = 2 FLOPs; attention score/softmax, norms, embeddings and
+activations are not counted), per sample of the example input (token ids for a language model:
+``input_dtype: int64``). Shapes come from running the model once on fake tensors (no real compute,
 parameters untouched, eval mode); a model that cannot run on fake tensors runs for real under
 ``torch.no_grad()``. As in the AC/DC paper, a layer's forward FLOPs scale with its density and
 a training unit costs 3x forward, so the training multiplier is the mean forward multiplier
@@ -15,15 +17,24 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from math import prod
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from acdc_recipe.compiler.compiled import CompiledRecipe
 from acdc_recipe.compiler.discovery import Discovery, WeightSite
 from acdc_recipe.compiler.errors import CompileError
+from acdc_recipe.compiler.kinds import (
+    FlopsFunction,
+    LayerKind,
+    conv_flops,
+    conv_transpose_flops,
+    layer_kinds,
+    linear_flops,
+)
 from acdc_recipe.compiler.plan import MaskUpdate, SparsityPlan
 from acdc_recipe.compiler.tracing import TraceResult, set_mode
 
@@ -41,19 +52,33 @@ class FlopsMultipliers:
     inference: float
 
 
-def example_inputs_for(model: nn.Module, input_shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """A batch of one zero sample of `input_shape`, in the model's dtype and device."""
+def example_inputs_for(
+    model: nn.Module, input_shape: Sequence[int], input_dtype: str = "float"
+) -> tuple[torch.Tensor, ...]:
+    """A batch of one zero sample of `input_shape` on the model's device: in the model's
+    floating dtype, or int64 for ``input_dtype="int64"`` (token ids; 0 is a valid id)."""
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = first.dtype if first is not None else torch.float32
+    if input_dtype == "int64":
+        dtype = torch.int64
     device = first.device if first is not None else torch.device("cpu")
     return (torch.zeros(1, *input_shape, dtype=dtype, device=device),)
 
 
 def site_flops(
-    result: TraceResult, discovery: Discovery, inputs: tuple[Any, ...]
+    result: TraceResult,
+    discovery: Discovery,
+    inputs: tuple[Any, ...],
+    kinds: Mapping[str, LayerKind] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Per-sample dense forward FLOPs: site key -> {parameter name: FLOPs}."""
-    layer_sites = {s.key: s for s in discovery.sites if not s.functional}
+    """Per-sample dense forward FLOPs: site key -> {parameter name: FLOPs}.
+
+    Layers are counted by forward hooks, functional sites at their graph node, and sites found
+    by module type (the graph does not show their call) at every op that applies their weight
+    (``F.linear``, convolutions, ``addmm``, ``matmul``), seen through a torch function mode.
+    """
+    kinds = layer_kinds() if kinds is None else kinds
+    hooked = {s.key: s for s in discovery.sites if not s.functional and not s.by_type}
     functional = {s.key: s for s in discovery.sites if s.functional}
     counts: dict[str, dict[str, int]] = {
         s.key: dict.fromkeys((n for n, _ in s.weights), 0) for s in discovery.sites
@@ -61,46 +86,33 @@ def site_flops(
     modules = dict(result.root.named_modules())
 
     def record(site: WeightSite, args: tuple, kwargs: dict, output: Any) -> None:
+        count = kinds[site.kind].flops
         for name, role in site.weights:
             shape = tuple(discovery.parameters[name].shape)
-            counts[site.key][name] += weight_flops(site.op, role, shape, args, kwargs, output)
+            counts[site.key][name] += count(role, shape, args, kwargs, output)
 
     def hook(key: str):
-        return lambda module, args, kwargs, output: record(layer_sites[key], args, kwargs, output)
+        return lambda module, args, kwargs, output: record(hooked[key], args, kwargs, output)
 
-    handles = [modules[k].register_forward_hook(hook(k), with_kwargs=True) for k in layer_sites]
+    by_type = {
+        id(discovery.parameters[name]): (site.key, name)
+        for site in discovery.sites
+        if site.by_type
+        for name, _ in site.weights
+    }
+
+    def applied(key: str, name: str, flops: int) -> None:
+        counts[key][name] += flops
+
+    handles = [modules[k].register_forward_hook(hook(k), with_kwargs=True) for k in hooked]
     try:
-        _run_once(result, inputs, functional, record, reset=lambda: _zero(counts))
+        with _WeightCalls(by_type, applied) if by_type else contextlib.nullcontext():
+            _run_once(result, inputs, functional, record, reset=lambda: _zero(counts))
     finally:
         for handle in handles:
             handle.remove()
     batch = _batch_size(inputs)
     return {k: {n: v // batch for n, v in c.items()} for k, c in counts.items()}
-
-
-def weight_flops(
-    op: str, role: str, weight_shape: tuple[int, ...], args: tuple, kwargs: dict, output: Any
-) -> int:
-    """FLOPs of one call of an op for the weight in `role` (multiply-add = 2)."""
-    out = output[0] if isinstance(output, (tuple, list)) else output
-    if op == "MultiheadAttention":
-        names = ("query", "key", "value")
-        q, k, v = (args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names))
-        tokens = {"q": _tokens(q), "k": _tokens(k), "v": _tokens(v)}
-        embed = weight_shape[0]
-        if role == "in_proj":
-            embed = weight_shape[0] // 3
-            return 2 * embed * weight_shape[1] * (tokens["q"] + tokens["k"] + tokens["v"])
-        if role == "out_proj":
-            return 2 * tokens["q"] * prod(weight_shape)
-        return 2 * tokens[role[0]] * prod(weight_shape)
-    per_output = prod(weight_shape[1:])
-    if op.lower().startswith("convtranspose") or op.startswith("conv_transpose"):
-        first = args[0] if args else kwargs["input"]
-        return 2 * first.numel() * per_output
-    if op.lower().startswith("conv"):
-        return 2 * out.numel() * per_output
-    return 2 * (out.numel() // out.shape[-1]) * prod(weight_shape)  # linear
 
 
 def forward_multiplier(weight_flops: Mapping[str, int], densities: Mapping[str, float]) -> float:
@@ -267,14 +279,49 @@ class _Recorder(fx.Interpreter):
         return output
 
 
+# Ops that apply a weight argument: function -> (position of the weight, FLOPs of one call).
+WEIGHT_OPS: dict[Any, tuple[int, FlopsFunction]] = {
+    F.linear: (1, linear_flops),
+    torch.addmm: (2, linear_flops),
+    torch.mm: (1, linear_flops),
+    torch.matmul: (1, linear_flops),
+    torch.Tensor.matmul: (1, linear_flops),
+    torch.Tensor.__matmul__: (1, linear_flops),
+    F.conv1d: (1, conv_flops),
+    F.conv2d: (1, conv_flops),
+    F.conv3d: (1, conv_flops),
+    F.conv_transpose1d: (1, conv_transpose_flops),
+    F.conv_transpose2d: (1, conv_transpose_flops),
+    F.conv_transpose3d: (1, conv_transpose_flops),
+}
+
+
+class _WeightCalls(TorchFunctionMode):
+    """Counts the calls that apply one of `weights` (parameter id -> (site key, name))."""
+
+    def __init__(self, weights: dict[int, tuple[str, str]], applied) -> None:
+        super().__init__()
+        self.weights = weights
+        self.applied = applied
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        entry = WEIGHT_OPS.get(func)
+        if entry is not None:
+            position, count = entry
+            weight = args[position] if len(args) > position else kwargs.get("weight")
+            found = self.weights.get(id(weight))
+            if found is not None:
+                key, name = found
+                self.applied(key, name, count("weight", tuple(weight.shape), args, kwargs, output))
+        return output
+
+
 def _zero(counts: dict[str, dict[str, int]]) -> None:
     for per_weight in counts.values():
         for name in per_weight:
             per_weight[name] = 0
-
-
-def _tokens(tensor: torch.Tensor) -> int:
-    return tensor.numel() // tensor.shape[-1]
 
 
 def _batch_size(inputs: tuple) -> int:

@@ -6,17 +6,20 @@ Each pass is a plain function of the previous results and lives in its own modul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from acdc_recipe.compiler.compiled import CompiledRecipe
+from acdc_recipe.compiler.compiled import CompiledRecipe, TiedGroup, TypeFoundLayer
 from acdc_recipe.compiler.discovery import Discovery, discover
 from acdc_recipe.compiler.distribution import mask_updates, param_scope, planned_targets
+from acdc_recipe.compiler.errors import CompileError
 from acdc_recipe.compiler.flops import example_inputs_for, site_flops
+from acdc_recipe.compiler.kinds import LayerKind, known_kind_names, layer_kinds
 from acdc_recipe.compiler.patterns import check_pattern, implied_sparsity
 from acdc_recipe.compiler.plan import DenseParam, PrunableParam, SparsityPlan
 from acdc_recipe.compiler.rules import Resolution, resolve_rules
@@ -41,17 +44,19 @@ def compile(  # noqa: A001 - the public name the API promises
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile() needs an nn.Module, got {type(model).__name__}")
     timeline = lower(recipe.schedule)
-    result = trace(model)
-    found = discover(result)
+    kinds = layer_kinds()
     sparsity = recipe.sparsity
+    prunable = prunable_kinds(sparsity, kinds)
+    result = trace(model)
+    found = discover(result, kinds)
     resolution = (
-        resolve_rules(sparsity.rules, found.candidates, sparsity.prunable)
+        resolve_rules(sparsity.rules, found.candidates, prunable)
         if sparsity is not None
         else Resolution({}, {})
     )
     params, dense = distribute(found, resolution, sparsity)
     inputs = _example_inputs(result.root, recipe, example_inputs)
-    flops = site_flops(result, found, inputs) if inputs is not None else {}
+    flops = site_flops(result, found, inputs, kinds) if inputs is not None else {}
     weight_flops = _flops_by_weight(found, flops)
     params = tuple(replace(p, dense_flops=weight_flops.get(p.name, 0)) for p in params)
     dense = tuple(replace(p, dense_flops=weight_flops.get(p.name, 0)) for p in dense)
@@ -63,6 +68,7 @@ def compile(  # noqa: A001 - the public name the API promises
         on_decompress=recipe.optimizer_state.on_decompress,
         recipe_hash=recipe_hash(recipe),
     )
+    not_pruned = _not_pruned(found, resolution, prunable, sparsity)
     compiled = CompiledRecipe(
         recipe=recipe,
         module=result.graph_module if result.traced else result.root,
@@ -76,9 +82,59 @@ def compile(  # noqa: A001 - the public name the API promises
         unwrapped=result.unwrapped,
         dual_graph=result.dual,
         example_shapes=tuple(tuple(t.shape) for t in inputs or () if isinstance(t, torch.Tensor)),
+        tracer=result.tracer,
+        not_pruned=not_pruned,
+        tied=tuple(
+            TiedGroup((c.name, *c.aliases), not_pruned.get(c.name, "pruned"))
+            for c in found.candidates
+            if c.aliases
+        ),
+        found_by_type=tuple(
+            TypeFoundLayer(s.key, s.op, tuple(n for n, _ in s.weights), s.note or "")
+            for s in found.sites
+            if s.by_type
+        ),
     )
     instrument(compiled, result, found, flops)
     return compiled
+
+
+def prunable_kinds(sparsity: Sparsity | None, kinds: Mapping[str, LayerKind]) -> tuple[str, ...]:
+    """The layer kinds pruned by default: `sparsity.prunable`, checked against the registry,
+    or every registered kind."""
+    if sparsity is None or sparsity.prunable is None:
+        return tuple(kinds)
+    known = set(kinds) | set(known_kind_names())
+    for index, name in enumerate(sparsity.prunable):
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise CompileError(
+                f"{name!r} is not a registered layer kind.{hint} Registered: "
+                f"{', '.join(sorted(known))}; add your own to acdc_recipe.compiler.LAYER_KINDS",
+                ("sparsity", "prunable", index),
+            )
+    return sparsity.prunable
+
+
+def _not_pruned(
+    found: Discovery,
+    resolution: Resolution,
+    prunable: Sequence[str],
+    sparsity: Sparsity | None,
+) -> dict[str, str]:
+    """Every parameter that is not pruned, with the reason (a key of NOT_PRUNED_REASONS)."""
+    reasons = {}
+    for candidate in found.candidates:
+        if candidate.name in resolution.pruned:
+            continue
+        if candidate.name in resolution.dense:
+            reasons[candidate.name] = "dense"
+        elif candidate.role == "weight" and sparsity is not None:
+            reasons[candidate.name] = "excluded"
+        else:
+            reasons[candidate.name] = candidate.role
+    return reasons
 
 
 def distribute(
@@ -96,7 +152,9 @@ def distribute(
         path = (
             ("sparsity", "rules", rule_index, "pattern") if from_rule else ("sparsity", "pattern")
         )
-        check_pattern(pattern, candidate.layer, candidate.op, candidate.shape, path)
+        check_pattern(
+            pattern, candidate.layer, candidate.op, candidate.shape, path, candidate.input_axis
+        )
         rule_target = rule.target if rule is not None else None
         params.append(
             PrunableParam(
@@ -110,6 +168,7 @@ def distribute(
                 rule_target=rule_target,
                 target=0.0,
                 dense_flops=0,
+                input_axis=candidate.input_axis,
             )
         )
     targets = planned_targets(params, sparsity.target)
@@ -177,8 +236,10 @@ def _flops_by_weight(found: Discovery, flops: dict[str, dict[str, int]]) -> dict
 def _example_inputs(root: nn.Module, recipe: Recipe, given: Any) -> tuple | None:
     if given is not None:
         return tuple(given) if isinstance(given, (tuple, list)) else (given,)
-    shape = recipe.train.model.input_shape if recipe.train is not None else None
-    return example_inputs_for(root, shape) if shape is not None else None
+    if recipe.train is None or recipe.train.model.input_shape is None:
+        return None
+    spec = recipe.train.model
+    return example_inputs_for(root, spec.input_shape, spec.input_dtype)
 
 
 def _warnings(
@@ -191,8 +252,9 @@ def _warnings(
     notes = []
     if not result.traced:
         notes.append(
-            f"torch.fx could not trace the model ({result.error}); compiled by walking the "
-            "module tree instead: weights used through functional calls are not discovered"
+            f"{result.tracer} could not trace the model ({result.error}); compiled by walking "
+            "the module tree instead: every layer of a registered kind is found, weights used "
+            "only through functional calls are not"
         )
     if inputs is None:
         notes.append(

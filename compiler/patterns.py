@@ -1,8 +1,12 @@
 """Pattern checks and exact prune counts for unstructured, N:M and block sparsity.
 
-- N:M keeps N of every M consecutive weights along the input-channel axis (dim 1 of Linear and
-  Conv weights, moved last for convs), so that axis must be a multiple of M. Transposed convs
-  (weight ``[in, out/groups, *k]``) have no hardware-valid N:M layout here and are rejected.
+Both structured patterns read a weight in its logical layout ``[out, in, *kernel]``: the
+layer kind's input axis (dim 1 for Linear and Conv weights, dim 0 for transformers' Conv1D,
+stored ``(in, out)``) is moved to position 1.
+
+- N:M keeps N of every M consecutive weights along the input axis (moved last for convs), so
+  that axis must be a multiple of M. Transposed convs have no hardware-valid N:M layout here
+  and are rejected.
 - block:RxC prunes whole RxC blocks of the 2-D view ``[out, in * prod(kernel)]``, which both
   block sides must divide.
 """
@@ -16,14 +20,31 @@ from acdc_recipe.errors import KeyPath
 from acdc_recipe.schema import parse_pattern
 
 
-def check_pattern(pattern: str, layer: str, op: str, shape: tuple[int, ...], path: KeyPath) -> None:
+def logical_shape(shape: tuple[int, ...], input_axis: int) -> tuple[int, ...]:
+    """`shape` with the input axis moved to position 1: ``[out, in, *kernel]``."""
+    if len(shape) < 2:
+        return tuple(shape)
+    dims = list(shape)
+    dims.insert(1, dims.pop(input_axis))
+    return tuple(dims)
+
+
+def check_pattern(
+    pattern: str,
+    layer: str,
+    op: str,
+    shape: tuple[int, ...],
+    path: KeyPath,
+    input_axis: int = 1,
+) -> None:
     """Raise `CompileError` when a weight of `shape` cannot hold `pattern`."""
     kind, a, b = parse_pattern(pattern)
+    stored, shape = shape, logical_shape(shape, input_axis)
     fix = (
         f"keep it dense with a rule {{match: {layer!r}, dense: true}} placed before any rule "
         "that matches it, or give it pattern: unstructured"
     )
-    described = f"layer {layer!r} ({op}, weight {list(shape)})"
+    described = f"layer {layer!r} ({op}, weight {list(stored)})"
     if kind == "n:m":
         if op.startswith(("ConvTranspose", "conv_transpose")):
             raise CompileError(

@@ -33,6 +33,7 @@ class PrunableParam:
     rule_target: float | None  # the claiming rule's target, scaled with the overall target
     target: float  # sparsity this parameter gets at the recipe's target (pool: pool average)
     dense_flops: int  # forward FLOPs of its op for one sample at density 1 (multiply-add = 2)
+    input_axis: int = 1  # the axis holding input features: N:M runs along it (Conv1D: 0)
 
     @property
     def numel(self) -> int:

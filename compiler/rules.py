@@ -3,9 +3,11 @@
 A rule's `match` is an exact name, a glob (``layer4.*.conv2``), a regex (``re:...``, matched
 in full) or a module type (``type:Linear``, any class in the layer's hierarchy, or the prunable
 type of the op using the weight). It is tried against both the layer name and the parameter
-name. Rules are tried in order and the first one that matches a parameter decides it: for a
-default-prunable weight it claims it; a norm, bias or other non-default parameter is claimed
-only when that rule says ``include: true``. A rule that claims nothing is a `CompileError`.
+name, every name of a tied parameter included (``lm_head`` matches GPT-2's
+``transformer.wte.weight``). Rules are tried in order and the first one that matches a
+parameter decides it: for a default-prunable weight it claims it; a norm, bias, embedding (tied
+to an output projection or not) or other non-default parameter is claimed only when that rule
+says ``include: true``. A rule that claims nothing is a `CompileError`.
 """
 
 from __future__ import annotations
@@ -44,10 +46,23 @@ def compile_match(text: str, index: int) -> Matcher:
                 f"rule {index} has an invalid regular expression {text[3:]!r}: {error}",
                 _match_path(index),
             ) from None
-        return lambda c: bool(pattern.fullmatch(c.layer) or pattern.fullmatch(c.name))
+        return lambda c: any(pattern.fullmatch(n) for n in _names(c))
     if any(ch in text for ch in "*?["):
-        return lambda c: fnmatch.fnmatchcase(c.layer, text) or fnmatch.fnmatchcase(c.name, text)
-    return lambda c: c.layer == text or c.name == text
+        return lambda c: any(fnmatch.fnmatchcase(n, text) for n in _names(c))
+    return lambda c: text in _names(c)
+
+
+def _names(candidate: Candidate) -> tuple[str, ...]:
+    """The layer and parameter names a rule is matched against (every name of a tied one)."""
+    names = [candidate.layer, candidate.name]
+    for alias in candidate.aliases:
+        names += [alias.rpartition(".")[0], alias]
+    return tuple(names)
+
+
+def is_default_prunable(candidate: Candidate, prunable: Sequence[str]) -> bool:
+    """A weight applied by a layer kind in `prunable` (never a bias, norm or embedding)."""
+    return candidate.role == "weight" and candidate.kind in prunable
 
 
 def resolve_rules(
@@ -59,7 +74,7 @@ def resolve_rules(
     dense: dict[str, int] = {}
     claimed_by: dict[str, int] = {}
     for candidate in candidates:
-        default = candidate.kind is not None and candidate.kind in prunable
+        default = is_default_prunable(candidate, prunable)
         index = next((i for i, m in enumerate(matchers) if m(candidate)), None)
         if index is None:
             if default:
@@ -106,8 +121,9 @@ def _unclaimed_message(
         shown = ", ".join(f"{c.name} ({c.op})" for c in matched[:4])
         return (
             head + f"only matches parameters that are not pruned by default: {shown}. Norms, "
-            f"biases and layers outside sparsity.prunable ({', '.join(prunable)}) are never "
-            "pruned unless a rule sets include: true; "
+            f"biases, embeddings (also when tied to an output layer) and layers outside "
+            f"sparsity.prunable ({', '.join(prunable)}) are never pruned unless a rule sets "
+            "include: true; "
             + (
                 "a dense rule for them is not needed, remove it."
                 if rule.dense
@@ -123,11 +139,11 @@ def _unclaimed_message(
 
 def _near_misses(text: str, candidates: Sequence[Candidate]) -> str:
     if text.startswith("type:"):
-        types = sorted({t for c in candidates if c.kind is not None for t in c.types})
+        types = sorted({t for c in candidates if c.role == "weight" for t in c.types})
         close = difflib.get_close_matches(text[5:], types, n=5, cutoff=0.5)
         return f"Closest types: {', '.join(close or types[:8])}."
     key = text[3:] if text.startswith("re:") else text
-    layers = list(dict.fromkeys(c.layer for c in candidates if c.kind is not None))
+    layers = list(dict.fromkeys(c.layer for c in candidates if c.role == "weight"))
     names = layers + [c.name for c in candidates]
     close = difflib.get_close_matches(key, names, n=5, cutoff=0.5)
     if close:

@@ -1,33 +1,53 @@
 """Pass 1: unwrap DDP/torch.compile wrappers and trace the model with torch.fx.
 
-Standard layers (everything in ``torch.nn``, e.g. Conv2d, Linear, MultiheadAttention) stay
-leaves, so each appears as one ``call_module`` node. The model is traced twice, in train and
+Standard layers (everything in ``torch.nn``, e.g. Conv2d, Linear, MultiheadAttention) and
+layers of a registered kind (`kinds.py`) stay leaves, so each appears as one ``call_module``
+node. The model is traced twice, in train and
 in eval mode; when the graphs differ (``if self.training:`` in Python, e.g. stochastic depth)
 the result is a `DualGraphModule` that switches graph with ``.train()/.eval()``, so its forward
 matches the original in both modes. A model that does not trace is not refused: the result
 carries the reason and the compiler walks the module tree instead.
+
+A transformers ``PreTrainedModel`` is traced by transformers' own fx tracer
+(``transformers.utils.fx.symbolic_trace``, on its first input) where that exists and works;
+transformers 5 removed it, and plain torch.fx cannot trace these models, so they are then
+compiled by walking the module tree, which finds every layer of a registered kind.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from itertools import chain
 
 from torch import fx, nn
 from torch.fx.graph_module import _copy_attr
+
+from acdc_recipe.compiler.kinds import kind_of, layer_kinds
 
 # Attribute through which a wrapper holds the model it wraps (DDP/DataParallel, torch.compile).
 WRAPPER_ATTRIBUTES = ("module", "_orig_mod")
 
 
 class LeafTracer(fx.Tracer):
-    """fx tracer that keeps every standard ``torch.nn`` layer (not containers) as a leaf."""
+    """fx tracer that keeps every standard ``torch.nn`` layer (not containers) and every layer
+    of a registered kind as a leaf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds = layer_kinds()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
             return False
-        return type(m).__module__.startswith(("torch.nn", "torch.ao.nn")) or super().is_leaf_module(
-            m, module_qualified_name
+        return (
+            type(m).__module__.startswith(("torch.nn", "torch.ao.nn"))
+            or kind_of(m, self.kinds) is not None
+            or super().is_leaf_module(m, module_qualified_name)
         )
 
 
@@ -62,6 +82,7 @@ class TraceResult:
     graph_module: fx.GraphModule | None  # None when tracing failed
     error: str | None  # why tracing failed, one line
     unwrapped: tuple[str, ...]  # wrappers removed, e.g. ("DistributedDataParallel.module",)
+    tracer: str = "torch.fx"  # which tracer was tried: "torch.fx" or "transformers.utils.fx"
 
     @property
     def traced(self) -> bool:
@@ -106,25 +127,73 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
 def trace(model: nn.Module) -> TraceResult:
     """Unwrap and trace `model`; on failure return the reason instead of raising."""
     root, unwrapped = unwrap(model)
+    if _is_transformers_model(root):
+        return _trace_transformers(root, unwrapped)
+    return _trace_with(root, unwrapped, "torch.fx", lambda module: LeafTracer().trace(module))
+
+
+def _trace_with(
+    root: nn.Module,
+    unwrapped: tuple[str, ...],
+    tracer: str,
+    trace_graph: Callable[[nn.Module], fx.Graph],
+) -> TraceResult:
+    """Trace `root` in train and in eval mode with `trace_graph`; failures become the reason."""
     modes = {m: m.training for m in root.modules()}
     try:
         graphs = []
         for mode in (True, False):
             root.train(mode)
-            graphs.append(LeafTracer().trace(root))
+            graphs.append(trace_graph(root))
+        train_graph, eval_graph = graphs
+        if train_graph.python_code("self").src == eval_graph.python_code("self").src:
+            graph_module = fx.GraphModule(root, train_graph, type(root).__name__)
+        else:
+            graph_module = DualGraphModule(root, train_graph, eval_graph)
     except Exception as error:  # noqa: BLE001 - any tracing failure means "walk modules instead"
-        return TraceResult(root, None, _one_line(error), unwrapped)
+        return TraceResult(root, None, _one_line(error), unwrapped, tracer)
     finally:
         for module, mode in modes.items():
             module.training = mode
-    train_graph, eval_graph = graphs
-    name = type(root).__name__
-    if train_graph.python_code("self").src == eval_graph.python_code("self").src:
-        graph_module = fx.GraphModule(root, train_graph, name)
-    else:
-        graph_module = DualGraphModule(root, train_graph, eval_graph)
     set_mode(graph_module, root.training)
-    return TraceResult(root, graph_module, None, unwrapped)
+    return TraceResult(root, graph_module, None, unwrapped, tracer)
+
+
+def _is_transformers_model(module: nn.Module) -> bool:
+    """A transformers ``PreTrainedModel`` (transformers is imported when one exists)."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    base = getattr(modeling, "PreTrainedModel", None)
+    return base is not None and isinstance(module, base)
+
+
+def _trace_transformers(root: nn.Module, unwrapped: tuple[str, ...]) -> TraceResult:
+    """transformers' own fx tracer on the model's first input, where this transformers has it."""
+    import transformers  # an optional dependency, already imported by the model's own module
+
+    try:
+        from transformers.utils.fx import symbolic_trace
+    except ImportError:
+        reason = (
+            f"transformers {transformers.__version__} has no torch.fx tracer "
+            "(transformers.utils.fx was removed in 5.0), and plain torch.fx cannot trace its models"
+        )
+        return TraceResult(root, None, reason, unwrapped, "transformers.utils.fx")
+    first = next(iter(inspect.signature(root.forward).parameters))
+
+    def trace_graph(module: nn.Module) -> fx.Graph:
+        notes = logging.getLogger("torch.fx._symbolic_trace")  # warns once about is_fx_tracing
+        disabled, notes.disabled = notes.disabled, True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's own notes, not the user's business
+                return symbolic_trace(module, input_names=[first]).graph
+        finally:
+            notes.disabled = disabled
+
+    result = _trace_with(root, unwrapped, "transformers.utils.fx", trace_graph)
+    if result.traced:
+        return result
+    return replace(result, error=f"transformers {transformers.__version__}: {result.error}")
 
 
 def set_mode(graph_module: fx.GraphModule, training: bool) -> None:

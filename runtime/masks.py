@@ -3,9 +3,9 @@
 Every mask is in its weight's dtype and on its device (so the runtime can `_foreach_mul_` with
 it), has exactly `group.prune` zeros per group, and breaks ties by position: among equal
 scores, the earliest in flat order (group tensor order, then row-major) are pruned first.
-Tensors are treated as ``[out, in, *kernel]`` (Linear and Conv weights); transposed-conv
-weights (``[in, out/groups, *kernel]``) are not reinterpreted, and the compiler rejects N:M
-for them.
+N:M and block patterns read each tensor as ``[out, in, *kernel]``: its input axis (the plan's
+`PrunableParam.input_axis`, 1 for Linear and Conv weights, 0 for transformers' Conv1D) is
+moved to position 1 first, and the mask is moved back.
 
 Weights may be FSDP2 DTensors (`acdc_recipe.runtime.sharding`): the masks are then this rank's
 local shards of the masks one process would choose from the full weights.
@@ -43,13 +43,18 @@ __all__ = [
 ]
 
 
-def select_masks(tensors: Sequence[Tensor], groups: Sequence[MaskGroup]) -> list[Tensor]:
+def select_masks(
+    tensors: Sequence[Tensor],
+    groups: Sequence[MaskGroup],
+    input_axes: Sequence[int] | None = None,
+) -> list[Tensor]:
     """One mask per tensor (aligned with `tensors`), each group pruned by its pattern.
 
-    Usable without a runtime: `select_masks(weights, plan.updates[i][0].groups)`. For DTensor
-    weights (every rank calls it) each mask is shaped like the weight's local shard.
+    Usable without a runtime: `select_masks(weights, plan.updates[i][0].groups,
+    [p.input_axis for p in plan.params])`; `input_axes` defaults to 1 for every tensor. For
+    DTensor weights (every rank calls it) each mask is shaped like the weight's local shard.
     """
-    return select_masks_and_thresholds(tensors, groups)[0]
+    return select_masks_and_thresholds(tensors, groups, input_axes)[0]
 
 
 @torch.no_grad()
@@ -60,11 +65,14 @@ def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
 
 
 def select_masks_and_thresholds(
-    tensors: Sequence[Tensor], groups: Sequence[MaskGroup]
+    tensors: Sequence[Tensor],
+    groups: Sequence[MaskGroup],
+    input_axes: Sequence[int] | None = None,
 ) -> tuple[list[Tensor], list[Tensor | None]]:
     """`select_masks`, plus per group the largest pruned |w| of an unstructured group (None
     for other patterns and for groups that prune nothing)."""
     _check_partition(len(tensors), groups)
+    axes = _axes(input_axes, len(tensors))
     sharding = sharding_of(tensors)
     tensors = local_tensors(tensors)
     masks: list[Tensor] = [torch.empty(0)] * len(tensors)
@@ -72,15 +80,16 @@ def select_masks_and_thresholds(
     for group in groups:
         threshold = None
         members = [tensors[i] for i in group.indices]
+        member_axes = [axes[i] for i in group.indices]
         shards = None if sharding is None else sharding.subset(group.indices)
         for i in group.indices if sharding is not None else ():
-            check_pattern(sharding, i, group.pattern, f"tensor {i}")
+            check_pattern(sharding, i, group.pattern, f"tensor {i}", axes[i])
         try:
             kind, a, b = parse_pattern(group.pattern)
             if kind == "n:m":
-                group_masks = prune_mask_n_m(members, a, b, group.prune, shards)
+                group_masks = prune_mask_n_m(members, a, b, group.prune, member_axes, shards)
             elif kind == "block":
-                group_masks = prune_mask_block(members, a, b, group.prune, shards)
+                group_masks = prune_mask_block(members, a, b, group.prune, member_axes, shards)
             else:
                 group_masks, threshold = unstructured_masks(members, group.prune, shards)
         except NonFiniteWeightError:
@@ -111,18 +120,44 @@ def _check_partition(count: int, groups: Sequence[MaskGroup]) -> None:
         raise ValueError(f"tensors {missing} belong to no mask group")
 
 
+def _axes(input_axes: Sequence[int] | None, count: int) -> list[int]:
+    """Each tensor's input axis: as given, or 1 (``[out, in, *kernel]``) for all."""
+    return list(input_axes) if input_axes is not None else [1] * count
+
+
+def _logical(tensor: Tensor, input_axis: int) -> Tensor:
+    """`tensor` viewed as ``[out, in, *kernel]`` (its input axis moved to position 1)."""
+    return tensor.movedim(input_axis, 1) if tensor.dim() >= 2 else tensor
+
+
+def _logical_shape(shape: tuple[int, ...], input_axis: int) -> tuple[int, ...]:
+    """The shape of `_logical` of a tensor of `shape`."""
+    if len(shape) < 2:
+        return shape
+    dims = list(shape)
+    dims.insert(1, dims.pop(input_axis))
+    return tuple(dims)
+
+
 def prune_mask_n_m(
-    tensors: Sequence[Tensor], n: int, m: int, prune: int, sharding: Sharding | None = None
+    tensors: Sequence[Tensor],
+    n: int,
+    m: int,
+    prune: int,
+    input_axes: Sequence[int] | None = None,
+    sharding: Sharding | None = None,
 ) -> list[Tensor]:
-    """Keep the `n` largest |w| of every `m` consecutive weights along the input-channel axis.
+    """Keep the `n` largest |w| of every `m` consecutive weights along the input axis (dim 1
+    unless `input_axes` says otherwise, per tensor).
 
     `prune` must be 0 (all kept) or exactly what the pattern removes. Among equal magnitudes in
     one run of `m`, the earlier input channels are pruned first. With `sharding` the tensors
     are local shards that hold whole runs (`check_pattern`), and `prune` counts all ranks.
     """
+    axes = _axes(input_axes, len(tensors))
     shapes = [tuple(t.shape) for t in tensors] if sharding is None else sharding.shapes
-    for shape in shapes:
-        if len(shape) < 2 or shape[1] % m:
+    for shape, axis in zip(shapes, axes, strict=True):
+        if len(shape) < 2 or shape[axis] % m:
             raise ValueError(
                 f"a weight of shape {list(shape)} has no input-channel axis divisible by "
                 f"{m}, so it cannot hold the {n}:{m} pattern"
@@ -133,40 +168,49 @@ def prune_mask_n_m(
     if prune != implied:
         raise ValueError(f"{n}:{m} prunes exactly {implied} entries here, not {prune}")
     masks = []
-    for tensor in tensors:
-        channels_last = tensor.detach().movedim(1, -1)
+    for tensor, axis in zip(tensors, axes, strict=True):
+        channels_last = tensor.detach().movedim(axis, -1)
         runs = channels_last.abs().reshape(-1, m)
         order = runs.argsort(dim=1, stable=True)
         keep = torch.ones_like(runs, dtype=torch.bool)
         keep.scatter_(1, order[:, : m - n], False)
-        mask = keep.view(channels_last.shape).movedim(-1, 1).contiguous()
+        mask = keep.view(channels_last.shape).movedim(-1, axis).contiguous()
         masks.append(mask.to(tensor.dtype))
     return masks
 
 
 def prune_mask_block(
-    tensors: Sequence[Tensor], rows: int, cols: int, prune: int, sharding: Sharding | None = None
+    tensors: Sequence[Tensor],
+    rows: int,
+    cols: int,
+    prune: int,
+    input_axes: Sequence[int] | None = None,
+    sharding: Sharding | None = None,
 ) -> list[Tensor]:
     """Prune the `prune // (rows*cols)` whole blocks with the smallest L1 norm over the group.
 
-    Each tensor is viewed as ``[out, in * prod(kernel)]`` and tiled by `rows` x `cols` blocks;
-    blocks are ranked across the group's tensors with ties pruned in flat block order. With
-    `sharding` the tensors are dim-0 shards of whole block rows (`check_pattern`).
+    Each tensor is viewed as ``[out, in * prod(kernel)]`` (its input axis moved to position 1)
+    and tiled by `rows` x `cols` blocks; blocks are ranked across the group's tensors with ties
+    pruned in flat block order. With `sharding` the tensors are dim-0 shards of whole block
+    rows of weights whose input axis is 1 (`check_pattern`).
     """
     size = rows * cols
+    axes = _axes(input_axes, len(tensors))
     shapes = [tuple(t.shape) for t in tensors] if sharding is None else sharding.shapes
     grids = []
-    for shape in shapes:
-        out, inner = shape[0], prod(shape[1:])
+    for shape, axis in zip(shapes, axes, strict=True):
+        out = _logical_shape(shape, axis)[0]
+        inner = prod(shape) // out
         if out % rows or inner % cols:
             raise ValueError(
                 f"a weight viewed as {out}x{inner} is not tiled by {rows}x{cols} blocks"
             )
         grids.append((out // rows, inner // cols))
+    logical = [_logical(t.detach(), a) for t, a in zip(tensors, axes, strict=True)]
     scores = []
-    for tensor in tensors:
-        out, inner = tensor.shape[0], prod(tensor.shape[1:])
-        grid = tensor.detach().reshape(out // rows, rows, inner // cols, cols)
+    for view in logical:
+        out, inner = view.shape[0], prod(view.shape[1:])
+        grid = view.reshape(out // rows, rows, inner // cols, cols)
         scores.append(grid.abs().sum(dim=(1, 3), dtype=torch.float64))
     blocks = sum(prod(grid) for grid in grids)
     if prune % size or not 0 <= prune <= blocks * size:
@@ -178,10 +222,13 @@ def prune_mask_block(
     grid_sharding = None if sharding is None else replace(sharding, shapes=tuple(grids))
     block_masks = prune_mask_unstructured(scores, prune // size, grid_sharding)
     masks = []
-    for tensor, block_mask in zip(tensors, block_masks, strict=True):
+    for tensor, view, axis, block_mask in zip(tensors, logical, axes, block_masks, strict=True):
         grid_rows, grid_cols = block_mask.shape
         expanded = block_mask.view(grid_rows, 1, grid_cols, 1).expand(-1, rows, -1, cols)
-        masks.append(expanded.reshape(tensor.shape).to(tensor.dtype))
+        mask = expanded.reshape(view.shape)
+        if tensor.dim() >= 2:
+            mask = mask.movedim(1, axis)
+        masks.append(mask.contiguous().to(tensor.dtype))
     return masks
 
 

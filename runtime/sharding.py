@@ -158,21 +158,25 @@ def sharding_of(tensors: Sequence[Tensor], names: Sequence[str] | None = None) -
     )
 
 
-def check_pattern(sharding: Sharding, index: int, pattern: str, name: str) -> None:
+def check_pattern(
+    sharding: Sharding, index: int, pattern: str, name: str, input_axis: int = 1
+) -> None:
     """Raise `ShardingError` naming the layer if its shards cannot hold `pattern` exactly.
 
     Unstructured and block masks rank entries across the whole tensor, so they need the
-    row-major blocks of a dim-0 split (and, for blocks, whole block rows on every rank); N:M
-    runs along the input channels, so any split works that leaves every run of `m` on one rank.
+    row-major blocks of a dim-0 split (and, for blocks, whole block rows on every rank, of a
+    weight whose input axis is 1); N:M runs along the input channels, so any split works that
+    leaves every run of `m` on one rank.
     """
     kind, a, b = parse_pattern(pattern)
     dim = sharding.dims[index]
     shards = [sharding.block(index, r) for r in range(sharding.world_size)]
     if kind == "n:m":
-        broken = dim == 1 and any(size % b or start % b for size, start in shards)
+        broken = dim == input_axis and any(size % b or start % b for size, start in shards)
         if broken:
             raise ShardingError(
-                f"layer '{name}' has pattern {pattern} along its {sharding.shapes[index][1]} "
+                f"layer '{name}' has pattern {pattern} along its "
+                f"{sharding.shapes[index][input_axis]} "
                 f"input channels, but they are sharded over {sharding.world_size} ranks in "
                 f"blocks of {[size for size, _ in shards]}, which split runs of {b}; shard it "
                 "on dim 0 (fully_shard's default) or use a world size that divides the "
@@ -183,6 +187,11 @@ def check_pattern(sharding: Sharding, index: int, pattern: str, name: str) -> No
         raise ShardingError(
             f"layer '{name}' is sharded on dim {dim}; {pattern} masks choose over the whole "
             "tensor and need it sharded on dim 0 (fully_shard's default placement)"
+        )
+    if kind == "block" and input_axis != 1:
+        raise ShardingError(
+            f"layer '{name}' stores its input channels on dim {input_axis}; sharded {pattern} "
+            "masks need them on dim 1 (prune it unstructured or N:M, or keep it unsharded)"
         )
     if kind == "block" and any(size % a or start % a for size, start in shards):
         raise ShardingError(
@@ -198,7 +207,7 @@ def plan_sharding(params: Sequence[Tensor], plan: SparsityPlan) -> Sharding | No
     parameter's pattern so that a layout the engine cannot prune exactly fails at attach."""
     sharding = sharding_of(params, plan.names)
     for i, spec in enumerate(plan.params if sharding is not None else ()):
-        check_pattern(sharding, i, spec.pattern, spec.name)
+        check_pattern(sharding, i, spec.pattern, spec.name, spec.input_axis)
     return sharding
 
 

@@ -139,6 +139,7 @@ class SparsityRuntime:
         compiled = dataclasses.replace(compiled, parameters=self._parameters)
         self._sharding = plan_sharding(self._parameters, plan)
         self._names = plan.names
+        self._input_axes = [param.input_axis for param in plan.params]
         self._companions = _companion_parameters(compiled)
         self._policy = plan.on_decompress
         dense = [i for i, p in enumerate(self.timeline.phases) if p.kind == "dense"]
@@ -325,7 +326,7 @@ class SparsityRuntime:
         )
         start = time.perf_counter()
         try:
-            masks, thresholds = select_masks_and_thresholds(weights, groups)
+            masks, thresholds = select_masks_and_thresholds(weights, groups, self._input_axes)
         except NonFiniteWeightError:  # raises the same error, naming the layer
             check_finite(local_tensors(weights), self._names, across=self._sharding)
             raise

@@ -41,3 +41,57 @@ def fashion_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_idx_dataset(
         tmp_path_factory.mktemp("fashion-like"), 600, 300, compress=True, learnable=True
     )
+
+
+# Tiny transformers models, built from configs (no download). transformers is imported only by
+# the tests that use them.
+TOKEN_VOCAB = 64
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def tiny_gpt2(seed: int = 0, layers: int = 2):
+    """A GPT-2 language model: Conv1D projections, input/output embeddings tied."""
+    transformers = _quiet_transformers()
+    config = transformers.GPT2Config(
+        n_layer=layers, n_embd=32, n_head=2, vocab_size=TOKEN_VOCAB, n_positions=32,
+        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    import torch
+
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def tiny_bert(seed: int = 0, labels: int = 3):
+    """A BERT sequence classifier: Linear projections, word/position/type embeddings."""
+    transformers = _quiet_transformers()
+    config = transformers.BertConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+        vocab_size=TOKEN_VOCAB, max_position_embeddings=32, num_labels=labels,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    import torch
+
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(config)
+
+
+def tiny_vit(seed: int = 0, labels: int = 3):
+    """A ViT image classifier on 16x16 images in 4x4 patches: a Conv2d patch embedding, Linear
+    projections, a class token and position embeddings held as plain parameters."""
+    transformers = _quiet_transformers()
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, num_hidden_layers=2, hidden_size=32,
+        num_attention_heads=2, intermediate_size=64, num_labels=labels,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    import torch
+
+    torch.manual_seed(seed)
+    return transformers.ViTForImageClassification(config)

@@ -1,8 +1,8 @@
 """The layout is the architecture: imports flow one way, the wheel holds every package, and the
 language layer needs no torch.
 
-    language (acdc_recipe.*) <- compiler <- engine (runtime) <- application (runtime.train)
-        <- public API (acdc_recipe/__init__) <- CLI (acdc_recipe.cli)
+    language (acdc_recipe.*) <- compiler <- engine (runtime) <- application (runtime.train,
+        integrations) <- public API (acdc_recipe/__init__) <- CLI (acdc_recipe.cli)
 
 A module imports only from its own layer or those to its left. Imports inside functions are
 allowed only where a module must stay importable without torch (the public API and the CLI
@@ -53,7 +53,7 @@ def layer(module: str) -> str:
         return "api"
     if module.startswith("acdc_recipe.cli"):
         return "cli"
-    if module.startswith("acdc_recipe.runtime.train"):
+    if module.startswith(("acdc_recipe.runtime.train", "acdc_recipe.integrations")):
         return "application"
     if module.startswith("acdc_recipe.runtime"):
         return "engine"

@@ -12,10 +12,11 @@ from rich.table import Table
 def render_plan(plan: dict[str, Any], console: Console) -> None:
     """Print a plan (as `CompiledRecipe.plan()` returns it) for a person to read."""
     tracer = plan["tracer"]
+    name = tracer.get("tracer", "torch.fx")
     how = (
-        "traced by torch.fx"
+        f"traced by {name}"
         if tracer["traced"]
-        else f"[yellow]not traced[/] ({tracer['error']}); module tree walked"
+        else "[yellow]not traced[/] (see the warning below): module tree walked"
     )
     if tracer["dual_graph"]:
         how += " (separate train/eval graphs)"
@@ -30,6 +31,7 @@ def render_plan(plan: dict[str, Any], console: Console) -> None:
         console.print(
             "rules: " + "; ".join(f"{i} = {m}" for i, m in sorted(rules.items())), markup=False
         )
+    _print_account(plan, console)
     totals, sparsity = plan["totals"], plan["sparsity"]
     if sparsity:
         console.print(
@@ -72,7 +74,10 @@ def _layer_table(plan: dict[str, Any]) -> Table:
     table.add_column("target", justify="right", no_wrap=True)
     table.add_column("MFLOPs", justify="right", no_wrap=True)
     for entry in entries:
-        row = [entry["name"], entry["op"], "x".join(map(str, entry["shape"]))]
+        shape = "x".join(map(str, entry["shape"]))
+        if entry.get("input_axis") == 0 and len(entry["shape"]) == 2:
+            shape += " (in x out)"
+        row = [entry["name"], entry["op"], shape]
         if show_rule:
             row.append("-" if entry["rule"] is None else str(entry["rule"]))
         if show_pattern:
@@ -81,6 +86,34 @@ def _layer_table(plan: dict[str, Any]) -> Table:
         row.append(f"{entry['dense_flops'] / 1e6:,.1f}")
         table.add_row(*row)
     return table
+
+
+def _print_account(plan: dict[str, Any], console: Console) -> None:
+    """Where every parameter went: pruned, kept dense, or not pruned and why; tied weights;
+    layers found by their module type because the graph does not show them applied."""
+    account = plan.get("parameters")
+    if account is None:
+        return
+    parts = [f"{account['pruned']} pruned"]
+    parts += [f"{n} {account['reasons'][key]}" for key, n in account["not_pruned"].items()]
+    console.print("parameters: " + "; ".join(parts), markup=False)
+    for group in plan.get("tied", []):
+        decision = group["decision"]
+        said = {
+            "pruned": "pruned, as one tensor",
+            "dense": "kept dense by a rule",
+            "embedding": "not pruned, an embedding (a rule with include: true would prune it)",
+        }.get(decision, f"not pruned ({account['reasons'][decision]})")
+        console.print(f"tied: {' = '.join(group['names'])}: {said}", markup=False)
+    by_why: dict[str, list[str]] = {}
+    for layer in plan.get("found_by_type", []):
+        by_why.setdefault(layer["why"], []).append(layer["layer"])
+    for why, layers in by_why.items():
+        shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+        console.print(
+            f"[yellow]found by module type[/] ({why}): {shown}; their FLOPs are counted at the "
+            "ops that apply their weights",
+        )
 
 
 def _flops(value: float) -> str:

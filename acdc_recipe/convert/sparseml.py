@@ -40,12 +40,14 @@ from acdc_recipe.convert.sparseml_yaml import (
     Variable,
     evaluate_variables,
 )
-from acdc_recipe.schema import PRUNABLE_TYPES
+from acdc_recipe.schema import BUILTIN_LAYER_KINDS
 
 EPOCH_RANGE = "EpochRangeModifier"
 NO_EFFECT = ("log_types", "constant_logging")  # logging only
 # What SparseML's __ALL_PRUNABLE__ selects: the weights of Linear and convolution layers.
-SPARSEML_PRUNABLE = [kind for kind in PRUNABLE_TYPES if kind != "MultiheadAttention"]
+SPARSEML_PRUNABLE = [
+    kind for kind in BUILTIN_LAYER_KINDS if kind not in ("MultiheadAttention", "Conv1D")
+]
 METADATA_KEYS = ("version", "__metadata__")
 
 

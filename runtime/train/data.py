@@ -1,7 +1,8 @@
 """Data sources for `acdc run` and the deterministic batches drawn from them.
 
 `DATA_SOURCES` maps every `DataSpec.source` literal to a loader returning a `DataBundle`
-(train and validation datasets). Shuffling is a pure function of (seed, epoch), and
+(train and validation datasets): images and classes here, token sequences for language models
+in `token_data.py`. Shuffling is a pure function of (seed, epoch), and
 augmentation of (seed, epoch, batch), so a resumed run sees exactly the batches it would
 have seen; a run resumes mid-epoch by skipping to a batch index.
 """
@@ -13,48 +14,15 @@ import importlib
 import math
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from acdc_recipe.errors import UserError
+from acdc_recipe.runtime.train.datasets import DataBundle, DataError, TensorData
+from acdc_recipe.runtime.train.token_data import load_python_source, load_text, load_tokens
 from acdc_recipe.schema import DataSpec
-
-
-class DataError(UserError, ValueError):
-    """Data that cannot be loaded; the message says what is missing and how to get it."""
-
-
-class TensorData(Dataset):
-    """An in-memory dataset of (inputs, labels) tensors that hands out whole batches at once."""
-
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        if len(inputs) != len(labels):
-            raise DataError(f"{len(inputs)} inputs but {len(labels)} labels")
-        self.inputs, self.labels = inputs, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[index], self.labels[index]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return self.inputs[index], self.labels[index]
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    """Training and validation data, with what the model needs to know about them."""
-
-    train: Dataset
-    val: Dataset
-    num_classes: int | None = None
-    sample_shape: tuple[int, ...] | None = None
 
 
 def _standardize(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,6 +278,9 @@ DATA_SOURCES: dict[str, Callable[[DataSpec], DataBundle]] = {
     "cifar100": load_cifar100,
     "imagefolder": load_imagefolder,
     "callable": load_callable,
+    "text": load_text,
+    "tokens": load_tokens,
+    "python_source": load_python_source,
 }
 
 

@@ -2,7 +2,9 @@
 schedule and leaves a run directory with the dense and sparse models, metrics and a summary.
 
 `setup.prepare()` builds the session (and restores the newest checkpoint when resuming);
-`fit()` runs the loop; `close()` releases what the session holds.
+`fit()` runs the loop; `close()` releases what the session holds. The loss is `objective.py`'s
+cross-entropy: per sample for a classifier, per token for a language model, as the data
+source's labels say.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from acdc_recipe.compiler.tracing import unwrap
 from acdc_recipe.runtime.events import emptied_layers_note
@@ -33,6 +34,7 @@ from acdc_recipe.runtime.train.interrupt import (
     TrainingInterrupted,
     stop_at_step_boundary,
 )
+from acdc_recipe.runtime.train.objective import cross_entropy
 from acdc_recipe.runtime.train.optim import clip_gradients
 from acdc_recipe.runtime.train.records import (
     EpochEnded,
@@ -163,8 +165,8 @@ def _train_epoch(session: TrainingSession, epoch: int, start_batch: int, stop: S
         labels = labels.to(session.device, non_blocking=True)
         runtime.begin_step()  # phase actions before the forward pass
         with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.autocast):
-            logits = session.network(inputs)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.label_smoothing)
+            output = session.network(inputs)
+        loss = cross_entropy(output, labels, label_smoothing=spec.label_smoothing)
         _stop_if_diverged(session, loss, epoch)  # before any non-finite value reaches a weight
         session.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -35,6 +35,7 @@ from acdc_recipe.runtime.train.distributed import (
     resolve_device,
 )
 from acdc_recipe.runtime.train.models import build_model
+from acdc_recipe.runtime.train.objective import fits
 from acdc_recipe.runtime.train.optim import build_lr_schedule, build_optimizer
 from acdc_recipe.runtime.train.resume import restore
 from acdc_recipe.runtime.train.session import (
@@ -121,44 +122,51 @@ def _setup_model(
 ) -> tuple[nn.Module, CompiledRecipe]:
     model = build_model(recipe.train.model).to(device)
     _check_model_fits_data(model, recipe, data)
-    shape = recipe.train.model.input_shape or data.sample_shape
-    if shape is None:
-        example = torch.as_tensor(data.train[0][0]).unsqueeze(0)
-    else:
-        example = torch.zeros((2, *shape))
+    sample = torch.as_tensor(data.train[0][0])
+    shape = recipe.train.model.input_shape or data.sample_shape or tuple(sample.shape)
+    dtype = None if sample.is_floating_point() else sample.dtype  # token ids stay integers
+    example = torch.zeros((2, *shape), dtype=dtype)
     compiled = compile_recipe(model, recipe, example_inputs=example.to(device))
     return model, compiled
 
 
 def _check_model_fits_data(model: nn.Module, recipe: Recipe, data: DataBundle) -> None:
     """Run one sample through the model so a shape mismatch is a recipe error, not a traceback."""
-    sample = torch.as_tensor(data.val[0][0]).unsqueeze(0)
+    sample, labels = (torch.as_tensor(t).unsqueeze(0) for t in data.val[0])
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    name, source = recipe.train.model.name, recipe.train.data.source
     try:
         with torch.no_grad():
             outputs = model(sample.to(device))
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+        problem = fits(outputs, labels.to(device), data.num_classes)
+    except (RuntimeError, IndexError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        tokens = not sample.is_floating_point() and data.num_classes is not None
+        fix = (
+            f"the data's token ids go up to {data.num_classes - 1}, so set "
+            f"train.model.kwargs.vocab_size: {data.num_classes} (or more)"
+            if tokens
+            else "check train.model.kwargs (e.g. in_features, in_channels) against the data"
+        )
         raise TrainingSetupError(
-            f"model {recipe.train.model.name!r} cannot take the samples of data source "
-            f"{recipe.train.data.source!r} (shape {tuple(sample.shape[1:])}): {first}; check "
-            "train.model.kwargs (e.g. in_features, in_channels) against the data"
+            f"model {name!r} cannot take the samples of data source {source!r} (shape "
+            f"{tuple(sample.shape[1:])}, {sample.dtype}): {first}; {fix}"
         ) from None
     finally:
         model.train(was_training)
-    classes = data.num_classes
-    if classes is not None and (outputs.dim() != 2 or outputs.shape[1] < classes):
+    if problem is not None:
+        classes = data.num_classes
+        what = "kwargs.vocab_size" if labels.dim() > 1 else "kwargs.num_classes"
         raise TrainingSetupError(
-            f"model {recipe.train.model.name!r} outputs shape {tuple(outputs.shape[1:])} per "
-            f"sample, but data source {recipe.train.data.source!r} has {classes} classes; set "
-            f"train.model.kwargs.num_classes: {classes}"
+            f"model {name!r} does not fit data source {source!r}: {problem}"
+            + (f"; set train.model.{what}: {classes}" if classes is not None else "")
         )
     if recipe.train.data.augment and sample.dim() != 4:
         raise TrainingSetupError(
             "train.data.augment needs image data (channels x height x width), but the samples "
-            f"of {recipe.train.data.source!r} have shape {tuple(sample.shape[1:])}"
+            f"of {source!r} have shape {tuple(sample.shape[1:])}"
         )
 
 

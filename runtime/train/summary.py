@@ -15,6 +15,7 @@ from torch import Tensor
 from acdc_recipe.files import write_text_atomic
 from acdc_recipe.runtime.masks import mask_sparsity
 from acdc_recipe.runtime.sharding import local_tensors, sharding_of
+from acdc_recipe.runtime.train.objective import correct_and_count, summed_loss
 
 
 def exact_sparsity(
@@ -65,7 +66,8 @@ def write_summary(path: Path, summary: RunSummary) -> None:
 def evaluate(
     network: torch.nn.Module, batches: Any, device: torch.device, autocast: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(summed loss, correct count, sample count) over `batches`, as float64 tensors."""
+    """(summed loss, correct count, labelled positions) over `batches`, as float64 tensors:
+    per sample for a classifier, per token for a language model (`objective.py`)."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
@@ -74,9 +76,10 @@ def evaluate(
     for inputs, labels in batches:
         inputs, labels = inputs.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = network(inputs)
-        loss_sum += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(dim=1) == labels).sum()
-        count += labels.numel()
+            output = network(inputs)
+        loss_sum += summed_loss(output, labels)
+        right, labelled = correct_and_count(output, labels)
+        correct += right
+        count += labelled
     network.train(was_training)
     return loss_sum, correct, count

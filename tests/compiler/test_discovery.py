@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from acdc_recipe.compiler.discovery import LAYER_KINDS, discover
+from acdc_recipe.compiler.discovery import discover
+from acdc_recipe.compiler.kinds import LAYER_KINDS
 from acdc_recipe.compiler.tracing import trace
 
 from .conftest import AttentionNet, BranchyNet, SmallCNN, vision_model
@@ -22,7 +23,7 @@ def expected_weights(model: nn.Module) -> set[str]:
             names |= {f"{path}.in_proj_weight", f"{path}.out_proj.weight"}
             inside_attention.add(f"{path}.out_proj")
         elif (
-            isinstance(module, tuple(cls for cls, _ in LAYER_KINDS))
+            isinstance(module, tuple(kind.module_type for kind in LAYER_KINDS.values()))
             and path not in inside_attention
         ):
             names.add(f"{path}.weight")

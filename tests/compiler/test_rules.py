@@ -6,14 +6,15 @@ import pytest
 
 from acdc_recipe.compiler.discovery import discover
 from acdc_recipe.compiler.errors import CompileError
+from acdc_recipe.compiler.kinds import LAYER_KINDS
 from acdc_recipe.compiler.rules import resolve_rules
 from acdc_recipe.compiler.tracing import trace
-from acdc_recipe.schema import PRUNABLE_TYPES, Rule
+from acdc_recipe.schema import Rule
 
 from .conftest import AttentionNet, vision_model
 
 
-def resolve(model, *rules: dict, prunable=PRUNABLE_TYPES):
+def resolve(model, *rules: dict, prunable=tuple(LAYER_KINDS)):
     candidates = discover(trace(model)).candidates
     return resolve_rules([Rule.model_validate(r) for r in rules], candidates, prunable)
 

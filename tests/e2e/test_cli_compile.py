@@ -98,3 +98,23 @@ def test_other_verbs_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_compile_a_gpt2_recipe_shows_conv1d_the_tied_embedding_and_every_parameter(
+    tmp_path, capsys
+) -> None:
+    assert main(["compile", "tiny_gpt2_python_source", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if "transformer.h.1.mlp.c_proj.weight" in line]
+    assert "Conv1D" in row and "256x64 (in x out)" in row
+    assert "tied: transformer.wte.weight = lm_head.weight: not pruned, an embedding" in out
+    assert "parameters: 8 pruned; 8 biases; 2 embeddings" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert {p["op"] for p in plan["params"]} == {"Conv1D"}
+    assert {p["input_axis"] for p in plan["params"]} == {0}
+    assert plan["tied"] == [
+        {"names": ["transformer.wte.weight", "lm_head.weight"], "decision": "embedding"}
+    ]
+    counted = plan["parameters"]["pruned"] + sum(plan["parameters"]["not_pruned"].values())
+    assert counted == len(plan["parameters"]["not_pruned_params"]) + 8
+    assert plan["totals"]["dense_forward_flops"] > 0  # int64 token ids ran through the model

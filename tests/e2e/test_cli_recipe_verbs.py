@@ -56,3 +56,15 @@ def test_light_verbs_do_not_import_torch(args):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_validate_warns_about_a_layer_kind_that_is_not_built_in(tmp_path):
+    recipe = tmp_path / "kinds.yaml"
+    recipe.write_text(
+        "name: x\nsparsity: {target: 0.9, prunable: [Lineer, Conv1D]}\n"
+        "schedule: {unit: step, phases: [{dense: 2}, {sparse: 2}]}\n"
+    )
+    result = run("validate", str(recipe))
+    assert result.returncode == 0, result.stderr
+    assert "'Lineer', which is no built-in layer kind (did you mean 'Linear'?)" in result.stdout
+    assert "Conv1D" not in result.stdout  # transformers' kind is built in

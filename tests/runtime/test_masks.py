@@ -180,3 +180,23 @@ def test_mask_change_fraction_on_a_known_example():
     assert mask_change_fraction(new, new) == (0.0, [0.0, 0.0])
     with pytest.raises(ValueError, match="mask 1 changed shape"):
         mask_change_fraction(old, [new[0], torch.ones(3)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    pattern=st.sampled_from(["2:4", "1:4", "block:2x4", "block:4x2"]),
+    seed=st.integers(0, 2**16),
+)
+def test_a_weight_stored_input_major_gets_the_transposed_mask(pattern, seed):
+    """A Conv1D-style (in, out) weight with input axis 0 is masked exactly as the same weight
+    stored (out, in) with input axis 1: N:M runs and blocks follow the layer, not the storage."""
+    out_major = tied_weights((8, 16), seed)
+    in_major = out_major.t().contiguous()
+    size = out_major.numel()
+    prune = size // 2 if pattern == "2:4" else 3 * size // 4 if pattern == "1:4" else 8 * 4
+    (group,) = [MaskGroup((0,), prune, pattern)]
+    (expected,) = select_masks([out_major], [group], [1])
+    (mask,) = select_masks([in_major], [group], [0])
+    assert mask.is_contiguous() and mask.shape == in_major.shape
+    assert torch.equal(mask, expected.t())
+    assert zeros_in(mask) == prune

@@ -1,8 +1,9 @@
 """`build_model(spec)`: the model a recipe's `train.model` names, and the recipe compiled
 against it.
 
-Resolution order: a built-in name (`BUILTIN_MODELS`), an import path `package.module:callable`,
-then a torchvision model (`torchvision:resnet50` or bare `resnet50`).
+Resolution order: a built-in name (`BUILTIN_MODELS`), a transformers language model built from
+its config (`transformers:gpt2`), an import path `package.module:callable`, then a torchvision
+model (`torchvision:resnet50` or bare `resnet50`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from acdc_recipe.compiler import CompiledRecipe, CompileError, compile
 from acdc_recipe.runtime.train.models.builtin import BUILTIN_MODELS
+from acdc_recipe.runtime.train.models.transformers_models import PREFIX, transformers_factory
 from acdc_recipe.schema import ModelSpec, Recipe
 
 _PATH = ("train", "model", "name")
@@ -35,6 +37,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
     factory = resolve_factory(spec.name)
     try:
         model = factory(**spec.kwargs)
+    except CompileError:
+        raise
     except (TypeError, ValueError) as error:  # the constructor's own argument checks
         raise CompileError(
             f"model {spec.name!r} rejected its kwargs {spec.kwargs}: {error}",
@@ -52,6 +56,8 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
     builtins = BUILTIN_MODELS
     if name in builtins:
         return builtins[name]
+    if name.startswith(PREFIX):
+        return transformers_factory(name)
     module_name, colon, attribute = name.partition(":")
     if colon and module_name != "torchvision":
         return _import_callable(module_name, attribute, name)
@@ -65,8 +71,9 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
     vision_note = "" if vision else " (torchvision is not installed, so its models are unavailable)"
     raise CompileError(
         f"unknown model {name!r}.{hint} Built-in models: {', '.join(sorted(builtins)) or 'none'}; "
-        f"torchvision models: {len(vision)} names such as resnet50{vision_note}; or give an import "
-        "path 'package.module:callable'.",
+        f"torchvision models: {len(vision)} names such as resnet50{vision_note}; a transformers "
+        "language model from its config, 'transformers:gpt2'; or give an import path "
+        "'package.module:callable'.",
         _PATH,
     )
 

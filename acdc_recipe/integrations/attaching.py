@@ -1,0 +1,211 @@
+"""What every trainer integration does the same way: read the recipe, compile it against the
+trainer's model, check the trainer's length against the schedule, attach the engine to the
+optimizer the trainer built, and turn the engine's events into scalar metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from acdc_recipe.compiler import CompiledRecipe, compile
+from acdc_recipe.errors import UserError
+from acdc_recipe.loading import load_recipe
+from acdc_recipe.runtime import (
+    DenseSnapshot,
+    LayersEmptied,
+    MasksComputed,
+    PhaseStarted,
+    RuntimeEvent,
+    SparsityRuntime,
+    attach,
+)
+from acdc_recipe.runtime.train.checkpoint import save_safetensors
+from acdc_recipe.schema import Recipe
+
+
+class IntegrationError(UserError, ValueError):
+    """A trainer set up in a way the recipe cannot run with; the message says what to change."""
+
+
+def as_recipe(recipe: Recipe | str | Path) -> Recipe:
+    """A `Recipe` as given, or loaded from a file path or a shipped recipe's name."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, (str, Path)):
+        return load_recipe(recipe)
+    raise IntegrationError(
+        f"the recipe must be a Recipe, a recipe file's path or a shipped recipe's name, not a "
+        f"{type(recipe).__name__}"
+    )
+
+
+def compile_for(model: Any, recipe: Recipe, example_inputs: Any, owner: str) -> CompiledRecipe:
+    """`recipe` compiled against the trainer's model (which must be a torch module)."""
+    if not isinstance(model, nn.Module):
+        raise IntegrationError(
+            f"{owner} prunes a torch.nn.Module, but the trainer's model is a "
+            f"{type(model).__name__}; give the trainer the torch model itself"
+        )
+    return compile(model, recipe, example_inputs)
+
+
+def torch_optimizer(optimizer: Any, owner: str) -> torch.optim.Optimizer:
+    """The torch optimizer the trainer steps (accelerate's wrapper holds it as `.optimizer`)."""
+    if optimizer is None:
+        raise IntegrationError(
+            f"{owner} attaches to the trainer's optimizer, and the trainer has none yet; the "
+            "callback attaches when training begins, after the trainer has built its optimizer, "
+            "so let the trainer call it (trainer.train() / trainer.fit()) rather than calling "
+            "it yourself"
+        )
+    inner = optimizer
+    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+        inner = inner.optimizer
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise IntegrationError(
+            f"{owner} needs a torch.optim.Optimizer, the trainer's is a {type(inner).__name__}"
+        )
+    return inner
+
+
+def steps_per_epoch(batches: Any, accumulation: int, owner: str) -> int:
+    """Optimizer steps per epoch: `batches` per epoch over `accumulation`, the last partial
+    accumulation counted (as both trainers count it)."""
+    if not isinstance(batches, int) or batches <= 0:
+        raise IntegrationError(
+            f"{owner} needs a train dataloader with a length (an epoch's size) to place the "
+            "recipe's phases; with an iterable dataset, write the schedule in steps "
+            "(schedule.unit: step) and set max_steps"
+        )
+    return max(-(-batches // accumulation), 1)
+
+
+def check_length(
+    compiled: CompiledRecipe,
+    steps_per_epoch: int,
+    trainer_steps: Any,
+    epochs_setting: str,
+    steps_setting: str,
+) -> None:
+    """Refuse a trainer that would stop before, or train past, the end of the schedule; the
+    message fills in the trainer's own settings (``"max_epochs={}"``, ``"max_steps={}"``)."""
+    timeline = compiled.timeline
+    wanted = timeline.to_steps(steps_per_epoch).length
+    if trainer_steps == wanted:
+        return
+    fix = steps_setting.format(wanted)
+    epochs = ""
+    if timeline.unit == "epoch":
+        fix = f"{epochs_setting.format(timeline.length)} or {fix}"
+        epochs = f" ({timeline.length} epochs of {steps_per_epoch})"
+    raise IntegrationError(
+        f"the trainer will run {trainer_steps} optimizer steps, but recipe "
+        f"{compiled.recipe.name!r} schedules {wanted}{epochs}; its phases ({timeline.compact()} "
+        f"{timeline.unit}s) only hold when the run has exactly that length: set {fix}"
+    )
+
+
+def attach_runtime(
+    compiled: CompiledRecipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> SparsityRuntime:
+    steps = steps_per_epoch if compiled.timeline.unit == "epoch" else None
+    return attach(compiled, optimizer, steps_per_epoch=steps)
+
+
+def event_metrics(event: RuntimeEvent) -> dict[str, float]:
+    """The scalars a trainer's loggers get for one engine event (none for the others)."""
+    if isinstance(event, PhaseStarted):
+        return {
+            "acdc/phase": float(event.phase_index),
+            "acdc/sparse_phase": float(event.kind != "dense"),
+            "acdc/target": float(event.target),
+        }
+    if isinstance(event, MasksComputed):
+        metrics = {"acdc/sparsity": event.achieved_sparsity, "acdc/target": event.target}
+        if event.changed_fraction is not None:
+            metrics["acdc/mask_changed"] = event.changed_fraction
+        return metrics
+    if isinstance(event, LayersEmptied):
+        return {"acdc/emptied_layers": float(len(event.names))}
+    return {}
+
+
+def save_model(model: nn.Module, folder: Path, compiled: CompiledRecipe) -> None:
+    """`model` into `folder`: ``save_pretrained`` for a transformers model, else its state dict
+    as ``model.safetensors`` (tied tensors stored once each, as copies)."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(folder)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = {"recipe": compiled.recipe.name, "recipe_hash": compiled.recipe_hash}
+    save_safetensors(folder / "model.safetensors", model.state_dict(), metadata)
+
+
+@dataclass
+class AttachedRecipe:
+    """What a callback drives once training starts: the compiled recipe, the engine attached to
+    the trainer's optimizer, the model it prunes, where the pair of models goes (`folder`,
+    written only where `saves`: the main process) and how the trainer logs scalars."""
+
+    compiled: CompiledRecipe
+    runtime: SparsityRuntime
+    model: nn.Module
+    folder: Path
+    saves: bool
+    log: Callable[[dict[str, float]], None]
+
+    def listen(self) -> None:
+        """From now on: the dense half when the last dense phase ends, metrics for events."""
+        self.runtime.add_listener(self._on_event)
+
+    def finish(self) -> None:
+        """Save the final model when the schedule ran to its end (the sparse half, or the dense
+        one for a schedule ending dense), and detach the engine."""
+        phases = self.runtime.timeline.phases
+        if phases and self.runtime.step >= phases[-1].end:
+            self._save("dense" if phases[-1].kind == "dense" else "sparse")
+        self.runtime.close()
+
+    def _on_event(self, event: RuntimeEvent) -> None:
+        if isinstance(event, DenseSnapshot):
+            self._save("dense")
+        metrics = event_metrics(event)
+        if metrics:
+            self.log(metrics)
+
+    def _save(self, name: str) -> None:
+        if self.saves:
+            save_model(self.model, self.folder / name, self.compiled)
+
+
+class AttachedViews:
+    """`compiled` and `runtime` of a callback's `attached` recipe (None before training)."""
+
+    attached: AttachedRecipe | None
+
+    @property
+    def compiled(self) -> CompiledRecipe | None:
+        return self.attached.compiled if self.attached is not None else None
+
+    @property
+    def runtime(self) -> SparsityRuntime | None:
+        return self.attached.runtime if self.attached is not None else None
+
+
+def summary_line(compiled: CompiledRecipe) -> str:
+    """One line: what was compiled, how the model was read, what is pruned."""
+    how = (
+        f"traced by {compiled.tracer}"
+        if compiled.traced
+        else f"module tree walked ({compiled.tracer}: {compiled.trace_error})"
+    )
+    weights = sum(p.numel for p in compiled.params)
+    return (
+        f"acdc: recipe {compiled.recipe.name!r}, {how}; {len(compiled.params)} prunable tensors "
+        f"({weights:,} weights), schedule {compiled.timeline.compact()} {compiled.timeline.unit}s"
+    )

@@ -1,0 +1,122 @@
+"""transformers models built from configs: Conv1D, tied embeddings, tracing, token-id FLOPs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from acdc_recipe.compiler import CompileError, compile
+from acdc_recipe.runtime import select_masks
+from acdc_recipe.schema import Recipe
+
+from ..conftest import TOKEN_VOCAB, tiny_bert, tiny_gpt2, tiny_vit
+from .conftest import make_recipe
+
+
+def token_recipe(length: int = 8, **sparsity) -> Recipe:
+    data = make_recipe(**sparsity).model_dump()
+    data["train"] = {"model": {"name": "x", "input_shape": [length], "input_dtype": "int64"}}
+    return Recipe.model_validate(data)
+
+
+def weight_op_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs torch counts for matrix multiplies and convolutions (what the compiler counts)."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    ops = {"addmm", "mm", "convolution", "_convolution"}
+    return sum(v for op, v in counter.get_flop_counts()["Global"].items() if op.__name__ in ops)
+
+
+def test_gpt2_prunes_every_conv1d_along_its_input_axis_and_not_its_tied_embedding() -> None:
+    model = tiny_gpt2()
+    compiled = compile(model, token_recipe())
+    conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    assert [p.layer for p in compiled.params] == conv1d and len(conv1d) == 8
+    assert {(p.op, p.input_axis) for p in compiled.params} == {("Conv1D", 0)}
+    (tied,) = compiled.tied
+    assert tied.names == ("transformer.wte.weight", "lm_head.weight")
+    assert tied.decision == "embedding"
+    assert compiled.not_pruned["transformer.wpe.weight"] == "embedding"
+    # FLOPs of token-id inputs: every Conv1D and the (unpruned) output projection
+    x = torch.zeros(1, 8, dtype=torch.long)
+    assert compiled.dense_forward_flops == weight_op_flops(model, x)
+    assert compiled.weight_flops["transformer.wte.weight"] == 2 * 8 * 32 * TOKEN_VOCAB
+
+
+def test_a_rule_can_include_the_tied_embedding() -> None:
+    model = tiny_gpt2()
+    compiled = compile(model, token_recipe(rules=[{"match": "lm_head", "include": True}]))
+    assert "transformer.wte.weight" in compiled.plan.names
+    (tied,) = compiled.tied
+    assert tied.decision == "pruned"
+
+
+def test_gpt2_two_four_masks_run_along_the_stored_input_axis() -> None:
+    model = tiny_gpt2()
+    compiled = compile(model, token_recipe(pattern="2:4"))
+    update = next(u for phase in compiled.plan.updates for u in phase)
+    masks = select_masks(
+        compiled.parameters, update.groups, [p.input_axis for p in compiled.params]
+    )
+    for param, mask in zip(compiled.params, masks, strict=True):
+        features_in, features_out = param.shape
+        kept = mask.reshape(features_in // 4, 4, features_out).sum(dim=1)
+        assert torch.equal(kept, torch.full_like(kept, 2.0)), param.name
+
+
+def test_bert_prunes_its_linears_and_counts_token_flops() -> None:
+    model = tiny_bert()
+    compiled = compile(model, token_recipe())
+    linears = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert compiled.plan.names == linears and len(linears) == 14
+    embeddings = [n for n, r in compiled.not_pruned.items() if r == "embedding"]
+    assert embeddings == [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight",
+    ]
+    assert compiled.tied == ()
+    x = torch.zeros(1, 8, dtype=torch.long)
+    assert compiled.dense_forward_flops == weight_op_flops(model, x)
+
+
+def test_vit_prunes_its_patch_conv_and_linears_and_keeps_its_tokens() -> None:
+    model = tiny_vit()
+    compiled = compile(model, make_recipe((3, 16, 16)))
+    layers = [
+        f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+    assert compiled.plan.names == layers
+    assert compiled.not_pruned["vit.embeddings.cls_token"] == "other"
+    assert compiled.dense_forward_flops == weight_op_flops(model, torch.zeros(1, 3, 16, 16))
+
+
+def test_the_tracer_line_says_which_and_why_and_nothing_else_is_logged(caplog, capsys) -> None:
+    import transformers
+
+    with caplog.at_level(logging.DEBUG):
+        compiled = compile(tiny_gpt2(), token_recipe())
+    assert compiled.tracer == "transformers.utils.fx"
+    if compiled.traced:
+        assert compiled.trace_error is None
+    else:
+        assert transformers.__version__ in compiled.trace_error
+        (line,) = [w for w in compiled.warnings if "could not trace" in w]
+        assert "walking the module tree" in line
+    assert capsys.readouterr() == ("", "")
+    assert [r for r in caplog.records if r.name.startswith("acdc")] == []
+
+
+def test_a_rule_matching_nothing_in_a_transformers_model_names_near_misses() -> None:
+    with pytest.raises(CompileError, match=r"rule 0 .*matches no layer.*c_attn"):
+        compile(tiny_gpt2(), token_recipe(rules=[{"match": "transformer.h.0.attn.c_atn"}]))
+
+
+def test_float_example_inputs_for_a_token_model_say_what_to_set() -> None:
+    with pytest.raises(CompileError, match="input_shape"):
+        compile(tiny_gpt2(), make_recipe((8,)))
