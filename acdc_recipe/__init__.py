@@ -36,12 +36,18 @@ def compile(model: Any, recipe: Recipe, example_inputs: Any = None) -> CompiledR
 
 
 def attach(
-    compiled: CompiledRecipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None
+    compiled: CompiledRecipe,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int | None = None,
+    sparse_kernels: str = "off",
 ) -> SparsityRuntime:
-    """Execute `compiled`'s plan through `optimizer` (see `acdc_recipe.runtime.attach`)."""
+    """Execute `compiled`'s plan through `optimizer` (see `acdc_recipe.runtime.attach`);
+    `sparse_kernels` "auto" or "on" runs sparse phases on CSR kernels."""
     from acdc_recipe.runtime import attach as attach_runtime
 
-    return attach_runtime(compiled, optimizer, steps_per_epoch=steps_per_epoch)
+    return attach_runtime(
+        compiled, optimizer, steps_per_epoch=steps_per_epoch, sparse_kernels=sparse_kernels
+    )
 
 
 __all__ = [

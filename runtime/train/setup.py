@@ -69,7 +69,12 @@ def prepare(
         model=model,
         network=_setup_network(compiled, spec, context, target),
         compiled=compiled,
-        runtime=attach(compiled, optimizer, steps_per_epoch=length.steps_per_epoch),
+        runtime=attach(
+            compiled,
+            optimizer,
+            steps_per_epoch=length.steps_per_epoch,
+            sparse_kernels=spec.sparse_kernels,
+        ),
         optimizer=optimizer,
         lr_schedule=lr_schedule,
         data=data,
@@ -223,7 +228,8 @@ def _refuse_changes_a_resume_cannot_carry(session: TrainingSession) -> None:
             f"cannot resume the run in {session.run_dir} with a different "
             f"{', '.join(fixed[:5])}{' (and more)' if len(fixed) > 5 else ''}: a resume may "
             "change only the learning rate and its schedule, grad_clip, checkpoint_every_steps, "
-            "eval_batch_size and data.num_workers; resume with the original recipe and --set "
+            "eval_batch_size, data.num_workers and sparse_kernels; resume with the original "
+            "recipe and --set "
             "values, or start a new run in another --out"
         )
 

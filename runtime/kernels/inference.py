@@ -1,0 +1,173 @@
+"""Inference layers on sparse kernels, and the per-layer timing that decides where they go.
+
+`CsrLinear` and `CsrConv2d` hold their weight as CSR buffers (`weight_crow_indices`,
+`weight_col_indices`, `weight_values`: the nonzeros, row-major), so their state dict is the
+compressed layer and nothing dense is kept. `choose_inference_kernels` times each eligible layer
+of a model on the input it really receives (one forward with the given batch), dense against
+CSR, and returns the layers where CSR wins by `SPARSE_MARGIN`: a model built from that choice
+is never slower layer by layer than its dense form on the machine that chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from math import prod
+
+import torch
+from torch import Tensor, nn
+
+from acdc_recipe.runtime.kernels.csr import csr_from_mask
+from acdc_recipe.runtime.kernels.forms import Conv2dForm, Form, LinearForm, form_of
+from acdc_recipe.runtime.kernels.function import sparse_forward
+from acdc_recipe.runtime.kernels.layer import sparse_capable
+from acdc_recipe.runtime.kernels.timing import KernelTiming, time_paths
+
+
+def _no_fast_path(module: nn.Module, args: tuple) -> None:
+    """Present only to be present: `TransformerEncoderLayer`'s inference fast path reads its
+    linear layers' dense `.weight` directly and is skipped when a submodule has a forward
+    hook, so an encoder holding a CSR layer calls that layer's forward instead."""
+
+
+class _CsrLayer(nn.Module):
+    """A layer whose weight is a CSR matrix `[out, in * kernel]` (see the module docstring)."""
+
+    form: Form
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        matrix = weight.detach().reshape(weight.shape[0], -1)
+        keep = matrix != 0
+        csr = csr_from_mask(keep, matrix[keep].clone())
+        self.weight_shape = tuple(weight.shape)
+        self.register_buffer("weight_crow_indices", csr.crow_indices().to(torch.int32))
+        self.register_buffer("weight_col_indices", csr.col_indices().to(torch.int32))
+        self.register_buffer("weight_values", csr.values())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_forward_pre_hook(_no_fast_path)
+
+    def weight_csr(self) -> Tensor:
+        rows = self.weight_shape[0]
+        return torch.sparse_csr_tensor(
+            self.weight_crow_indices,
+            self.weight_col_indices,
+            self.weight_values,
+            (rows, prod(self.weight_shape[1:])),
+            check_invariants=False,
+        )
+
+    def dense_weight(self) -> Tensor:
+        """The dense weight this layer computes with (zeros where nothing is stored)."""
+        return self.weight_csr().to_dense().reshape(self.weight_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not sparse_capable(x, self.weight_values):
+            return self.form.dense_forward(x, self.dense_weight(), self.bias)
+        return sparse_forward(self.form, self.weight_csr(), x, self.bias).contiguous()
+
+
+class CsrLinear(_CsrLayer):
+    """`nn.Linear` for inference with a CSR weight."""
+
+    def __init__(self, module: nn.Linear, weight: Tensor | None = None) -> None:
+        super().__init__(module.weight if weight is None else weight, module.bias)
+        self.form = LinearForm(module.in_features, module.out_features)
+
+    def extra_repr(self) -> str:
+        out, inputs = self.weight_shape
+        return f"in_features={inputs}, out_features={out}, nnz={self.weight_values.numel()}"
+
+
+class CsrConv2d(_CsrLayer):
+    """`nn.Conv2d` (one group, zero padding) for inference with a CSR weight, as im2col."""
+
+    def __init__(self, module: nn.Conv2d, weight: Tensor | None = None) -> None:
+        super().__init__(module.weight if weight is None else weight, module.bias)
+        form = form_of(module)
+        assert isinstance(form, Conv2dForm)
+        self.form = form
+
+    def extra_repr(self) -> str:
+        return f"{self.form}, nnz={self.weight_values.numel()}"
+
+
+def csr_layer(module: nn.Module, weight: Tensor | None = None) -> _CsrLayer:
+    """The CSR inference twin of an eligible Linear or Conv2d (`forms.form_of`)."""
+    return CsrLinear(module, weight) if isinstance(module, nn.Linear) else CsrConv2d(module, weight)
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """One eligible layer's inference kernel: "csr" or "dense", with the timing behind it."""
+
+    name: str
+    kind: str
+    kernel: str
+    density: float
+    timing: KernelTiming | None
+
+
+def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
+    return form.dense_forward(x, module.weight, module.bias)
+
+
+def eligible_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers a CSR twin can replace: plain Linear/Conv2d outside MultiheadAttention (which
+    reads its projection weights itself)."""
+    in_attention = {
+        id(sub)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+        for sub in module.modules()
+    }
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if id(module) not in in_attention and form_of(module) is not None
+    }
+
+
+def layer_inputs(
+    model: nn.Module, layers: dict[str, nn.Module], run: Callable[[], object]
+) -> dict[str, Tensor]:
+    """The input each layer receives during `run()` (its first call)."""
+    seen: dict[str, Tensor] = {}
+
+    def recorder(name: str) -> Callable[[nn.Module, tuple], None]:
+        def record(module: nn.Module, args: tuple) -> None:
+            seen.setdefault(name, args[0].detach())
+
+        return record
+
+    handles = [m.register_forward_pre_hook(recorder(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@torch.no_grad()
+def choose_inference_kernels(
+    model: nn.Module, layers: dict[str, nn.Module], inputs: dict[str, Tensor]
+) -> list[LayerChoice]:
+    """Time each layer's dense forward against its CSR twin's on its recorded input."""
+    choices = []
+    for name, module in layers.items():
+        weight = module.weight.detach()
+        density = float((weight != 0).sum()) / max(weight.numel(), 1)
+        x = inputs.get(name)
+        if x is None or not sparse_capable(x, weight):
+            choices.append(LayerChoice(name, type(module).__name__, "dense", density, None))
+            continue
+        twin = csr_layer(module)
+        timing = time_paths(
+            partial(_dense_forward, twin.form, module, x), partial(twin, x), x.device
+        )
+        kernel = "csr" if timing.sparse_wins else "dense"
+        choices.append(LayerChoice(name, twin.form.kind, kernel, density, timing))
+    return choices
