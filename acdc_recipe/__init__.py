@@ -5,8 +5,11 @@
     runtime = acdc_recipe.attach(compiled, optimizer, steps_per_epoch=len(loader))
     # ... your own loop: runtime.begin_step(); loss.backward(); optimizer.step()
 
-Importing this package does not import torch: `compile` and `attach` import the compiler and
-the engine on first use.
+    acdc_recipe.export("runs/quickstart", format="torch-sparse")  # smaller, faster files
+    model = acdc_recipe.load_sparse("runs/quickstart/export-torch-sparse", model)
+
+Importing this package does not import torch: `compile`, `attach`, `export` and `load_sparse`
+import the compiler, the engine and the exporter on first use.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from acdc_recipe.schema import Recipe
 from acdc_recipe.timeline import Timeline, lower
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     import torch
 
     from acdc_recipe.compiler import CompiledRecipe
     from acdc_recipe.runtime import SparsityRuntime
+    from acdc_recipe.runtime.export import Exported
 
 __version__ = "0.1.0"
 
@@ -50,6 +57,37 @@ def attach(
     )
 
 
+def export(
+    source: str | Path | torch.nn.Module,
+    out: str | Path | None = None,
+    *,
+    format: str = "compressed",  # noqa: A002
+    runtime: SparsityRuntime | None = None,
+    batch_size: int = 1,
+    threads: int | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> Exported:
+    """Export a run's (or a masked model's) sparse model (see `acdc_recipe.runtime.export`)."""
+    from acdc_recipe.runtime.export import export as export_model
+
+    return export_model(
+        source,
+        out,
+        format=format,
+        runtime=runtime,
+        batch_size=batch_size,
+        threads=threads,
+        input_shape=input_shape,
+    )
+
+
+def load_sparse(path: str | Path, model: torch.nn.Module) -> torch.nn.Module:
+    """Load an export into `model` (see `acdc_recipe.runtime.export.load_sparse`)."""
+    from acdc_recipe.runtime.export import load_sparse as load
+
+    return load(path, model)
+
+
 __all__ = [
     "Recipe",
     "RecipeError",
@@ -59,7 +97,9 @@ __all__ = [
     "attach",
     "compile",
     "dump_recipe",
+    "export",
     "load_recipe",
     "load_recipe_text",
+    "load_sparse",
     "lower",
 ]

@@ -53,7 +53,7 @@ def layer(module: str) -> str:
         return "api"
     if module.startswith("acdc_recipe.cli"):
         return "cli"
-    if module.startswith("acdc_recipe.runtime.train"):
+    if module.startswith(("acdc_recipe.runtime.train", "acdc_recipe.runtime.export")):
         return "application"
     if module.startswith("acdc_recipe.runtime"):
         return "engine"

@@ -1,6 +1,6 @@
 """Inference layers on sparse kernels, and the per-layer timing that decides where they go.
 
-`CsrLinear` and `CsrConv2d` hold their weight as CSR buffers (`weight_crow_indices`,
+A `CsrLayer` (a Linear or a Conv2d) holds its weight as CSR buffers (`weight_crow_indices`,
 `weight_col_indices`, `weight_values`: the nonzeros, row-major), so their state dict is the
 compressed layer and nothing dense is kept. `choose_inference_kernels` times each eligible layer
 of a model on the input it really receives (one forward with the given batch), dense against
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from acdc_recipe.runtime.kernels.csr import csr_from_mask
-from acdc_recipe.runtime.kernels.forms import Conv2dForm, Form, LinearForm, form_of
+from acdc_recipe.runtime.kernels.forms import Form, form_of
 from acdc_recipe.runtime.kernels.function import sparse_forward
 from acdc_recipe.runtime.kernels.layer import sparse_capable
 from acdc_recipe.runtime.kernels.timing import KernelTiming, time_paths
@@ -31,22 +31,49 @@ def _no_fast_path(module: nn.Module, args: tuple) -> None:
     hook, so an encoder holding a CSR layer calls that layer's forward instead."""
 
 
-class _CsrLayer(nn.Module):
-    """A layer whose weight is a CSR matrix `[out, in * kernel]` (see the module docstring)."""
+class CsrLayer(nn.Module):
+    """A Linear or Conv2d for inference whose weight is a CSR matrix `[out, in * kernel]` of
+    its nonzeros (see the module docstring); `form` says which layer it computes."""
 
-    form: Form
-
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+    def __init__(
+        self,
+        form: Form,
+        weight_shape: tuple[int, ...],
+        crow_indices: Tensor,
+        col_indices: Tensor,
+        values: Tensor,
+        bias: Tensor | None,
+    ) -> None:
         super().__init__()
-        matrix = weight.detach().reshape(weight.shape[0], -1)
+        self.form = form
+        self.weight_shape = tuple(weight_shape)
+        self.register_buffer("weight_crow_indices", crow_indices.to(torch.int32))
+        self.register_buffer("weight_col_indices", col_indices.to(torch.int32))
+        self.register_buffer("weight_values", values)
+        self.register_buffer("bias", bias)
+        self.register_forward_pre_hook(_no_fast_path)
+
+    @classmethod
+    def of(cls, module: nn.Module, nnz: int | None = None) -> CsrLayer:
+        """The CSR twin of an eligible layer (`forms.form_of`): its weight's nonzeros, or,
+        with `nnz`, zero-filled buffers of that many entries to load a state dict into."""
+        form = form_of(module)
+        if form is None:
+            raise ValueError(f"{type(module).__name__} has no CSR form")
+        weight = module.weight.detach()
+        bias = None if module.bias is None else module.bias.detach().clone()
+        rows = weight.shape[0]
+        if nnz is not None:
+            index = torch.zeros(nnz, dtype=torch.int32)
+            crow = torch.zeros(rows + 1, dtype=torch.int32)
+            values = torch.zeros(nnz, dtype=weight.dtype)
+            return cls(form, tuple(weight.shape), crow, index, values, bias)
+        matrix = weight.cpu().reshape(rows, -1)
         keep = matrix != 0
         csr = csr_from_mask(keep, matrix[keep].clone())
-        self.weight_shape = tuple(weight.shape)
-        self.register_buffer("weight_crow_indices", csr.crow_indices().to(torch.int32))
-        self.register_buffer("weight_col_indices", csr.col_indices().to(torch.int32))
-        self.register_buffer("weight_values", csr.values())
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.register_forward_pre_hook(_no_fast_path)
+        return cls(
+            form, tuple(weight.shape), csr.crow_indices(), csr.col_indices(), csr.values(), bias
+        )
 
     def weight_csr(self) -> Tensor:
         rows = self.weight_shape[0]
@@ -67,35 +94,8 @@ class _CsrLayer(nn.Module):
             return self.form.dense_forward(x, self.dense_weight(), self.bias)
         return sparse_forward(self.form, self.weight_csr(), x, self.bias).contiguous()
 
-
-class CsrLinear(_CsrLayer):
-    """`nn.Linear` for inference with a CSR weight."""
-
-    def __init__(self, module: nn.Linear, weight: Tensor | None = None) -> None:
-        super().__init__(module.weight if weight is None else weight, module.bias)
-        self.form = LinearForm(module.in_features, module.out_features)
-
-    def extra_repr(self) -> str:
-        out, inputs = self.weight_shape
-        return f"in_features={inputs}, out_features={out}, nnz={self.weight_values.numel()}"
-
-
-class CsrConv2d(_CsrLayer):
-    """`nn.Conv2d` (one group, zero padding) for inference with a CSR weight, as im2col."""
-
-    def __init__(self, module: nn.Conv2d, weight: Tensor | None = None) -> None:
-        super().__init__(module.weight if weight is None else weight, module.bias)
-        form = form_of(module)
-        assert isinstance(form, Conv2dForm)
-        self.form = form
-
     def extra_repr(self) -> str:
         return f"{self.form}, nnz={self.weight_values.numel()}"
-
-
-def csr_layer(module: nn.Module, weight: Tensor | None = None) -> _CsrLayer:
-    """The CSR inference twin of an eligible Linear or Conv2d (`forms.form_of`)."""
-    return CsrLinear(module, weight) if isinstance(module, nn.Linear) else CsrConv2d(module, weight)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def choose_inference_kernels(
         if x is None or not sparse_capable(x, weight):
             choices.append(LayerChoice(name, type(module).__name__, "dense", density, None))
             continue
-        twin = csr_layer(module)
+        twin = CsrLayer.of(module)
         timing = time_paths(
             partial(_dense_forward, twin.form, module, x), partial(twin, x), x.device
         )

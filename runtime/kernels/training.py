@@ -11,6 +11,7 @@ MultiheadAttention's weights and functional calls have no sparse kernel; they st
 
 from __future__ import annotations
 
+import copy
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +64,16 @@ def _kernel_modules(
         if form == first and module not in modules:
             modules.append(module)
     return found
+
+
+def without_kernels(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose layers compute with their own forward again."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if hasattr(module, "acdc_kernel"):
+            del module.forward
+            del module.acdc_kernel
+    return twin
 
 
 class SparseKernels:

@@ -155,8 +155,9 @@ def verified_bytes(path: Path) -> bytes:
     return data
 
 
-def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
-    """Verify, load and validate one checkpoint; raise `CheckpointError` saying what is wrong."""
+def read_checkpoint(path: Path, recipe_hash: str | None) -> dict[str, Any]:
+    """Verify, load and validate one checkpoint; raise `CheckpointError` saying what is wrong.
+    With `recipe_hash` None any recipe's checkpoint is accepted (its "recipe" entry says which)."""
     data = verified_bytes(path)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -172,7 +173,7 @@ def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
             f"{path.name} has checkpoint format version {state.get('format_version')!r}, "
             f"this version reads {FORMAT_VERSION}"
         )
-    if state.get("recipe_hash") != recipe_hash:
+    if recipe_hash is not None and state.get("recipe_hash") != recipe_hash:
         raise CheckpointError(
             f"{path.name} was written for a different recipe (hash {state.get('recipe_hash')}, "
             f"this recipe's is {recipe_hash}); resume with the original recipe and --set values"

@@ -17,8 +17,7 @@ from acdc_recipe.runtime.kernels import (
     time_paths,
 )
 from acdc_recipe.runtime.kernels.inference import (
-    CsrConv2d,
-    CsrLinear,
+    CsrLayer,
     choose_inference_kernels,
     eligible_layers,
     layer_inputs,
@@ -142,7 +141,7 @@ def test_a_copied_layer_has_its_own_slot_and_operands():
 @pytest.mark.parametrize("factory,shape", LAYERS)
 def test_csr_inference_layers_compute_the_masked_layer(factory, shape):
     module, _ = masked(factory, density=0.2)
-    twin = CsrLinear(module) if isinstance(module, nn.Linear) else CsrConv2d(module)
+    twin = CsrLayer.of(module)
     x = torch.randn(shape, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), module(x))
@@ -157,7 +156,7 @@ def test_an_encoder_layer_calls_its_csr_linear_in_inference():
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
         expected = layer(x)
-        layer.linear1 = CsrLinear(layer.linear1)
+        layer.linear1 = CsrLayer.of(layer.linear1)
         calls = []
         layer.linear1.register_forward_hook(lambda *a: calls.append(1))
         torch.testing.assert_close(layer(x), expected)
