@@ -29,9 +29,9 @@ from acdc_recipe.runtime.export.source import (
 )
 from acdc_recipe.runtime.kernels.inference import (
     CsrLayer,
-    choose_inference_kernels,
     eligible_layers,
-    layer_inputs,
+    replace_module,
+    sparse_inference_model,
 )
 from acdc_recipe.runtime.kernels.training import without_kernels
 
@@ -52,11 +52,6 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, layer)
-
-
 @torch.no_grad()
 def write(
     source: SparseModel, folder: Path, batch_size: int, threads: int | None
@@ -71,14 +66,8 @@ def write(
     try:
         pruned = {name.rsplit(".", 1)[0] for name in source.masks}
         layers = {n: m for n, m in eligible_layers(dense).items() if n in pruned}
-        inputs = layer_inputs(dense, layers, lambda: dense(batch))
-        choices = choose_inference_kernels(dense, layers, inputs)
-        expected = dense(batch)
-        sparse = dense  # a copy already: its chosen layers are replaced in place
-        for choice in choices:
-            if choice.kernel == "csr":
-                _replace(sparse, choice.name, CsrLayer.of(layers[choice.name]))
-        got = sparse(batch)
+        sparse, choices = sparse_inference_model(dense, layers, lambda model: model(batch))
+        expected, got = dense(batch), sparse(batch)
     finally:
         torch.set_num_threads(previous_threads)
     difference = float((got - expected).abs().max())
@@ -100,6 +89,11 @@ def write(
                 "kernel": c.kernel,
                 "density": c.density,
                 **(c.timing.to_dict() if c.timing is not None else {}),
+                **(
+                    {"reverted_by": c.reverted_by or "the model"}
+                    if c.reverted_by is not None
+                    else {}
+                ),
             }
             for c in choices
         },
@@ -128,7 +122,7 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
                 f"{folder} replaced; pass an instance of the exported model's architecture"
             )
         nnz = state[f"{name}.weight_values"].numel() if f"{name}.weight_values" in state else 0
-        _replace(model, name, CsrLayer.of(module, nnz))
+        replace_module(model, name, CsrLayer.of(module, nnz))
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as error:

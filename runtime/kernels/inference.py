@@ -2,18 +2,21 @@
 
 A `CsrLayer` (a Linear or a Conv2d) holds its weight as CSR buffers (`weight_crow_indices`,
 `weight_col_indices`, `weight_values`: the nonzeros, row-major), so their state dict is the
-compressed layer and nothing dense is kept. `choose_inference_kernels` times each eligible layer
+compressed layer and nothing dense is kept. `sparse_inference_model` times each eligible layer
 of a model on the input it really receives (one forward with the given batch), dense against
-CSR, and returns the layers where CSR wins by `SPARSE_MARGIN`: a model built from that choice
-is never slower layer by layer than its dense form on the machine that chose.
+CSR, keeps CSR where it wins by `SPARSE_MARGIN`, then checks every module holding CSR layers
+as a whole the same way: the model it returns is not slower than its dense form, layer by
+layer and block by block, on the machine that chose.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from math import prod
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +110,7 @@ class LayerChoice:
     kernel: str
     density: float
     timing: KernelTiming | None
+    reverted_by: str | None = None  # the module that was faster with this layer dense
 
 
 def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
@@ -129,19 +133,21 @@ def eligible_layers(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def layer_inputs(
-    model: nn.Module, layers: dict[str, nn.Module], run: Callable[[], object]
-) -> dict[str, Tensor]:
-    """The input each layer receives during `run()` (its first call)."""
-    seen: dict[str, Tensor] = {}
+def module_calls(
+    model: nn.Module, run: Callable[[], object]
+) -> dict[str, tuple[tuple, dict[str, Any]]]:
+    """The (args, kwargs) every module of `model` receives during `run()` (its first call)."""
+    seen: dict[str, tuple[tuple, dict[str, Any]]] = {}
 
-    def recorder(name: str) -> Callable[[nn.Module, tuple], None]:
-        def record(module: nn.Module, args: tuple) -> None:
-            seen.setdefault(name, args[0].detach())
+    def recorder(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            seen.setdefault(name, (args, kwargs))
 
         return record
 
-    handles = [m.register_forward_pre_hook(recorder(n)) for n, m in layers.items()]
+    handles = [
+        m.register_forward_pre_hook(recorder(n), with_kwargs=True) for n, m in model.named_modules()
+    ]
     try:
         with torch.no_grad():
             run()
@@ -151,23 +157,71 @@ def layer_inputs(
     return seen
 
 
+def _choose_layer(name: str, module: nn.Module, call: tuple | None) -> LayerChoice:
+    weight = module.weight.detach()
+    density = float((weight != 0).sum()) / max(weight.numel(), 1)
+    x = call[0][0] if call is not None and call[0] else None
+    if not isinstance(x, Tensor) or not sparse_capable(x, weight):
+        return LayerChoice(name, type(module).__name__, "dense", density, None)
+    twin = CsrLayer.of(module)
+    timing = time_paths(partial(_dense_forward, twin.form, module, x), partial(twin, x), x.device)
+    return LayerChoice(
+        name, twin.form.kind, "csr" if timing.sparse_wins else "dense", density, timing
+    )
+
+
+def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put `layer` at `name` (a dotted submodule path) in `model`."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, layer)
+
+
 @torch.no_grad()
-def choose_inference_kernels(
-    model: nn.Module, layers: dict[str, nn.Module], inputs: dict[str, Tensor]
-) -> list[LayerChoice]:
-    """Time each layer's dense forward against its CSR twin's on its recorded input."""
-    choices = []
-    for name, module in layers.items():
-        weight = module.weight.detach()
-        density = float((weight != 0).sum()) / max(weight.numel(), 1)
-        x = inputs.get(name)
-        if x is None or not sparse_capable(x, weight):
-            choices.append(LayerChoice(name, type(module).__name__, "dense", density, None))
+def sparse_inference_model(
+    model: nn.Module, layers: dict[str, nn.Module], run: Callable[[nn.Module], object]
+) -> tuple[nn.Module, list[LayerChoice]]:
+    """A copy of `model` (eval mode) with each of `layers` as its `CsrLayer` where that is
+    faster, and the choices.
+
+    Each layer is timed against its twin on the input it receives in `run(model)`; then every
+    module holding a CSR layer is timed as a whole, innermost first, against its dense form,
+    and reverted to dense when it is not faster: a module may compute faster than the sum of
+    its layers (`TransformerEncoderLayer`'s fused inference path, which a CSR layer turns off),
+    and the whole model is such a module too.
+    """
+    calls = module_calls(model, lambda: run(model))
+    choices = {name: _choose_layer(name, m, calls.get(name)) for name, m in layers.items()}
+    sparse = copy.deepcopy(model)
+    for name, choice in choices.items():
+        if choice.kernel == "csr":
+            replace_module(sparse, name, CsrLayer.of(layers[name]))
+    holders = {
+        ancestor
+        for name, choice in choices.items()
+        if choice.kernel == "csr"
+        for ancestor in _ancestors(name)
+    }
+    for holder in sorted(holders, key=lambda n: (-n.count(".") if n else 1, n)):
+        inside = [n for n, c in choices.items() if c.kernel == "csr" and _within(n, holder)]
+        if not inside or holder not in calls:
             continue
-        twin = CsrLayer.of(module)
+        args, kwargs = calls[holder]
+        dense_block, sparse_block = model.get_submodule(holder), sparse.get_submodule(holder)
         timing = time_paths(
-            partial(_dense_forward, twin.form, module, x), partial(twin, x), x.device
-        )
-        kernel = "csr" if timing.sparse_wins else "dense"
-        choices.append(LayerChoice(name, twin.form.kind, kernel, density, timing))
-    return choices
+            partial(dense_block, *args, **kwargs), partial(sparse_block, *args, **kwargs),
+            args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu"),
+        )  # fmt: skip
+        if not timing.sparse_wins:
+            for name in inside:
+                replace_module(sparse, name, copy.deepcopy(layers[name]))
+                choices[name] = replace(choices[name], kernel="dense", reverted_by=holder)
+    return sparse.eval(), list(choices.values())
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))]  # "" is the model itself
+
+
+def _within(name: str, holder: str) -> bool:
+    return holder == "" or name.startswith(holder + ".")

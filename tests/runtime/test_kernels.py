@@ -4,6 +4,7 @@ timing, and the inference layers."""
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -18,9 +19,9 @@ from acdc_recipe.runtime.kernels import (
 )
 from acdc_recipe.runtime.kernels.inference import (
     CsrLayer,
-    choose_inference_kernels,
     eligible_layers,
-    layer_inputs,
+    module_calls,
+    sparse_inference_model,
 )
 
 LAYERS = [
@@ -171,12 +172,41 @@ def test_inference_choice_times_every_eligible_layer_on_its_real_input():
     layers = eligible_layers(model)
     assert list(layers) == ["0", "3"]
     x = torch.randn(4, 3, 6, 6)
-    inputs = layer_inputs(model, layers, lambda: model(x))
-    assert inputs["0"].shape == (4, 3, 6, 6) and inputs["3"].shape == (4, 288)
-    choices = choose_inference_kernels(model, layers, inputs)
+    calls = module_calls(model, lambda: model(x))
+    assert calls["0"][0][0].shape == (4, 3, 6, 6) and calls["3"][0][0].shape == (4, 288)
+    sparse, choices = sparse_inference_model(model, layers, lambda m: m(x))
     assert [c.name for c in choices] == ["0", "3"]
     assert all(c.timing is not None for c in choices)
-    assert all((c.kernel == "csr") == c.timing.sparse_wins for c in choices)
+    for choice in choices:
+        wins = choice.timing.sparse_wins and choice.reverted_by is None
+        assert (choice.kernel == "csr") == wins
+        assert isinstance(sparse.get_submodule(choice.name), CsrLayer) == wins
+    assert not any(isinstance(m, CsrLayer) for m in model.modules())  # the original is kept
+
+
+class Picky(nn.Module):
+    """Computes slower as a whole when its layer is a CSR one (as an encoder's fused path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 1024)
+
+    def forward(self, x):
+        if isinstance(self.fc, CsrLayer):
+            time.sleep(0.02)
+        return self.fc(x)
+
+
+def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense():
+    torch.manual_seed(0)
+    model = nn.Sequential(Picky()).eval()
+    with torch.no_grad():
+        model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
+    x = torch.randn(64, 1024)
+    sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
+    assert choice.timing.sparse_wins  # the layer alone is faster on CSR (1% dense, batch 64)
+    assert choice.kernel == "dense" and choice.reverted_by == "0"
+    assert not isinstance(sparse[0].fc, CsrLayer)
 
 
 def test_attention_projections_are_not_eligible():
