@@ -17,9 +17,7 @@ Prints a table and writes benchmarks/results/inference.json.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from acdc_recipe.runtime.export import export, load_sparse  # noqa: E402
 from acdc_recipe.runtime.train.models import resnet20  # noqa: E402
 from acdc_recipe.schema import Recipe  # noqa: E402
 from benchmarks.records import machine, write_json  # noqa: E402
+from benchmarks.sparse_training import kernel_benchmark_parser, pin_peer_threads  # noqa: E402
 from benchmarks.step_overhead import mlp, transformer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "inference.json"
@@ -162,14 +161,8 @@ def measure(name: str, sparsity: float, batch: int, threads: int, scope: str, ro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
-    parser.add_argument("--scope", default="uniform", choices=("uniform", "global", "erk"))
-    args = parser.parse_args()
-    if len(args.threads) == 1:  # peers with their own OpenMP runtime read this at load
-        os.environ["OMP_NUM_THREADS"] = str(args.threads[0])
+    args = kernel_benchmark_parser(__doc__, list(MODELS)).parse_args()
+    pin_peer_threads(args.threads)
     rounds = 3 if args.quick else 9
     rows = []
     print(f"{'model':<12} {'sp':>5} {'batch':>5} {'thr':>3} {'dense ms':>9} {'sparse':>8} "

@@ -237,21 +237,29 @@ train:
 ACDC = "acdc: {{epochs: {epochs}, warmup: 4, sparse: 2, dense: 2, last_dense: 2, final_sparse: 4}}"
 
 
-def whole_runs(epochs: int, seeds: tuple[int, ...]) -> dict:
-    from acdc_recipe.runtime.train.loop import train
-
-    variants = {
+def run_variants(epochs: int) -> dict[str, tuple[str, str]]:
+    """Whole-run variant -> (schedule, sparse_kernels), all of `epochs` epochs."""
+    return {
         "acdc, kernels auto": (ACDC.format(epochs=epochs), "auto"),
         "acdc, kernels off": (ACDC.format(epochs=epochs), "off"),
         "dense": (f"phases: [{{dense: {epochs}}}]", "off"),
     }
+
+
+def run_recipe(schedule: str, kernels: str, seed: int) -> Recipe:
+    return load_recipe_text(RUN_RECIPE.format(schedule=schedule, seed=seed, kernels=f'"{kernels}"'))
+
+
+def whole_runs(epochs: int, seeds: tuple[int, ...]) -> dict:
+    from acdc_recipe.runtime.train.loop import train
+
+    variants = run_variants(epochs)
     results: dict[str, list[dict]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as folder:
         for seed in seeds:
             for key, (schedule, kernels) in variants.items():  # interleaved by seed
-                text = RUN_RECIPE.format(schedule=schedule, seed=seed, kernels=f'"{kernels}"')
                 summary = train(
-                    load_recipe_text(text),
+                    run_recipe(schedule, kernels, seed),
                     Path(folder) / f"{key}-{seed}".replace(" ", "_").replace(",", ""),
                     log_every=1e9,
                 )
@@ -273,17 +281,28 @@ def whole_runs(epochs: int, seeds: tuple[int, ...]) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def kernel_benchmark_parser(doc: str, models: list[str]) -> argparse.ArgumentParser:
+    """The options both kernel benchmarks take."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=models, choices=models)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     parser.add_argument("--scope", default="uniform", choices=("uniform", "global", "erk"))
+    return parser
+
+
+def pin_peer_threads(threads: list[int]) -> None:
+    """A peer with an OpenMP runtime of its own (sparseprop) reads OMP_NUM_THREADS at load."""
+    if len(threads) == 1:
+        os.environ["OMP_NUM_THREADS"] = str(threads[0])
+
+
+def main() -> None:
+    parser = kernel_benchmark_parser(__doc__, list(MODELS))
     parser.add_argument("--runs", action="store_true", help="also time whole AC/DC runs")
     parser.add_argument("--epochs", type=int, default=20, help="whole runs: epochs")
     args = parser.parse_args()
-    if len(args.threads) == 1:  # peers with their own OpenMP runtime read this at load
-        os.environ["OMP_NUM_THREADS"] = str(args.threads[0])
+    pin_peer_threads(args.threads)
     rounds, steps = (3, 2) if args.quick else (10, 3)
     steps_table: dict = {}
     kernels: dict = {}

@@ -146,6 +146,17 @@ def form_of(module: nn.Module) -> Form | None:
     return None
 
 
+def inside_attention(root: nn.Module) -> set[int]:
+    """Ids of the modules inside a `MultiheadAttention`, which reads its projection weights
+    itself (its `out_proj` Linear's forward never runs)."""
+    return {
+        id(sub)
+        for module in root.modules()
+        if isinstance(module, nn.MultiheadAttention)
+        for sub in module.modules()
+    }
+
+
 def weight_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """A weight `[out, in, *kernel]` as the matrix the kernels multiply: `[out, in * kernel]`."""
     return shape[0], prod(shape[1:])

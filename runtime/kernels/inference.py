@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from acdc_recipe.runtime.kernels.csr import csr_from_mask
-from acdc_recipe.runtime.kernels.forms import Form, form_of
+from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.function import sparse_forward
 from acdc_recipe.runtime.kernels.layer import sparse_capable
 from acdc_recipe.runtime.kernels.timing import KernelTiming, time_paths
@@ -120,12 +120,7 @@ def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
 def eligible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers a CSR twin can replace: plain Linear/Conv2d outside MultiheadAttention (which
     reads its projection weights itself)."""
-    in_attention = {
-        id(sub)
-        for module in model.modules()
-        if isinstance(module, nn.MultiheadAttention)
-        for sub in module.modules()
-    }
+    in_attention = inside_attention(model)
     return {
         name: module
         for name, module in model.named_modules()

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from acdc_recipe.errors import UserError
 from acdc_recipe.runtime.kernels import compiled_op
-from acdc_recipe.runtime.kernels.forms import Form, form_of
+from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.layer import KernelLayer
 from acdc_recipe.runtime.kernels.timing import KernelTiming
 
@@ -44,12 +44,7 @@ def _kernel_modules(
 ) -> dict[int, tuple[list[nn.Module], Form]]:
     """Parameter index -> (the modules computing with it, their form), for the weights a plain
     Linear or Conv2d owns and calls itself (MultiheadAttention reads its own weights)."""
-    in_attention = {
-        id(sub)
-        for module in root.modules()
-        if isinstance(module, nn.MultiheadAttention)
-        for sub in module.modules()
-    }
+    in_attention = inside_attention(root)
     index = {id(p): i for i, p in enumerate(parameters)}
     found: dict[int, tuple[list[nn.Module], Form]] = {}
     for module in root.modules():
