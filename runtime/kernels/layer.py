@@ -85,8 +85,8 @@ class KernelLayer:
         return sparse_capable(x, weight) and (self.form.kind != "Conv2d" or x.dim() == 4)
 
     def path(self, x: Tensor, weight: Tensor, bias: Tensor | None, training: bool) -> str:
-        """ "sparse" or "dense" for this call. The first training call under a new mask
-        chooses (`auto` times both paths); until then, and without a mask, it is dense."""
+        """The path of this call, "sparse" or "dense". The first training call under a new
+        mask chooses (`auto` times both paths); until then, and without a mask, it is dense."""
         operands = self.operands
         if operands is None or not self.capable(x, weight):
             return "dense"

@@ -23,7 +23,7 @@ _MAX_REPEATS = 64
 
 @dataclass(frozen=True)
 class KernelTiming:
-    """Milliseconds per call of each path; `None` when the layer was not timed."""
+    """Milliseconds per call of each path (the minimum over the rounds)."""
 
     dense_ms: float
     sparse_ms: float

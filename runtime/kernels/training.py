@@ -82,15 +82,15 @@ class SparseKernels:
         self._names = list(names)
         self.layers: dict[int, KernelLayer] = {}
         self._installed: list[nn.Module] = []
-        found = _kernel_modules(root, self._parameters)
-        for i, (modules, form) in sorted(found.items()):
-            taken = [m for m in modules if "forward" in vars(m) or hasattr(m, "acdc_kernel")]
-            if taken:
+        found = sorted(_kernel_modules(root, self._parameters).items())
+        for i, (modules, _) in found:  # all checked before anything is installed
+            if any("forward" in vars(m) or hasattr(m, "acdc_kernel") for m in modules):
                 raise KernelSetupError(
                     f"the layer holding {self._names[i]} already has a forward of its own (an "
                     "instance attribute, or another runtime's sparse kernels); close that "
                     "runtime first, or attach with sparse_kernels='off'"
                 )
+        for i, (modules, form) in found:
             self.layers[i] = KernelLayer(self._names[i], form, mode)
             for module in modules:
                 module.acdc_kernel = self.layers[i]

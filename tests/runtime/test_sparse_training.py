@@ -207,6 +207,10 @@ def test_close_gives_the_layers_their_own_forward_back():
     runtime.close()
     assert not any("forward" in vars(m) or hasattr(m, "acdc_kernel") for m in model)
     attach(compiled, opt, sparse_kernels="auto").close()
+    model[4].forward = model[4].forward  # a forward of the user's own: refused, nothing installed
+    with pytest.raises(KernelSetupError, match="4.weight"):
+        attach(compiled, opt, sparse_kernels="auto")
+    assert not any(hasattr(m, "acdc_kernel") for m in model)
 
 
 def test_an_unknown_mode_is_refused_with_the_choices():
