@@ -161,7 +161,7 @@ def measure(name: str, sparsity: float, batch: int, threads: int, scope: str, ro
 def main() -> None:
     args = kernel_benchmark_parser(__doc__, list(MODELS)).parse_args()
     pin_peer_threads(args.threads)
-    rounds = 3 if args.quick else 9
+    rounds = args.rounds or (3 if args.quick else 9)
     rows = []
     print(f"{'model':<12} {'sp':>5} {'batch':>5} {'thr':>3} {'dense ms':>9} {'sparse':>8} "
           f"{'peer':>8} {'csr layers':>10} {'export s':>8} {'pruned bytes':>12}")  # fmt: skip

@@ -301,6 +301,7 @@ def kernel_benchmark_parser(doc: str, models: list[str]) -> argparse.ArgumentPar
     parser.add_argument("--models", nargs="*", default=models, choices=models)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     parser.add_argument("--scope", default="uniform", choices=("uniform", "global", "erk"))
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 10, quick 3)")
     return parser
 
 
@@ -317,6 +318,7 @@ def main() -> None:
     args = parser.parse_args()
     pin_peer_threads(args.threads)
     rounds, steps = (3, 2) if args.quick else (10, 3)
+    rounds = args.rounds or rounds
     steps_table: dict = {}
     kernels: dict = {}
     for threads in args.threads:

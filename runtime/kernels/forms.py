@@ -1,9 +1,10 @@
 """Layers as one matrix product `Y = W X`: how a Linear or a Conv2d input becomes the matrix
 `X` (`K x N`, K the weight's columns), and how the products come back to the layer's shapes.
 
-A Linear's `X` is a transposed view of its input (no copy). A Conv2d's is its im2col matrix
-(`F.unfold`, or a reshape for a 1x1 convolution with stride 1 and no padding), one column per
-output position of every sample. The sparse kernels in `function.py` multiply these matrices
+A Linear's `X` is a transposed view of its input (no copy), and its output the transposed
+view of `W X` (a following sparse Linear then reads it without a copy). A Conv2d's `X` is its
+im2col matrix (`F.unfold`, or a reshape for a 1x1 convolution with stride 1 and no padding),
+one column per output position of every sample. The sparse kernels in `function.py` multiply these matrices
 by CSR operands; the dense forward and backward here are what they are timed against.
 """
 
@@ -92,8 +93,10 @@ class Conv2dForm:
         return matrix, (batch, height, width, out_h, out_w)
 
     def from_matrix(self, y: Tensor, geometry: Any) -> Tensor:
+        """NCHW, contiguous: the dense layers after a convolution expect it, and the copy
+        (none at batch 1) is then part of what the choice times."""
         batch, _, _, out_h, out_w = geometry
-        return y.reshape(self.out_channels, batch, out_h, out_w).transpose(0, 1)
+        return y.reshape(self.out_channels, batch, out_h, out_w).transpose(0, 1).contiguous()
 
     def grad_to_matrix(self, grad: Tensor) -> Tensor:
         return grad.transpose(0, 1).reshape(self.out_channels, -1)
