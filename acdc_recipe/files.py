@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +44,28 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def write_folder_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary_folder)`, fsync what it wrote, and rename the folder to `path`,
+    which must not exist or be empty: a failure at any point leaves `path` as it was and no
+    temporary folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        write(temporary)
+        for written in temporary.rglob("*"):
+            if written.is_file():
+                with written.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+        fsync_directory(temporary)
+        os.rename(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     fsync_directory(path.parent)
 
 

@@ -36,6 +36,8 @@ BUILTIN_LAYER_KINDS = (
 )
 DECOMPRESS_POLICIES = ("reset", "keep", "reset_reactivated")
 DecompressPolicy = Literal[DECOMPRESS_POLICIES]  # type: ignore[valid-type]
+SPARSE_KERNEL_MODES = ("off", "auto", "on")
+SparseKernelMode = Literal[SPARSE_KERNEL_MODES]  # type: ignore[valid-type]
 # Keys a resumed run may change (`acdc run --resume --set ...`): they steer how the remaining
 # steps train, not what the schedule, the masks or the data are. Everything else must match.
 RESUMABLE_KEYS: tuple[tuple[str, ...], ...] = (
@@ -45,6 +47,7 @@ RESUMABLE_KEYS: tuple[tuple[str, ...], ...] = (
     ("train", "checkpoint_every_steps"),
     ("train", "eval_batch_size"),
     ("train", "data", "num_workers"),
+    ("train", "sparse_kernels"),
 )
 
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -450,6 +453,29 @@ class TrainSpec(Strict):
     checkpoint_every_steps: PositiveInt | None = Field(
         default=None, description="Also checkpoint every this many steps (always per epoch)."
     )
+    sparse_kernels: SparseKernelMode = Field(  # type: ignore[valid-type]
+        default="off",
+        description="Sparse phases on CSR kernels: off; auto (each masked Linear/Conv2d runs "
+        "forward and backward sparse where timing at the phase start shows it faster, on CPU); "
+        "on (sparse wherever possible, untimed).",
+    )
+
+    @field_validator("sparse_kernels", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare `on`/`off` as a boolean; they mean the modes of those names."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
+    @model_validator(mode="after")
+    def _sparse_kernels_need_whole_weights(self) -> TrainSpec:
+        if self.sparse_kernels != "off" and self.distributed == "fsdp":
+            raise ValueError(
+                "sparse_kernels needs whole weights on every process; with distributed: fsdp "
+                "the layers compute on gathered shards. Use distributed: ddp or sparse_kernels: off"
+            )
+        return self
 
 
 class Recipe(Strict):

@@ -14,7 +14,9 @@ position `s` is the step about to run. Every side effect is a function of `s`:
 Dense phases cost one integer comparison per step; sparse phases one fused `_foreach_mul_`
 over the gradients and one over the weights, with no host-device sync. Hooks are registered
 once, so a `torch.compile`d model never sees a change at a phase boundary. FSDP2 parameters
-are masked as local shards (`acdc_recipe.runtime.sharding`).
+are masked as local shards (`acdc_recipe.runtime.sharding`). With `sparse_kernels` "auto"
+or "on", the masked Linear and Conv2d layers also compute sparse phases on CSR kernels
+(`acdc_recipe.runtime.kernels`), installed once at attach as well.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from acdc_recipe.errors import UserError
 from acdc_recipe.runtime.events import (
     DenseSnapshot,
     EmptiedLayerWarning,
+    KernelsChosen,
     LayersEmptied,
     MasksComputed,
     PhaseStarted,
@@ -43,6 +46,7 @@ from acdc_recipe.runtime.events import (
     event_from_dict,
     event_to_dict,
 )
+from acdc_recipe.runtime.kernels import SparseKernels
 from acdc_recipe.runtime.mask_sync import verify_masks_identical, verify_sharded_masks
 from acdc_recipe.runtime.masks import (
     apply_masks_,
@@ -58,6 +62,7 @@ from acdc_recipe.runtime.sharding import (
     plan_sharding,
 )
 from acdc_recipe.runtime.threshold import NonFiniteWeightError, check_finite
+from acdc_recipe.schema import SPARSE_KERNEL_MODES
 from acdc_recipe.timeline import Phase, Timeline
 
 FORMAT_VERSION = 1
@@ -128,6 +133,7 @@ class SparsityRuntime:
         compiled: CompiledRecipe,
         optimizer: torch.optim.Optimizer,
         steps_per_epoch: int | None = None,
+        sparse_kernels: str = "off",
     ) -> None:
         plan = compiled.plan
         self.plan = plan
@@ -163,6 +169,13 @@ class SparsityRuntime:
                 "this optimizer already has a sparsity runtime attached; two would each mask "
                 "and count every step. Call close() on the first runtime, or attach once"
             )
+        if self._sharding is not None and sparse_kernels != "off":
+            raise RuntimeStateError(
+                f"sparse_kernels={sparse_kernels!r} needs whole weights; these parameters are "
+                "FSDP2 shards, whose layers compute on gathered weights. Attach with "
+                "sparse_kernels='off' (train.sparse_kernels: off) when sharding"
+            )
+        self._kernels = _sparse_kernels(compiled, sparse_kernels)
         setattr(optimizer, _ATTACHED, True)
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
@@ -201,6 +214,12 @@ class SparsityRuntime:
     def history(self) -> tuple[RuntimeEvent, ...]:
         return tuple(self._history)
 
+    @property
+    def kernels(self) -> dict[str, str]:
+        """Per prunable weight, the kernel of its layer under the masks in force ("sparse",
+        "dense", "undecided", "none"); empty when dense or attached with sparse_kernels off."""
+        return {} if self._kernels is None else self._kernels.kernels()
+
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(event)` for every future event."""
         self._listeners.append(listener)
@@ -213,6 +232,8 @@ class SparsityRuntime:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self._kernels is not None:
+            self._kernels.close()
 
     # -- the per-step path -----------------------------------------------------------------
     def begin_step(self) -> None:
@@ -261,6 +282,8 @@ class SparsityRuntime:
         if self._masks is not None:
             with torch.no_grad():
                 torch._foreach_mul_(self._local_weights(), self._masks)
+        if self._kernels is not None:
+            self._announce_kernels()
         self._step += 1
         self._masked_grad = None
 
@@ -294,7 +317,17 @@ class SparsityRuntime:
         self._next_action = self._actions[after] if after < len(self._actions) else -1
         return emptied
 
+    def _announce_kernels(self) -> None:
+        """Emit `KernelsChosen` when this step's forward chose (or changed) layer kernels."""
+        news = self._kernels.announcement()
+        if news is not None:
+            kernels, timings = news
+            mode = self._kernels.mode
+            self._emit(KernelsChosen(self._step, self.phase_index, mode, kernels, timings))
+
     def _decompress(self) -> None:
+        if self._kernels is not None:
+            self._kernels.drop()
         if self._masks is None:
             return
         remask_later = self._step < self._last_mask_step  # keep it for the change statistics
@@ -345,6 +378,8 @@ class SparsityRuntime:
         zero_state_where_pruned_(self.optimizer, self._parameters, masks)
         self._masks, self._mask_view, self._previous = masks, tuple(masks), None
         self._target = target
+        if self._kernels is not None:
+            self._kernels.use_masks(masks)
         achieved, per_layer = mask_sparsity(masks, self._sharding)
         self._emit(
             MasksComputed(
@@ -380,6 +415,7 @@ class SparsityRuntime:
             if self._previous is None
             else [(m != 0).cpu() for m in self._previous],
             "history": [event_to_dict(event) for event in self._history],
+            "kernels": None if self._kernels is None else self._kernels.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -411,6 +447,8 @@ class SparsityRuntime:
         self._mask_view = None if masks is None else tuple(masks)
         self._history = [event_from_dict(event) for event in state["history"]]
         self._masked_grad = None
+        if self._kernels is not None:
+            self._kernels.load_state_dict(state.get("kernels"), masks)
         after = bisect.bisect_right(self._actions, self._done_through)
         self._next_action = self._actions[after] if after < len(self._actions) else -1
 
@@ -435,10 +473,29 @@ class SparsityRuntime:
         return restored
 
 
+def _sparse_kernels(compiled: CompiledRecipe, mode: str) -> SparseKernels | None:
+    if mode not in SPARSE_KERNEL_MODES:
+        raise RuntimeStateError(
+            f"sparse_kernels must be one of {', '.join(map(repr, SPARSE_KERNEL_MODES))}, got "
+            f"{mode!r}"
+        )
+    if mode == "off":
+        return None
+    return SparseKernels(compiled.module, compiled.parameters, compiled.plan.names, mode)
+
+
 def attach(
     compiled: CompiledRecipe,
     optimizer: torch.optim.Optimizer,
     steps_per_epoch: int | None = None,
+    sparse_kernels: str = "off",
 ) -> SparsityRuntime:
-    """Execute `compiled`'s plan through `optimizer`'s step hooks; see `SparsityRuntime`."""
-    return SparsityRuntime(compiled, optimizer, steps_per_epoch=steps_per_epoch)
+    """Execute `compiled`'s plan through `optimizer`'s step hooks; see `SparsityRuntime`.
+
+    `sparse_kernels`: "off" (dense kernels throughout), "auto" (each masked Linear/Conv2d
+    runs sparse phases on CSR kernels where timing shows them faster) or "on" (wherever
+    possible, untimed); see `acdc_recipe.runtime.kernels`.
+    """
+    return SparsityRuntime(
+        compiled, optimizer, steps_per_epoch=steps_per_epoch, sparse_kernels=sparse_kernels
+    )

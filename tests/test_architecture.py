@@ -53,7 +53,9 @@ def layer(module: str) -> str:
         return "api"
     if module.startswith("acdc_recipe.cli"):
         return "cli"
-    if module.startswith(("acdc_recipe.runtime.train", "acdc_recipe.integrations")):
+    if module.startswith(
+        ("acdc_recipe.runtime.train", "acdc_recipe.runtime.export", "acdc_recipe.integrations")
+    ):
         return "application"
     if module.startswith("acdc_recipe.runtime"):
         return "engine"

@@ -14,7 +14,7 @@ import sys
 from acdc_recipe.console import silence_stdout
 from acdc_recipe.errors import UserError
 
-VERBS = ("validate", "schedule", "compile", "run", "report", "convert")
+VERBS = ("validate", "schedule", "compile", "run", "report", "convert", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -145,14 +145,16 @@ def verified_bytes(path: Path) -> bytes:
     return data
 
 
-def read_checkpoint(path: Path, recipe_hash: str) -> dict[str, Any]:
-    """Verify, load and validate one checkpoint; raise `CheckpointError` saying what is wrong."""
+def read_checkpoint(path: Path, recipe_hash: str | None) -> dict[str, Any]:
+    """Verify, load and validate one checkpoint; raise `CheckpointError` saying what is wrong.
+    With `recipe_hash` None any recipe's checkpoint is accepted (its "recipe" entry says which)."""
     return checked_payload(verified_bytes(path), path.name, recipe_hash)
 
 
-def checked_payload(data: bytes, name: str, recipe_hash: str) -> dict[str, Any]:
+def checked_payload(data: bytes, name: str, recipe_hash: str | None) -> dict[str, Any]:
     """Load verified checkpoint bytes (`weights_only=True`) and check that they are a
-    checkpoint of this format and recipe; `name` is what errors call the file."""
+    checkpoint of this format and recipe (any recipe with `recipe_hash` None); `name` is what
+    errors call the file."""
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - verified bytes that torch cannot read: not ours
@@ -167,7 +169,7 @@ def checked_payload(data: bytes, name: str, recipe_hash: str) -> dict[str, Any]:
             f"{name} has checkpoint format version {state.get('format_version')!r}, "
             f"this version reads {FORMAT_VERSION}"
         )
-    if state.get("recipe_hash") != recipe_hash:
+    if recipe_hash is not None and state.get("recipe_hash") != recipe_hash:
         raise CheckpointError(
             f"{name} was written for a different recipe (hash {state.get('recipe_hash')}, "
             f"this recipe's is {recipe_hash}); resume with the original recipe and --set values"

@@ -15,7 +15,7 @@ from typing import Any
 
 from acdc_recipe.errors import UserError
 from acdc_recipe.files import write_text_atomic
-from acdc_recipe.runtime.events import MasksComputed, PhaseStarted
+from acdc_recipe.runtime.events import KernelsChosen, MasksComputed, PhaseStarted, kernels_note
 from acdc_recipe.runtime.train.charts import Band, Series, bar_chart, line_chart
 from acdc_recipe.runtime.train.records import EpochEnded, Record, RunStarted, read_records
 from acdc_recipe.runtime.train.summary import RunSummary
@@ -99,6 +99,9 @@ def report_context(run_dir: Path) -> dict[str, Any]:
         "summary": summary,
         "charts": charts,
         "repruning": masks,
+        "kernels": [
+            (r.step / spe, kernels_note(r)) for r in records if isinstance(r, KernelsChosen)
+        ],
         "steps_per_epoch": spe,
     }
 

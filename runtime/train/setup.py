@@ -78,7 +78,12 @@ def prepare(recipe: Recipe, out_dir: str | Path | None = None, **options: Any) -
         model=model,
         network=_setup_network(compiled, model, spec, context, target),
         compiled=compiled,
-        runtime=attach(compiled, optimizer, steps_per_epoch=length.steps_per_epoch),
+        runtime=attach(
+            compiled,
+            optimizer,
+            steps_per_epoch=length.steps_per_epoch,
+            sparse_kernels=spec.sparse_kernels,
+        ),
         optimizer=optimizer,
         lr_schedule=lr_schedule,
         data=data,

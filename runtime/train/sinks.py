@@ -22,10 +22,12 @@ from acdc_recipe.console import make_console
 from acdc_recipe.files import write_text_atomic
 from acdc_recipe.runtime.events import (
     DenseSnapshot,
+    KernelsChosen,
     LayersEmptied,
     MasksComputed,
     PhaseStarted,
     emptied_layers_note,
+    kernels_note,
 )
 from acdc_recipe.runtime.train.records import (
     EpochEnded,
@@ -155,6 +157,7 @@ class TerminalSink(Sink):
             MasksComputed: self._masks_computed,
             LayersEmptied: self._layers_emptied,
             DenseSnapshot: self._dense_snapshot,
+            KernelsChosen: self._kernels_chosen,
             EpochEnded: self._epoch_ended,
             Note: lambda note: self._line(f"note: {note.text}"),
             RunFinished: self._run_finished,
@@ -222,6 +225,9 @@ class TerminalSink(Sink):
         self._line(
             f"{self._where(record.step)}: saved the dense model (end of the last dense phase)"
         )
+
+    def _kernels_chosen(self, record: KernelsChosen) -> None:
+        self._line(f"{self._where(record.step)}: kernels: {kernels_note(record)}")
 
     def _epoch_ended(self, record: EpochEnded) -> None:
         self._line(

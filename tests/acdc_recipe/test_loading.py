@@ -126,3 +126,27 @@ def test_a_variable_used_only_by_another_set_value_may_be_set():
     assert load_recipe_text(BASE, overrides=overrides).sparsity.target == 0.75
     (problem,) = problems(BASE, overrides={"blocks": 3})
     assert "no template uses" in problem.message
+
+
+@pytest.mark.parametrize("written, mode", [("off", "off"), ("on", "on"), ("auto", "auto")])
+def test_sparse_kernels_read_bare_yaml_on_and_off_as_modes(written, mode):
+    text = BASE + f"train: {{model: {{name: mlp}}, sparse_kernels: {written}}}\n"
+    recipe = load_recipe_text(text)
+    assert recipe.train.sparse_kernels == mode
+    assert load_recipe_text(dump_recipe(recipe)).train.sparse_kernels == mode
+    assert problems(BASE + "train: {model: {name: mlp}, sparse_kernels: fast}\n")
+
+
+def test_sparse_kernels_are_a_key_a_resume_may_change():
+    from acdc_recipe.schema import is_resumable, recipe_hash
+
+    on = load_recipe_text(BASE + "train: {model: {name: mlp}, sparse_kernels: on}\n")
+    off = load_recipe_text(BASE + "train: {model: {name: mlp}}\n")
+    assert is_resumable("train.sparse_kernels") and recipe_hash(on) == recipe_hash(off)
+
+
+def test_sparse_kernels_with_sharded_training_is_refused_at_validation():
+    text = BASE + "train: {model: {name: mlp}, distributed: fsdp, sparse_kernels: auto}\n"
+    (problem,) = problems(text)
+    assert "whole weights" in problem.message and "distributed: ddp" in problem.message
+    assert load_recipe_text(text.replace("auto", "off")).train.distributed == "fsdp"

@@ -70,3 +70,21 @@ def test_cli_ranks_crash_and_resume_to_the_same_weights(worker_run, tmp_path):
     resumed = load_safetensors(tmp_path / "sparse.safetensors")
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_two_ranks_on_sparse_kernels_reduce_dense_gradients_and_stay_identical(tmp_path):
+    """Sparse kernels change only how each rank computes; DDP reduces the dense gradients."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               str(HERE / "ddp_worker.py"), TINY, str(tmp_path), *CNN,
+               "train.sparse_kernels=on"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    weights = [rank["weights"] for rank in ranks]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    pruned = [k for k, v in weights[0].items() if k.endswith(".weight") and v.dim() > 1]
+    for name, mask in zip(pruned, ranks[0]["masks"], strict=True):
+        assert not weights[0][name][mask == 0].any()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    chosen = [json.loads(line) for line in lines if '"KernelsChosen"' in line]
+    assert chosen and all("sparse" in record["kernels"].values() for record in chosen)

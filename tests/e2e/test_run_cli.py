@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from acdc_recipe.cli.main import main
+from acdc_recipe.runtime.events import KernelsChosen
 from acdc_recipe.runtime.train.checkpoint import list_checkpoints, load_safetensors
 from acdc_recipe.runtime.train.records import (
     CheckpointWritten,
@@ -236,3 +237,46 @@ def test_report_ignores_lines_that_are_not_event_records(reference, tmp_path):
     result = acdc("report", run)
     assert result.returncode == 0, result.stderr
     assert (run / "report.html").stat().st_size > 1000
+
+
+KERNELS_ON = ["--set", "train.sparse_kernels=on"]
+
+
+@pytest.fixture(scope="module")
+def kernels_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kernels-reference")
+    result = acdc("run", TINY, *SLOW, *KERNELS_ON, "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "kernels: 2 of 2 layers sparse" in result.stdout
+    return out
+
+
+def test_sigkill_then_resume_on_sparse_kernels_is_bitwise_equal(kernels_reference, tmp_path):
+    command = [sys.executable, "-m", "acdc_recipe.cli.main", "run", str(TINY), *SLOW,
+               *KERNELS_ON, "--out", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_checkpoint(tmp_path / "metrics.jsonl", 30, process)  # inside the first sparse phase
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    result = acdc("run", TINY, *SLOW, *KERNELS_ON, "--out", tmp_path, "--device", "cpu",
+                  "--resume")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in ("sparse.safetensors", "dense.safetensors"):
+        assert (kernels_reference / name).read_bytes() == (tmp_path / name).read_bytes()
+    chosen = [r for r in read_records(tmp_path / "metrics.jsonl") if isinstance(r, KernelsChosen)]
+    assert [r.step for r in chosen] == [24, 48]  # once per sparse phase, none repeated
+    assert main(["report", str(tmp_path)]) == 0
+    assert "kernels: 2 of 2 layers sparse" in (tmp_path / "report.html").read_text()
+
+
+def test_sparse_kernels_change_the_last_bits_only(reference, kernels_reference):
+    dense, sparse = (
+        load_safetensors(r / "sparse.safetensors") for r in (reference, kernels_reference)
+    )
+    assert dense.keys() == sparse.keys()
+    drift = max(float((dense[k] - sparse[k]).abs().max()) for k in dense)
+    assert drift < 1e-4
+    summaries = [
+        json.loads((r / "summary.json").read_text()) for r in (reference, kernels_reference)
+    ]
+    assert summaries[0]["achieved_sparsity"] == summaries[1]["achieved_sparsity"]

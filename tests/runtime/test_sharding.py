@@ -20,7 +20,7 @@ from torch.distributed.tensor import Shard
 
 from acdc_recipe.compiler import MaskGroup
 from acdc_recipe.compiler import compile as compile_recipe
-from acdc_recipe.runtime import MaskMismatchError, attach, select_masks
+from acdc_recipe.runtime import MaskMismatchError, RuntimeStateError, attach, select_masks
 from acdc_recipe.runtime.mask_sync import verify_sharded_masks
 from acdc_recipe.runtime.sharding import Sharding, ShardingError, rebind, sharded_like
 from acdc_recipe.runtime.threshold import unstructured_masks
@@ -207,6 +207,22 @@ def stale_then_rebound() -> tuple[str, bool]:
     return message, pruned == 12
 
 
+def sparse_kernels_refused() -> str:
+    """What attaching with sparse kernels says of FSDP2 shards."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 2))
+    recipe = Recipe.model_validate(
+        {"name": "t", "sparsity": {"target": 0.5}, "schedule": {"unit": "step", "phases": PHASES}}
+    )
+    compiled = compile_recipe(net, recipe, example_inputs=torch.zeros(2, 12))
+    shard(net, lambda p: Shard(0))
+    try:
+        attach(compiled, torch.optim.SGD(net.parameters(), lr=0.1), sparse_kernels="auto")
+    except RuntimeStateError as error:
+        return str(error)
+    return "attached"
+
+
 def mismatches() -> list[str]:
     """What the cross-rank check says of shards that prune one entry too few, and of ranks
     that chose different thresholds."""
@@ -239,6 +255,7 @@ def _rank(rank: int, init: str, out: str) -> None:
     results["unstructured_split"] = refused_layout({"target": 0.5}, by_columns)
     results["mismatches"] = mismatches()
     results["stale"] = stale_then_rebound()
+    results["kernels"] = sparse_kernels_refused()
     torch.save(results, f"{out}.{rank}")
     dist.destroy_process_group()
 
@@ -295,3 +312,8 @@ def test_a_sharded_weight_the_compiled_module_does_not_share_is_named_then_rebou
     message, masked = ranks[0]["stale"]
     assert "'weight'" in message and "rebind(compiled, model)" in message
     assert masked
+
+
+def test_sparse_kernels_on_shards_are_refused_before_anything_is_installed(ranks):
+    for rank in ranks:
+        assert "FSDP2 shards" in rank["kernels"] and "sparse_kernels='off'" in rank["kernels"]

@@ -1,0 +1,134 @@
+"""The `torch-sparse` format: a runnable inference model, each layer on its measured kernel.
+
+Export times every pruned Linear and Conv2d on the input it receives from a batch of
+`batch_size` samples, with `threads` torch threads (`kernels.inference`), and replaces the
+layers where CSR is faster with their `CsrLayer` twins; every other layer stays as it was.
+The sparse model's state dict goes to model.safetensors (CSR layers as their index and value
+buffers, nothing dense); manifest.json lists the replaced layers, the timings behind every
+choice, the machine, and the largest difference between the sparse and the masked dense
+model's outputs on that batch. `load` rebuilds the model from the user's own architecture.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from acdc_recipe.runtime.export.source import (
+    ExportError,
+    SparseModel,
+    example_batch,
+    first_problem,
+)
+from acdc_recipe.runtime.kernels.inference import (
+    CsrLayer,
+    eligible_layers,
+    replace_module,
+    sparse_inference_model,
+)
+from acdc_recipe.runtime.kernels.training import without_kernels
+
+WEIGHTS = "model.safetensors"
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # fp32: sums in another order
+SEMI_STRUCTURED_SKIPPED = (
+    "2:4 semi-structured kernels (torch.sparse.to_sparse_semi_structured) run on CUDA GPUs "
+    "of compute capability 8.0 or newer only; this export runs on the CPU, so 2:4 layers take "
+    "the same CSR-or-dense choice as any other"
+)
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+@torch.no_grad()
+def write(
+    source: SparseModel, folder: Path, batch_size: int, threads: int | None
+) -> dict[str, Any]:
+    """Choose, build and save the inference model; return the manifest entries."""
+    started = time.perf_counter()
+    dense = without_kernels(source.model).cpu().eval()
+    batch = example_batch(source, batch_size)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        pruned = {name.rsplit(".", 1)[0] for name in source.masks}
+        layers = {n: m for n, m in eligible_layers(dense).items() if n in pruned}
+        sparse, choices = sparse_inference_model(dense, layers, lambda model: model(batch))
+        expected, got = dense(batch), sparse(batch)
+    finally:
+        torch.set_num_threads(previous_threads)
+    difference = float((got - expected).abs().max())
+    if not torch.allclose(got, expected, **TOLERANCE):
+        raise ExportError(
+            f"{source.origin}: the sparse model's outputs differ from the dense model's by up "
+            f"to {difference:.3g}, beyond fp32 tolerance; nothing was written"
+        )
+    state = {k: v.contiguous().clone() for k, v in sparse.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    entries: dict[str, Any] = {
+        "batch_size": batch_size,
+        "threads": threads if threads is not None else previous_threads,
+        "sample_shape": list(source.sample_shape or ()),
+        "machine": _machine(),
+        "layers": {
+            c.name: {
+                "kind": c.kind,
+                "kernel": c.kernel,
+                "density": c.density,
+                **(c.timing.to_dict() if c.timing is not None else {}),
+                **(
+                    {"reverted_by": c.reverted_by or "the model"}
+                    if c.reverted_by is not None
+                    else {}
+                ),
+            }
+            for c in choices
+        },
+        "max_abs_diff": difference,
+        "choice_seconds": time.perf_counter() - started,
+    }
+    if "2:4" in source.patterns.values():
+        entries["semi_structured"] = SEMI_STRUCTURED_SKIPPED
+    return entries
+
+
+def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
+    """`model` (the exported architecture) with its CSR layers in place and every tensor
+    loaded; in eval mode."""
+    state = load_file(str(folder / WEIGHTS))
+    for name, entry in manifest["layers"].items():
+        if entry["kernel"] != "csr":
+            continue
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if module is None or not hasattr(module, "weight"):
+            raise ExportError(
+                f"the model has no layer {name!r} holding a weight, which the export in "
+                f"{folder} replaced; pass an instance of the exported model's architecture"
+            )
+        nnz = state[f"{name}.weight_values"].numel() if f"{name}.weight_values" in state else 0
+        replace_module(model, name, CsrLayer.of(module, nnz))
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as error:
+        first = first_problem(error)
+        raise ExportError(
+            f"the export in {folder} does not fit this model: {first}; pass an instance of the "
+            "exported model's architecture"
+        ) from None
+    return model.eval()

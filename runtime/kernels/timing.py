@@ -1,0 +1,73 @@
+"""Timing the dense and the sparse path of one layer, to choose between them.
+
+Both paths run on the same tensors, interleaved (the order alternates each round), after one
+warm-up call each; each measurement repeats a call until it lasts about a millisecond, and the
+minimum over the rounds is kept (the least disturbed by other work on the machine). The sparse
+path is chosen only when it is at least `SPARSE_MARGIN` faster, so timing noise never picks a
+path slower than dense.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+SPARSE_MARGIN = 0.95  # the sparse path must take at most this fraction of the dense time
+ROUNDS = 3
+_MIN_SECONDS = 1e-3
+_MAX_REPEATS = 64
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    """Milliseconds per call of each path (the minimum over the rounds)."""
+
+    dense_ms: float
+    sparse_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.sparse_ms if self.sparse_ms > 0 else float("inf")
+
+    @property
+    def sparse_wins(self) -> bool:
+        return self.sparse_ms <= SPARSE_MARGIN * self.dense_ms
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds(call: Callable[[], object], repeats: int, device: torch.device) -> float:
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    _synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+@torch.no_grad()
+def time_paths(
+    dense: Callable[[], object],
+    sparse: Callable[[], object],
+    device: torch.device,
+    rounds: int = ROUNDS,
+) -> KernelTiming:
+    """Interleaved timing of two calls that compute the same thing (see the module doc)."""
+    warm = [_seconds(call, 1, device) for call in (dense, sparse)]
+    repeats = [max(1, min(_MAX_REPEATS, int(_MIN_SECONDS / max(s, 1e-9)))) for s in warm]
+    best = [float("inf"), float("inf")]
+    for round_index in range(rounds):
+        order = (0, 1) if round_index % 2 == 0 else (1, 0)
+        for which in order:
+            call = dense if which == 0 else sparse
+            best[which] = min(best[which], _seconds(call, repeats[which], device))
+    return KernelTiming(dense_ms=1000 * best[0], sparse_ms=1000 * best[1])

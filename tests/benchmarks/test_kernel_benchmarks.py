@@ -1,0 +1,31 @@
+"""The kernel benchmarks' whole-run recipes: the three variants train the same length on the
+same data and differ only where they should."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from acdc_recipe.timeline import lower  # noqa: E402
+from benchmarks import sparse_training  # noqa: E402
+
+
+def test_whole_run_variants_share_length_data_and_training_setup():
+    recipes = {
+        name: sparse_training.run_recipe(schedule, kernels, seed=0)
+        for name, (schedule, kernels) in sparse_training.run_variants(20).items()
+    }
+    assert {lower(r.schedule).length for r in recipes.values()} == {20}
+    assert recipes["acdc, kernels auto"].train.sparse_kernels == "auto"
+    assert recipes["acdc, kernels off"].train.sparse_kernels == "off"
+    trains = [r.train.model_dump(exclude={"sparse_kernels"}) for r in recipes.values()]
+    assert trains[0] == trains[1] == trains[2]
+
+
+def test_synthetic_data_is_fashion_mnist_shaped():
+    train, val = sparse_training.synthetic_blobs()
+    assert len(train) == 12800 and len(val) == 2000
+    assert tuple(train[0][0].shape) == (1, 28, 28)

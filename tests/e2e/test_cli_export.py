@@ -1,0 +1,128 @@
+"""`acdc export` as a user runs it on `acdc run`'s folders: both formats, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from acdc_recipe.cli.main import main
+from acdc_recipe.loading import load_recipe
+from acdc_recipe.runtime.export import load_sparse
+from acdc_recipe.runtime.train.checkpoint import list_checkpoints, load_safetensors
+from acdc_recipe.runtime.train.models import build_model
+
+HERE = Path(__file__).parent
+TINY = HERE / "data" / "tiny.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+PER_EPOCH = ["--set", "train.checkpoint_every_steps=null"]
+
+
+def acdc(*args):
+    command = [sys.executable, "-m", "acdc_recipe.cli.main", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = acdc("run", TINY, "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    """A run whose schedule ends dense: no sparse model, and a dense-phase last checkpoint."""
+    folder = tmp_path_factory.mktemp("dense-run")
+    recipe = folder / "ends-dense.yaml"
+    text = TINY.read_text().replace(
+        "{sparse: 1}, {dense: 1}, {sparse: 2}", "{sparse: 1}, {dense: 1}"
+    )
+    recipe.write_text(text.replace("name: tiny", "name: ends-dense"))
+    result = acdc("run", recipe, "--out", folder / "out", "--device", "cpu", *PER_EPOCH)
+    assert result.returncode == 0, result.stderr
+    return folder / "out"
+
+
+def tiny_model():
+    return build_model(load_recipe(TINY).train.model)
+
+
+def test_export_compressed_round_trips_the_sparse_model_bitwise(run, capsys):
+    assert main(["export", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "export-compressed" in out and "pruned weights:" in out
+    folder = run / "export-compressed"
+    assert {p.name for p in folder.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "manifest.json",
+    }
+    sparse = load_safetensors(run / "sparse.safetensors")
+    loaded = load_sparse(folder, tiny_model()).state_dict()
+    assert loaded.keys() == sparse.keys()
+    assert all(torch.equal(loaded[k], sparse[k]) for k in sparse)
+
+
+def test_export_torch_sparse_with_batch_and_threads(run, tmp_path, capsys):
+    target = tmp_path / "fast"
+    args = ["export", str(run), "-o", str(target), "--format", "torch-sparse",
+            "--batch-size", "8", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert "pruned layers on CSR kernels (batch 8, 1 threads)" in capsys.readouterr().out
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["source"] == f"run {run}" and manifest["recipe"] == "tiny"
+    model = tiny_model()
+    model.load_state_dict(load_safetensors(run / "sparse.safetensors"))
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_sparse(target, tiny_model())(x), model.eval()(x))
+
+
+def test_export_a_checkpoint_of_a_sparse_phase(run, tmp_path):
+    newest = list_checkpoints(run)[0]
+    assert main(["export", str(newest), "-o", str(tmp_path / "out")]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source"].startswith(f"checkpoint {newest}")
+    assert manifest["sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{dense}"], "has no sparse model (sparse.safetensors)"),
+        (["{dense_checkpoint}"], "is in a dense phase"),
+        (["{missing}"], "does not exist"),
+        (["{recipe_only}"], "is not a run directory"),
+    ],
+)
+def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(
+    dense_run, tmp_path, capsys, args, message
+):
+    (tmp_path / "recipe_only").mkdir()
+    places = {
+        "dense": dense_run,
+        "dense_checkpoint": list_checkpoints(dense_run)[0],
+        "missing": tmp_path / "nowhere",
+        "recipe_only": tmp_path / "recipe_only",
+    }
+    before = sorted(p.name for p in dense_run.iterdir())
+    target = tmp_path / "out"
+    assert main(["export", *(a.format(**places) for a in args), "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not target.exists() and sorted(p.name for p in dense_run.iterdir()) == before
+
+
+def test_unknown_format_and_bad_numbers_from_the_shell_have_no_traceback(run):
+    for extra in (["--format", "onnx"], ["--batch-size", "0"], ["--input-shape", "1,x"]):
+        result = acdc("export", run, *extra)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "error:" in result.stderr
+    assert not (run / "export-onnx").exists()

@@ -1,0 +1,279 @@
+"""Export: the compressed format decodes with compressed-tensors' own code and round-trips bit
+for bit; the torch-sparse model computes the masked model; bad input changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from compressed_tensors.config import SparsityCompressionConfig
+from compressed_tensors.utils import unpack_bitmasks
+from compressed_tensors.utils.safetensors_load import get_nested_weight_mappings
+from safetensors import safe_open
+from torch import nn
+
+import acdc_recipe
+from acdc_recipe.compiler import compile
+from acdc_recipe.runtime import attach
+from acdc_recipe.runtime.export import FORMATS, ExportError, compressed, export, load_sparse
+from acdc_recipe.runtime.kernels.inference import CsrLayer
+from acdc_recipe.schema import Recipe
+
+PARTS = ["shape", "compressed", "bitmask", "row_offsets"]
+
+
+def recipe(target=0.9, phases=({"sparse": 4},), pattern="unstructured") -> Recipe:
+    return Recipe.model_validate(
+        {
+            "name": "export",
+            "sparsity": {"target": target, "pattern": pattern, "scope": "uniform"},
+            "schedule": {"unit": "step", "phases": list(phases)},
+        }
+    )
+
+
+def masked(model: nn.Module, target=0.9, pattern="unstructured", kernels="off"):
+    """`model` with its first sparse phase's masks applied, and the runtime that did it."""
+    compiled = compile(model, recipe(target, pattern=pattern))
+    runtime = attach(compiled, torch.optim.SGD(model.parameters(), lr=0.1), sparse_kernels=kernels)
+    runtime.begin_step()
+    return model, runtime
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+    )  # fmt: skip
+
+
+def decode_with_compressed_tensors(folder) -> dict[str, torch.Tensor]:
+    """Every compressed weight as the compressed-tensors library reads the format."""
+    decoded = {}
+    mappings = get_nested_weight_mappings(str(folder), PARTS)
+    for name, files in mappings.items():
+        parts = {}
+        for part in PARTS:
+            with safe_open(files[part], framework="pt") as handle:
+                parts[part] = handle.get_tensor(f"{name}.{part}")
+        shape = parts["shape"].tolist()
+        mask = unpack_bitmasks(parts["bitmask"], shape)
+        dense = torch.zeros(shape, dtype=parts["compressed"].dtype)
+        dense[mask] = parts["compressed"]
+        counts = mask.sum(1)
+        assert torch.equal(parts["row_offsets"], torch.cumsum(counts, 0) - counts)
+        decoded[name] = dense
+    return decoded
+
+
+@pytest.mark.parametrize("factory", [mlp, cnn])
+def test_compressed_decodes_with_compressed_tensors_and_round_trips_bitwise(factory, tmp_path):
+    model, runtime = masked(factory())
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    exported = export(model, tmp_path / "out", runtime=runtime)
+    folder = exported.path
+    config = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert config["format"] == "sparse-bitmask"
+    sparsity = SparsityCompressionConfig.load_from_registry(
+        "sparse-bitmask", **{k: v for k, v in config["sparsity_config"].items() if k != "format"}
+    )
+    assert sparsity.format == "sparse-bitmask" and sparsity.global_sparsity == pytest.approx(
+        0.9, abs=1e-3
+    )
+    decoded = decode_with_compressed_tensors(folder)
+    assert set(decoded) == set(runtime.plan.names)
+    for name, matrix in decoded.items():
+        assert matrix.dtype == state[name].dtype
+        assert torch.equal(matrix, state[name].reshape(matrix.shape))
+    twin = factory()
+    load_sparse(folder, twin)
+    loaded = twin.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(
+        torch.equal(loaded[k], state[k]) and loaded[k].dtype == state[k].dtype for k in state
+    )
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        dense_kept = {k for k in handle.keys() if not k.endswith(tuple(PARTS))}
+    assert dense_kept == set(state) - set(runtime.plan.names)  # biases, norms stay dense
+
+
+def test_bit_packing_matches_numpy_little_endian():
+    mask = torch.rand(5, 19) < 0.3
+    packed = compressed.pack_bits(mask)
+    import numpy
+
+    assert torch.equal(
+        packed, torch.from_numpy(numpy.packbits(mask.numpy(), axis=-1, bitorder="little"))
+    )
+    assert torch.equal(compressed.unpack_bits(packed, 19), mask)
+
+
+def test_compressed_pruned_weights_take_under_015x_of_their_dense_bytes_at_90(tmp_path):
+    torch.manual_seed(0)
+    model, runtime = masked(nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512)))
+    sizes = export(model, tmp_path / "out", runtime=runtime).manifest["pruned_bytes"]
+    assert sizes["compressed"] <= 0.15 * sizes["dense"]
+
+
+def big_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 4)
+    )
+
+
+def test_torch_sparse_runs_the_measured_layers_on_csr_and_computes_the_masked_model(tmp_path):
+    model, runtime = masked(big_mlp(), target=0.98)
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format="torch-sparse", batch_size=64,
+        threads=1, input_shape=(512,),
+    )  # fmt: skip
+    manifest = exported.manifest
+    assert manifest["batch_size"] == 64 and manifest["threads"] == 1
+    layers = manifest["layers"]
+    assert set(layers) == {"0", "2", "4"}
+    assert all({"dense_ms", "sparse_ms", "density"} <= set(layer) for layer in layers.values())
+    assert layers["2"]["kernel"] == "csr"  # 1024x1024 at 2% density, batch 64: CSR wins by far
+    loaded = load_sparse(exported.path, big_mlp())
+    for name, layer in layers.items():
+        assert isinstance(loaded.get_submodule(name), CsrLayer) == (layer["kernel"] == "csr")
+    x = torch.randn(64, 512)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    assert not any(
+        isinstance(b, torch.Tensor) and b.layout != torch.strided
+        for b in loaded.state_dict().values()
+    )
+    assert "2.weight" not in loaded.state_dict()  # the CSR layer keeps no dense weight
+    assert 2 * (tmp_path / "out" / "model.safetensors").stat().st_size < sum(
+        p.numel() * 4 for p in model.parameters()
+    )
+
+
+def vision(name: str) -> tuple[nn.Module, int]:
+    import torchvision
+
+    torch.manual_seed(0)
+    options = {"image_size": 32} if name == "vit_b_16" else {}
+    return getattr(torchvision.models, name)(weights=None, **options), 32
+
+
+def builtin(name: str) -> tuple[nn.Module, int]:
+    from acdc_recipe.runtime.train.models import BUILTIN_MODELS
+
+    torch.manual_seed(0)
+    if name == "mlp":
+        return BUILTIN_MODELS[name](in_features=3 * 32 * 32), 32
+    return BUILTIN_MODELS[name](**({"in_channels": 3} if name == "cnn" else {})), 32
+
+
+MODELS = [
+    *[(builtin, n) for n in ("mlp", "cnn", "resnet20", "mobilenet_v1", "wide_resnet28_10")],
+    *[(vision, n) for n in ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0",
+                            "vit_b_16", "convnext_tiny")],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("build,name", MODELS, ids=[name for _, name in MODELS])
+def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(build, name, tmp_path):
+    model, size = build(name)
+    model, runtime = masked(model)
+    model.eval()
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(3, size, size)
+    )
+    fresh, _ = build(name)
+    loaded = load_sparse(exported.path, fresh)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected, got = model(x), loaded(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert exported.manifest["max_abs_diff"] < 1e-4
+    replaced = [m for m in loaded.modules() if isinstance(m, CsrLayer)]
+    csr = [n for n, layer in exported.manifest["layers"].items() if layer["kernel"] == "csr"]
+    assert len(replaced) == len(csr)
+
+
+def test_a_model_whose_masks_were_not_applied_is_refused_and_nothing_is_written(tmp_path):
+    model, runtime = masked(mlp())
+    with torch.no_grad():
+        model[1].weight.add_(1.0)  # pruned positions are non-zero now
+    with pytest.raises(ExportError, match=r"masks were not applied: 1\.weight"):
+        export(model, tmp_path / "out", runtime=runtime)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_in_a_dense_phase_has_no_sparse_model(tmp_path):
+    model = mlp()
+    compiled = compile(model, recipe(phases=[{"dense": 2}, {"sparse": 2}]))
+    runtime = attach(compiled, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ExportError, match="dense phase"):
+        export(model, tmp_path / "out", runtime=runtime)
+    with pytest.raises(ExportError, match="needs the runtime"):
+        export(model, tmp_path / "out")
+
+
+def test_unknown_formats_and_existing_folders_are_refused_untouched(tmp_path):
+    model, runtime = masked(mlp())
+    with pytest.raises(ExportError, match="compressed, torch-sparse"):
+        export(model, tmp_path / "out", runtime=runtime, format="onnx")
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists"):
+        export(model, existing, runtime=runtime)
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_a_failure_while_writing_leaves_no_folder(tmp_path, monkeypatch):
+    model, runtime = masked(mlp())
+
+    def fail(source, folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(compressed, "write", fail)
+    with pytest.raises(OSError):
+        export(model, tmp_path / "out", runtime=runtime)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_needs_an_input_shape_to_time_torch_sparse(tmp_path):
+    model, runtime = masked(mlp())
+    with pytest.raises(ExportError, match="--input-shape"):
+        export(model, tmp_path / "out", runtime=runtime, format="torch-sparse")
+
+
+def test_a_model_with_sparse_kernels_attached_exports_its_plain_layers(tmp_path):
+    model, runtime = masked(mlp(), kernels="on")
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(48,)
+    )
+    loaded = load_sparse(exported.path, mlp())
+    assert not any("forward" in vars(m) for m in loaded.modules())
+    x = torch.randn(3, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_loading_into_another_architecture_says_so(tmp_path):
+    model, runtime = masked(mlp())
+    exported = export(model, tmp_path / "out", runtime=runtime)
+    with pytest.raises(ExportError, match="does not fit this model"):
+        load_sparse(exported.path, cnn())
+    with pytest.raises(ExportError, match="not an export folder"):
+        load_sparse(tmp_path, mlp())
+
+
+def test_the_public_api_and_the_cli_name_the_same_formats():
+    from acdc_recipe.cli.export import FORMAT_CHOICES
+
+    assert tuple(FORMATS) == FORMAT_CHOICES
+    assert acdc_recipe.export is not None and acdc_recipe.load_sparse is not None
