@@ -70,6 +70,7 @@ def export(
     batch_size: int = 1,
     threads: int | None = None,
     input_shape: Sequence[int] | None = None,
+    input_dtype: str | None = None,
 ) -> Exported:
     """Export a run's (or a masked model's) sparse model (see `acdc_recipe.runtime.export`)."""
     from acdc_recipe.runtime.export import export as export_model
@@ -82,6 +83,7 @@ def export(
         batch_size=batch_size,
         threads=threads,
         input_shape=input_shape,
+        input_dtype=input_dtype,
     )
 
 

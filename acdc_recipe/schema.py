@@ -37,6 +37,7 @@ BUILTIN_LAYER_KINDS = (
 DECOMPRESS_POLICIES = ("reset", "keep", "reset_reactivated")
 DecompressPolicy = Literal[DECOMPRESS_POLICIES]  # type: ignore[valid-type]
 SPARSE_KERNEL_MODES = ("off", "auto", "on")
+INPUT_DTYPES = ("float", "int64")
 SparseKernelMode = Literal[SPARSE_KERNEL_MODES]  # type: ignore[valid-type]
 # Keys a resumed run may change (`acdc run --resume --set ...`): they steer how the remaining
 # steps train, not what the schedule, the masks or the data are. Everything else must match.
@@ -323,7 +324,7 @@ class ModelSpec(Strict):
     input_shape: tuple[PositiveInt, ...] | None = Field(
         default=None, description="One sample's shape (no batch dim), for tracing and FLOPs."
     )
-    input_dtype: Literal["float", "int64"] = Field(
+    input_dtype: Literal[INPUT_DTYPES] = Field(  # type: ignore[valid-type]
         default="float",
         description="The example input's type: float (the model's floating dtype) or int64 "
         "(token ids, for models whose first input is a sequence of ids).",

@@ -182,8 +182,9 @@ def main() -> None:
                         f"{'' if size is None else f'{size:.3f}x':>12}",
                         flush=True,
                     )
+    out = args.out or RESULTS
     write_json(
-        RESULTS,
+        out,
         {
             "benchmark": "inference",
             "threads": args.threads,
@@ -195,7 +196,7 @@ def main() -> None:
             "rows": rows,
         },
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -302,6 +302,7 @@ def kernel_benchmark_parser(doc: str, models: list[str]) -> argparse.ArgumentPar
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     parser.add_argument("--scope", default="uniform", choices=("uniform", "global", "erk"))
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 10, quick 3)")
+    parser.add_argument("--out", type=Path, help="the JSON to write (default under results/)")
     return parser
 
 
@@ -361,8 +362,9 @@ def main() -> None:
         for key, ratio in runs["wall_ratio_to_kernels_off"].items():
             top1 = [f"{100 * r['top1']:.2f}%" for r in runs["runs"][key]]
             print(f"whole run {key:<20} wall x{ratio:.3f} of kernels off; top-1 {top1}")
-    write_json(RESULTS, payload)
-    print(f"wrote {RESULTS}")
+    out = args.out or RESULTS
+    write_json(out, payload)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

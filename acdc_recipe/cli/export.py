@@ -6,6 +6,7 @@ import argparse
 
 from acdc_recipe.cli.common import console
 from acdc_recipe.errors import UserError
+from acdc_recipe.schema import INPUT_DTYPES
 
 FORMAT_CHOICES = ("compressed", "torch-sparse")  # acdc_recipe.runtime.export.FORMATS
 
@@ -56,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="C,H,W",
         help="torch-sparse: one sample's shape (default: the recipe's train.model.input_shape)",
     )
+    parser.add_argument(
+        "--input-dtype",
+        choices=INPUT_DTYPES,
+        help="torch-sparse: float samples, or int64 token ids (default: the recipe's "
+        "train.model.input_dtype)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             threads=args.threads,
             input_shape=args.input_shape,
+            input_dtype=args.input_dtype,
         )
     except OSError as error:
         raise UserError(
@@ -94,4 +102,10 @@ def run(args: argparse.Namespace) -> int:
             f"{manifest['batch_size']}, {manifest['threads']} threads); outputs within "
             f"{manifest['max_abs_diff']:.2g} of the dense model"
         )
+        uncovered = manifest["no_kernel"]
+        if uncovered:
+            kinds = ", ".join(sorted(set(uncovered.values())))
+            console.print(
+                f"{len(uncovered)} pruned layers have no CSR kernel ({kinds}) and stay dense"
+            )
     return 0

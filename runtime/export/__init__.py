@@ -35,6 +35,7 @@ from acdc_recipe.runtime.export.source import (
     from_run_dir,
     from_runtime,
 )
+from acdc_recipe.schema import INPUT_DTYPES
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -74,6 +75,7 @@ def _source(
     source: str | Path | nn.Module,
     runtime: SparsityRuntime | None,
     input_shape: Sequence[int] | None,
+    input_dtype: str | None,
 ) -> SparseModel:
     shape = tuple(input_shape) if input_shape is not None else None
     if isinstance(source, nn.Module):
@@ -82,7 +84,8 @@ def _source(
                 "exporting a model needs the runtime that masked it: "
                 "acdc_recipe.export(model, out, runtime=runtime)"
             )
-        return from_runtime(source, runtime, shape)
+        found = from_runtime(source, runtime, shape)
+        return dataclasses.replace(found, input_dtype=input_dtype or "float")
     path = Path(source)
     if path.is_dir():
         found = from_run_dir(path)
@@ -93,7 +96,9 @@ def _source(
             f"{path} does not exist; give a run directory written by `acdc run` or one of its "
             "checkpoint-*.pt files"
         )
-    return dataclasses.replace(found, sample_shape=shape) if shape else found
+    if shape:
+        found = dataclasses.replace(found, sample_shape=shape)
+    return dataclasses.replace(found, input_dtype=input_dtype) if input_dtype else found
 
 
 def _default_out(source: str | Path | nn.Module, format: str) -> Path:  # noqa: A002
@@ -112,14 +117,20 @@ def export(
     batch_size: int = 1,
     threads: int | None = None,
     input_shape: Sequence[int] | None = None,
+    input_dtype: str | None = None,
 ) -> Exported:
     """Export the sparse model of a run directory, a checkpoint, or a model and its runtime
     into the folder `out` (default: RUN_DIR/export-FORMAT), which must not exist yet.
 
-    `batch_size`, `threads` and `input_shape` (one sample) steer the torch-sparse timing.
+    `batch_size`, `threads`, `input_shape` (one sample) and `input_dtype` ("float", or "int64"
+    for token ids; default: the recipe's, else float) steer the torch-sparse timing.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if input_dtype not in (None, *INPUT_DTYPES):
+        raise ExportError(
+            f"unknown input_dtype {input_dtype!r}; choose one of {', '.join(INPUT_DTYPES)}"
+        )
     if batch_size < 1 or (threads is not None and threads < 1):
         raise ExportError("batch_size and threads must be at least 1")
     target = Path(out) if out is not None else _default_out(source, format)
@@ -127,7 +138,7 @@ def export(
         raise ExportError(
             f"{target} already exists; export into a new folder (-o DIR), or remove it first"
         )
-    found = _source(source, runtime, input_shape)
+    found = _source(source, runtime, input_shape, input_dtype)
     check_masks_applied(found)
     options = {"batch_size": batch_size, "threads": threads}
     manifest: dict[str, Any] = {

@@ -39,6 +39,7 @@ class SparseModel:
     origin: str  # one phrase: "run runs/quickstart", "checkpoint ... (step 120)", ...
     recipe: str | None
     sample_shape: tuple[int, ...] | None  # one input sample, for timing the torch-sparse choice
+    input_dtype: str = "float"  # "int64": the sample holds token ids
 
     @property
     def state_dict(self) -> dict[str, Tensor]:
@@ -143,7 +144,7 @@ def from_run_dir(run_dir: Path) -> SparseModel:
     model, names, patterns = _recipe_model(recipe, origin)
     _load_weights(model, ckpt.load_safetensors(sparse), origin)
     masks, by_name = _with_masks(names, patterns, loaded.state["runtime"]["masks"], origin)
-    return SparseModel(model, masks, by_name, origin, recipe.name, _sample_shape(recipe))
+    return SparseModel(model, masks, by_name, origin, recipe.name, *_sample(recipe))
 
 
 def from_checkpoint(path: Path) -> SparseModel:
@@ -154,7 +155,7 @@ def from_checkpoint(path: Path) -> SparseModel:
     model, names, patterns = _recipe_model(recipe, origin)
     _load_weights(model, state["model"], origin)
     masks, by_name = _with_masks(names, patterns, state["runtime"]["masks"], origin)
-    return SparseModel(model, masks, by_name, origin, recipe.name, _sample_shape(recipe))
+    return SparseModel(model, masks, by_name, origin, recipe.name, *_sample(recipe))
 
 
 def from_runtime(
@@ -177,9 +178,11 @@ def from_runtime(
     return SparseModel(root, by_mask, by_name, origin, None, sample_shape)
 
 
-def _sample_shape(recipe: Recipe) -> tuple[int, ...] | None:
-    shape = recipe.train.model.input_shape if recipe.train is not None else None
-    return tuple(shape) if shape is not None else None
+def _sample(recipe: Recipe) -> tuple[tuple[int, ...] | None, str]:
+    """One sample's shape and input dtype, as the recipe's train.model states them."""
+    if recipe.train is None or recipe.train.model.input_shape is None:
+        return None, "float"
+    return tuple(recipe.train.model.input_shape), recipe.train.model.input_dtype
 
 
 def example_batch(source: SparseModel, batch_size: int) -> Tensor:
@@ -191,4 +194,11 @@ def example_batch(source: SparseModel, batch_size: int) -> Tensor:
             "input_shape (--input-shape C,H,W)"
         )
     generator = torch.Generator().manual_seed(0)
-    return torch.randn((batch_size, *source.sample_shape), generator=generator)
+    shape = (batch_size, *source.sample_shape)
+    if source.input_dtype == "int64":  # token ids every embedding of the model can look up
+        vocabulary = min(
+            (m.num_embeddings for m in source.model.modules() if isinstance(m, nn.Embedding)),
+            default=2,
+        )
+        return torch.randint(0, vocabulary, shape, generator=generator)
+    return torch.randn(shape, generator=generator)

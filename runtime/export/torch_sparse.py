@@ -34,6 +34,7 @@ from acdc_recipe.runtime.kernels.inference import (
     sparse_inference_model,
 )
 from acdc_recipe.runtime.kernels.training import without_kernels
+from acdc_recipe.runtime.train.objective import logits_of
 
 WEIGHTS = "model.safetensors"
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # fp32: sums in another order
@@ -64,10 +65,11 @@ def write(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        _check_runs(dense, batch, source)
         pruned = {name.rsplit(".", 1)[0] for name in source.masks}
         layers = {n: m for n, m in eligible_layers(dense).items() if n in pruned}
         sparse, choices = sparse_inference_model(dense, layers, lambda model: model(batch))
-        expected, got = dense(batch), sparse(batch)
+        expected, got = logits_of(dense(batch)), logits_of(sparse(batch))
     finally:
         torch.set_num_threads(previous_threads)
     difference = float((got - expected).abs().max())
@@ -97,12 +99,34 @@ def write(
             }
             for c in choices
         },
+        "no_kernel": {name: _kind(dense, name) for name in sorted(pruned - set(layers))},
         "max_abs_diff": difference,
         "choice_seconds": time.perf_counter() - started,
     }
     if "2:4" in source.patterns.values():
         entries["semi_structured"] = SEMI_STRUCTURED_SKIPPED
     return entries
+
+
+def _kind(model: nn.Module, name: str) -> str:
+    """The type name of the module `name`, or "parameter" for a weight used functionally."""
+    try:
+        return type(model.get_submodule(name)).__name__
+    except AttributeError:
+        return "parameter"
+
+
+def _check_runs(model: nn.Module, batch: torch.Tensor, source: SparseModel) -> None:
+    """Refuse, in one paragraph, a timing batch the model cannot run on."""
+    try:
+        logits_of(model(batch))
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(
+            f"{source.origin}: the model does not run on a timing batch of shape "
+            f"{tuple(batch.shape)} ({source.input_dtype}): {first}. Pass the shape and type of "
+            "one sample (--input-shape, --input-dtype; input_shape=, input_dtype=)"
+        ) from None
 
 
 def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:

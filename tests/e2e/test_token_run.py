@@ -43,6 +43,9 @@ def test_acdc_run_trains_a_language_model_on_token_ids(tmp_path) -> None:
     zeros = sum(int((sparse[name] == 0).sum()) for name in summary["per_layer_sparsity"])
     total = sum(sparse[name].numel() for name in summary["per_layer_sparsity"])
     assert zeros == round(0.75 * total)
+    exported = acdc("export", tmp_path, "--format", "torch-sparse", "--batch-size", "4")
+    assert exported.returncode == 0, exported.stderr  # token ids, from the recipe's input_dtype
+    assert "8 pruned layers have no CSR kernel (Conv1D) and stay dense" in exported.stdout
 
 
 def test_a_vocabulary_the_model_cannot_score_is_a_setup_error(tmp_path) -> None:

@@ -277,3 +277,39 @@ def test_the_public_api_and_the_cli_name_the_same_formats():
 
     assert tuple(FORMATS) == FORMAT_CHOICES
     assert acdc_recipe.export is not None and acdc_recipe.load_sparse is not None
+
+
+def test_a_token_model_exports_both_formats_and_loads_back(tmp_path):
+    from ..conftest import tiny_gpt2
+
+    model, runtime = masked(tiny_gpt2())
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    pruned = set(runtime.plan.names)
+    assert pruned and all(".attn." in n or ".mlp." in n for n in pruned)  # Conv1D, not wte
+
+    compressed_out = export(model, tmp_path / "compressed", runtime=runtime)
+    assert set(decode_with_compressed_tensors(compressed_out.path)) == pruned
+    twin = load_sparse(compressed_out.path, tiny_gpt2(seed=1))
+    assert all(torch.equal(twin.state_dict()[k], state[k]) for k in state)
+
+    exported = export(
+        model, tmp_path / "torch-sparse", runtime=runtime, format="torch-sparse",
+        input_shape=(16,), input_dtype="int64", batch_size=4,
+    )  # fmt: skip
+    assert set(exported.manifest["no_kernel"].values()) == {"Conv1D"}
+    loaded = load_sparse(exported.path, tiny_gpt2(seed=1))
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_a_timing_batch_the_model_cannot_take_is_one_paragraph(tmp_path):
+    from ..conftest import tiny_gpt2
+
+    model, runtime = masked(tiny_gpt2())
+    with pytest.raises(ExportError, match="does not run on a timing batch of shape") as caught:
+        export(model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(16,))
+    assert "--input-dtype" in str(caught.value) and not (tmp_path / "out").exists()
+    with pytest.raises(ExportError, match="unknown input_dtype"):
+        export(model, tmp_path / "out", runtime=runtime, input_dtype="int8")
