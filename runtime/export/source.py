@@ -21,6 +21,7 @@ from acdc_recipe.errors import UserError
 from acdc_recipe.loading import load_recipe_text
 from acdc_recipe.runtime import SparsityRuntime
 from acdc_recipe.runtime.train import checkpoint as ckpt
+from acdc_recipe.runtime.train import sharded_checkpoint as sharded
 from acdc_recipe.runtime.train.models import build_model
 from acdc_recipe.schema import Recipe, recipe_hash
 
@@ -125,6 +126,11 @@ def from_run_dir(run_dir: Path) -> SparseModel:
     """The finished run's sparse model, with the masks of its newest checkpoint."""
     origin = f"run {run_dir}"
     written = run_dir / "recipe.yaml"
+    if not written.is_file() and (run_dir / sharded.MANIFEST).is_file():
+        raise ExportError(
+            f"{run_dir} is a checkpoint folder of a sharded (FSDP2) run; export its run "
+            f"directory ({run_dir.parent}), which holds the gathered sparse model"
+        )
     if not written.is_file():
         raise ExportError(
             f"{run_dir} is not a run directory (it has no recipe.yaml); give a folder written by "
@@ -139,11 +145,15 @@ def from_run_dir(run_dir: Path) -> SparseModel:
         )
     recipe = load_recipe_text(written.read_text(encoding="utf-8"), str(written))
     loaded = ckpt.load_latest(run_dir, recipe_hash(recipe))
-    if loaded is None:
-        raise ExportError(f"{run_dir} has no checkpoint holding the masks of its sparse model")
+    if loaded is not None:
+        saved_masks = loaded.state["runtime"]["masks"]
+    else:  # an FSDP2 run: checkpoint folders of mask shards
+        saved_masks = sharded.read_full_masks(run_dir, recipe_hash(recipe))
+        if saved_masks is None:
+            raise ExportError(f"{run_dir} has no checkpoint holding the masks of its sparse model")
     model, names, patterns = _recipe_model(recipe, origin)
     _load_weights(model, ckpt.load_safetensors(sparse), origin)
-    masks, by_name = _with_masks(names, patterns, loaded.state["runtime"]["masks"], origin)
+    masks, by_name = _with_masks(names, patterns, saved_masks, origin)
     return SparseModel(model, masks, by_name, origin, recipe.name, *_sample(recipe))
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import Tensor
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.tensor import DTensor
@@ -239,6 +240,31 @@ def load_latest(run_dir: Path, recipe_hash: str, context: DistContext) -> Sharde
         raise ckpt.CheckpointError(
             f"cannot resume from {run_dir}: no usable checkpoint. " + "; ".join(refused)
         )
+    return None
+
+
+def read_full_masks(run_dir: Path, recipe_hash: str) -> list[Tensor | None] | None:
+    """The whole masks of the newest verified checkpoint folder, without a process group:
+    every rank's mask shards joined on dim 0 in rank order (`acdc run` shards on dim 0).
+    None when `run_dir` has no folder; `ckpt.CheckpointError` when none is usable."""
+    refused = []
+    for folder in list_checkpoints(run_dir):
+        try:
+            listed = verify_folder(folder)
+            names = sorted(name for name in listed if _RANK_FILE.match(name))
+            states = [
+                ckpt.checked_payload((folder / n).read_bytes(), f"{folder.name}/{n}", recipe_hash)
+                for n in names
+            ]
+        except ckpt.CheckpointError as error:
+            refused.append(str(error))
+            continue
+        shards = [state["runtime"]["masks"] for state in states]
+        if not shards or shards[0] is None:
+            return [] if not shards else None
+        return [torch.cat([rank[i] for rank in shards]) for i in range(len(shards[0]))]
+    if refused:
+        raise ckpt.CheckpointError(f"no usable checkpoint in {run_dir}: " + "; ".join(refused))
     return None
 
 

@@ -78,3 +78,25 @@ def test_resuming_in_one_unsharded_process_is_refused_naming_the_world_size(unin
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "written by 2 processes" in result.stderr and "--nproc-per-node 2" in result.stderr
     assert sorted(p.name for p in uninterrupted.iterdir()) == before
+
+
+def test_the_sharded_run_exports_with_the_masks_its_rank_files_hold(uninterrupted, tmp_path):
+    from compressed_tensors.utils import unpack_bitmasks
+    from safetensors.torch import load_file
+
+    from acdc_recipe.runtime.export import ExportError, export
+
+    exported = export(uninterrupted, tmp_path / "compressed")
+    packed = load_file(str(exported.path / "model.safetensors"))
+    sparse = load_safetensors(uninterrupted / "sparse.safetensors")
+    kept = total = 0
+    for name in exported.manifest["pruned"]:
+        mask = unpack_bitmasks(packed[f"{name}.bitmask"], packed[f"{name}.shape"].tolist())
+        decoded = torch.zeros(mask.shape)
+        decoded[mask] = packed[f"{name}.compressed"]
+        assert torch.equal(decoded, sparse[name])
+        kept, total = kept + int(mask.sum()), total + mask.numel()
+    assert total - kept == round(0.9 * total)  # the whole masks, joined from both ranks
+    newest = sorted(uninterrupted.glob("checkpoint-*"))[-1]
+    with pytest.raises(ExportError, match="checkpoint folder of a sharded"):
+        export(newest, tmp_path / "folder")
