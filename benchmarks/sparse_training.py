@@ -11,9 +11,10 @@
    against `SparseLayerFunction` and, when the `sparseprop` package is installed, its
    `SparseLinear` (IST-DASLab's CPU kernels, an anchor only).
 3. Drift: the same sparse phase from the same state with kernels on and off.
-4. Whole runs (`--runs`): an AC/DC recipe (MLP 784-1024-1024-10, 90%) on synthetic
-   Fashion-MNIST-shaped data (Gaussian class clusters, `synthetic_blobs`), with kernels auto, off,
-   and dense training of the same length; wall time and final top-1, seeds 0 and 1.
+4. Whole runs (`--runs`): an AC/DC recipe (MLP 784-1024-1024-10, 90%) on Fashion-MNIST (a
+   fixed 12,800-image subset; `--data synthetic`: Gaussian class clusters of its shape), with
+   kernels auto, off, and dense training of the same length; wall time and final top-1, seeds
+   0 and 1.
 
     python benchmarks/sparse_training.py --threads 1 [--quick] [--runs]
 
@@ -239,7 +240,7 @@ schedule:
 train:
   model: {{name: mlp, kwargs: {{in_features: 784, hidden: [1024, 1024], num_classes: 10}},
           input_shape: [1, 28, 28]}}
-  data: {{source: callable, callable: "benchmarks.sparse_training:synthetic_blobs"}}
+  data: {{source: callable, callable: "{data}"}}
   optimizer: {{name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0001}}
   lr_schedule: {{name: cosine, warmup_epochs: 1}}
   batch_size: 256
@@ -259,11 +260,27 @@ def run_variants(epochs: int) -> dict[str, tuple[str, str]]:
     }
 
 
-def run_recipe(schedule: str, kernels: str, seed: int) -> Recipe:
-    return load_recipe_text(RUN_RECIPE.format(schedule=schedule, seed=seed, kernels=f'"{kernels}"'))
+# --data: the whole runs' data callable and how the JSON describes it
+RUN_DATA = {
+    "fashion-mnist": (
+        "benchmarks.accuracy:fashion_mnist_train12800_val2000",
+        "Fashion-MNIST: a fixed 12,800-image subset of the training split, 2,000 test images",
+    ),
+    "synthetic": (
+        "benchmarks.sparse_training:synthetic_blobs",
+        "synthetic_blobs (12,800 train / 2,000 val samples, 784 features, 10 classes)",
+    ),
+}
 
 
-def whole_runs(epochs: int, seeds: tuple[int, ...]) -> dict:
+def run_recipe(schedule: str, kernels: str, seed: int, data: str = "synthetic") -> Recipe:
+    text = RUN_RECIPE.format(
+        schedule=schedule, seed=seed, kernels=f'"{kernels}"', data=RUN_DATA[data][0]
+    )
+    return load_recipe_text(text)
+
+
+def whole_runs(epochs: int, seeds: tuple[int, ...], data: str) -> dict:
     from acdc_recipe.runtime.train.loop import train
 
     variants = run_variants(epochs)
@@ -272,7 +289,7 @@ def whole_runs(epochs: int, seeds: tuple[int, ...]) -> dict:
         for seed in seeds:
             for key, (schedule, kernels) in variants.items():  # interleaved by seed
                 summary = train(
-                    run_recipe(schedule, kernels, seed),
+                    run_recipe(schedule, kernels, seed, data),
                     Path(folder) / f"{key}-{seed}".replace(" ", "_").replace(",", ""),
                     log_every=1e9,
                 )
@@ -285,7 +302,7 @@ def whole_runs(epochs: int, seeds: tuple[int, ...]) -> dict:
     off = statistics.median(r["wall_seconds"] for r in results["acdc, kernels off"])
     return {
         "epochs": epochs,
-        "data": "synthetic_blobs (12,800 train / 2,000 val samples, 784 features, 10 classes)",
+        "data": RUN_DATA[data][1],
         "runs": results,
         "wall_ratio_to_kernels_off": {
             key: statistics.median(r["wall_seconds"] for r in runs) / off
@@ -316,6 +333,13 @@ def main() -> None:
     parser = kernel_benchmark_parser(__doc__, list(MODELS))
     parser.add_argument("--runs", action="store_true", help="also time whole AC/DC runs")
     parser.add_argument("--epochs", type=int, default=20, help="whole runs: epochs")
+    parser.add_argument(
+        "--data",
+        choices=sorted(RUN_DATA),
+        default="fashion-mnist",
+        help="whole runs: Fashion-MNIST (Debian's dataset-fashion-mnist, or FASHION_MNIST_ROOT) "
+        "or synthetic clusters of its shape",
+    )
     args = parser.parse_args()
     pin_peer_threads(args.threads)
     rounds, steps = (3, 2) if args.quick else (10, 3)
@@ -357,7 +381,8 @@ def main() -> None:
         "drift": numerics,
     }
     if args.runs:
-        runs = whole_runs(max(4, args.epochs // 4) if args.quick else args.epochs, (0, 1))
+        epochs = max(4, args.epochs // 4) if args.quick else args.epochs
+        runs = whole_runs(epochs, (0, 1), args.data)
         payload["whole_runs"] = runs
         for key, ratio in runs["wall_ratio_to_kernels_off"].items():
             top1 = [f"{100 * r['top1']:.2f}%" for r in runs["runs"][key]]

@@ -220,6 +220,14 @@ class SparsityRuntime:
         "dense", "undecided", "none"); empty when dense or attached with sparse_kernels off."""
         return {} if self._kernels is None else self._kernels.kernels()
 
+    def release_kernels(self) -> None:
+        """Give every layer its own dense forward back for good (as with sparse_kernels off
+        from here on), to evaluate weights the masks do not describe, such as the dense twin:
+        a layer on CSR kernels computes only the kept positions."""
+        if self._kernels is not None:
+            self._kernels.close()
+            self._kernels = None
+
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(event)` for every future event."""
         self._listeners.append(listener)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import nn
 
 from acdc_recipe.files import write_folder_atomic
@@ -131,6 +132,13 @@ def export(
         raise ExportError(
             f"unknown input_dtype {input_dtype!r}; choose one of {', '.join(INPUT_DTYPES)}"
         )
+    if input_shape is not None and not all(
+        isinstance(size, int) and size >= 1 for size in input_shape
+    ):
+        raise ExportError(
+            f"input_shape must be one sample's sizes, each a whole number of at least 1; got "
+            f"{list(input_shape)}"
+        )
     if batch_size < 1 or (threads is not None and threads < 1):
         raise ExportError("batch_size and threads must be at least 1")
     target = Path(out) if out is not None else _default_out(source, format)
@@ -182,12 +190,18 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def load_sparse(path: str | Path, model: nn.Module) -> nn.Module:
     """Load an export into `model` (an instance of the exported architecture) and return it:
     for `torch-sparse`, with the CSR layers in place (eval mode); for `compressed`, the dense
-    weights, bit for bit."""
+    weights (kept values bit for bit, pruned positions +0.0)."""
     folder = Path(path)
     manifest = read_manifest(folder)
-    if manifest["format"] == "torch-sparse":
-        return torch_sparse.load(folder, manifest, model)
-    state = compressed.read_state_dict(folder, manifest)
+    try:
+        if manifest["format"] == "torch-sparse":
+            return torch_sparse.load(folder, manifest, model)
+        state = compressed.read_state_dict(folder, manifest)
+    except (KeyError, ValueError, TypeError, IndexError, OSError, SafetensorError) as error:
+        raise ExportError(
+            f"the export in {folder} is damaged or incomplete: its files do not hold what its "
+            f"manifest.json lists ({type(error).__name__}: {error}); export again"
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

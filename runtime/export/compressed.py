@@ -12,8 +12,9 @@ Every pruned weight `name`, taken as its matrix `[out, in * kernel]`, is stored 
 Everything else (biases, norms, layers kept dense) is stored dense under its own name.
 `config.json` names the format (`quantization_config.sparsity_config.format:
 "sparse-bitmask"`) as the compressed-tensors library and the loaders built on it read it; a
-convolution's own shape is kept in manifest.json, so `read_state_dict` restores every tensor
-bit for bit.
+convolution's own shape is kept in manifest.json, so `read_state_dict` restores every tensor:
+kept values bit for bit, pruned positions as +0.0 (masking by multiplication leaves -0.0 where
+a negative weight was pruned; the tensors are `torch.equal`).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def write(source: SparseModel, folder: Path) -> dict[str, Any]:
 
 
 def read_state_dict(folder: Path, manifest: dict[str, Any]) -> dict[str, Tensor]:
-    """The state dict `write` stored, bit for bit."""
+    """The state dict `write` stored (kept values bit for bit, pruned positions +0.0)."""
     tensors = load_file(str(folder / WEIGHTS))
     state: dict[str, Tensor] = {}
     for name, shape in manifest["shapes"].items():

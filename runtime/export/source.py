@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from acdc_recipe.compiler import compile as compile_recipe
 from acdc_recipe.compiler.tracing import unwrap
@@ -174,6 +175,12 @@ def from_runtime(
     """A model in memory, masked by `runtime` (attached to it, in a sparse phase)."""
     root, _ = unwrap(model)
     origin = f"the {type(root).__name__} at step {runtime.step}"
+    if any(isinstance(p, DTensor) for p in root.parameters()):
+        raise ExportError(
+            f"{origin} is sharded with FSDP2: each process holds only its shards. Export the "
+            "run directory `acdc run` wrote (its sparse model is gathered), or gather the full "
+            "state dict and export an unsharded copy of the model"
+        )
     names = runtime.plan.names
     state = root.state_dict()
     missing = [name for name in names if name not in state]

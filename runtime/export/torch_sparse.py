@@ -27,6 +27,7 @@ from acdc_recipe.runtime.export.source import (
     example_batch,
     first_problem,
 )
+from acdc_recipe.runtime.kernels.forms import form_of
 from acdc_recipe.runtime.kernels.inference import (
     CsrLayer,
     eligible_layers,
@@ -89,6 +90,7 @@ def write(
             c.name: {
                 "kind": c.kind,
                 "kernel": c.kernel,
+                "weight_shape": list(dense.get_submodule(c.name).weight.shape),
                 "density": c.density,
                 **(c.timing.to_dict() if c.timing is not None else {}),
                 **(
@@ -140,10 +142,12 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
             module = model.get_submodule(name)
         except AttributeError:
             module = None
-        if module is None or not hasattr(module, "weight"):
+        shape = tuple(getattr(getattr(module, "weight", None), "shape", ()))
+        if form_of(module) is None or shape != tuple(entry.get("weight_shape", shape)):
             raise ExportError(
-                f"the model has no layer {name!r} holding a weight, which the export in "
-                f"{folder} replaced; pass an instance of the exported model's architecture"
+                f"the model has no {entry['kind']} {name!r} with a weight of shape "
+                f"{tuple(entry.get('weight_shape', ()))}, which the export in {folder} replaced; "
+                "pass an instance of the exported model's architecture"
             )
         nnz = state[f"{name}.weight_values"].numel() if f"{name}.weight_values" in state else 0
         replace_module(model, name, CsrLayer.of(module, nnz))
@@ -155,4 +159,25 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
             f"the export in {folder} does not fit this model: {first}; pass an instance of the "
             "exported model's architecture"
         ) from None
+    for name, layer in model.named_modules():
+        if isinstance(layer, CsrLayer):
+            _check_structure(layer, name, folder)
     return model.eval()
+
+
+def _check_structure(layer: CsrLayer, name: str, folder: Path) -> None:
+    """Refuse index buffers that do not describe a matrix of the layer's shape (the sparse
+    kernels read them unchecked)."""
+    try:
+        torch._validate_sparse_csr_tensor_args(
+            layer.weight_crow_indices,
+            layer.weight_col_indices,
+            layer.weight_values,
+            layer.weight_csr().shape,
+        )
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or ["invalid"])[0]
+        raise ExportError(
+            f"the export in {folder} is damaged: the CSR structure of {name} is invalid "
+            f"({first}); export again"
+        ) from None

@@ -4,7 +4,8 @@ Under torch.compile the layer's forward is the op `acdc_recipe::kernel_layer(x, 
 bias, slot, training)`, with a backward op beside it. The graph holds only the layer's slot
 (an int); which path runs (dense, or CSR over the current mask) is read inside the op, so a
 phase switch or a new mask changes nothing the compiler guards on and never recompiles.
-Outputs are contiguous, as the shape functions declare.
+The forward's output is contiguous and each gradient is laid out like its tensor, as the
+shape functions declare.
 """
 
 import torch
@@ -40,16 +41,24 @@ def kernel_layer_backward(
     if layer.kernel == "sparse" and operands is not None and layer.capable(x, weight):
         matrix, geometry = form.to_matrix(x)
         grad_x, grad_w, grad_b = sparse_backward(
-            form, operands, grad, matrix, geometry, weight.shape, input_grad
+            form, operands, grad, matrix, geometry, weight.shape, input_grad, bias_grad=has_bias
         )
     else:
         grad_x, grad_w, grad_b = form.dense_backward(grad, x, weight, input_grad)
     empty = x.new_empty(0)
     return (
-        grad_x.contiguous() if grad_x is not None else empty,
-        grad_w.contiguous(),
+        _laid_out_like(grad_x, x) if grad_x is not None else empty,
+        _laid_out_like(grad_w, weight),
         grad_b.contiguous() if has_bias else empty,
     )
+
+
+def _laid_out_like(gradient: Tensor, tensor: Tensor) -> Tensor:
+    """`gradient` with the strides `torch.empty_like(tensor)` has (what the shape function
+    declares): a transposed or channels-last input gets its gradient laid out the same."""
+    if gradient.stride() == tensor.stride():
+        return gradient
+    return torch.empty_like(tensor).copy_(gradient)
 
 
 @kernel_layer_backward.register_fake
@@ -59,7 +68,7 @@ def _kernel_layer_backward_shape(
     empty = x.new_empty(0)
     channels = weight.shape[0]
     return (
-        torch.empty_like(x) if input_grad else empty,
+        torch.empty_like(x) if input_grad else empty,  # laid out like the input
         torch.empty_like(weight),
         x.new_empty(channels) if has_bias else empty,
     )

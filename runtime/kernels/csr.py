@@ -99,9 +99,7 @@ def build_operands(mask: Tensor, dtype: torch.dtype) -> CsrOperands:
     order = torch.argsort(col * rows + row)  # W^T row-major: by column of W, then by row
     values = torch.zeros(flat.numel(), dtype=dtype, device=mask.device)
     values_t = torch.zeros_like(values)
-    weight = torch.sparse_csr_tensor(
-        _row_pointers(row, rows), col, values, (rows, cols), check_invariants=False
-    )
+    weight = csr_from_mask(keep, values)
     transposed = torch.sparse_csr_tensor(
         _row_pointers(col, cols), row[order], values_t, (cols, rows), check_invariants=False
     )

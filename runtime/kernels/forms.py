@@ -1,8 +1,8 @@
 """Layers as one matrix product `Y = W X`: how a Linear or a Conv2d input becomes the matrix
 `X` (`K x N`, K the weight's columns), and how the products come back to the layer's shapes.
 
-A Linear's `X` is a transposed view of its input (no copy), and its output the transposed
-view of `W X` (a following sparse Linear then reads it without a copy). A Conv2d's `X` is its
+A Linear's `X` is a transposed view of its input (no copy), and its output `(W X)^T` made
+contiguous, as `F.linear`'s is (model code calls `.view` on it). A Conv2d's `X` is its
 im2col matrix (`F.unfold`, or a reshape for a 1x1 convolution with stride 1 and no padding),
 one column per output position of every sample. The sparse kernels in `function.py` multiply these matrices
 by CSR operands; the dense forward and backward here are what they are timed against.
@@ -34,7 +34,8 @@ class LinearForm:
         return x.reshape(-1, self.in_features).t(), x.shape
 
     def from_matrix(self, y: Tensor, shape: Any) -> Tensor:
-        return y.t().reshape(*shape[:-1], self.out_features)
+        # contiguous like F.linear's output: model code reshapes it with .view
+        return y.t().contiguous().view(*shape[:-1], self.out_features)
 
     def grad_to_matrix(self, grad: Tensor) -> Tensor:
         return grad.reshape(-1, self.out_features).t()
@@ -80,7 +81,8 @@ class Conv2dForm:
         return sizes[0], sizes[1]
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (shape[0], self.out_channels, *self._output_size(shape[2], shape[3]))
+        """Batched `(N, C, H, W)` or unbatched `(C, H, W)`, as `nn.Conv2d` takes."""
+        return (*shape[:-3], self.out_channels, *self._output_size(shape[-2], shape[-1]))
 
     def to_matrix(self, x: Tensor) -> tuple[Tensor, Any]:
         batch, channels, height, width = x.shape

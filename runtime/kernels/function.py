@@ -42,9 +42,10 @@ def sparse_backward(
     weight_shape: torch.Size,
     input_grad: bool,
     weight_grad: bool = True,
-) -> tuple[Tensor | None, Tensor | None, Tensor]:
-    """(grad-input, dense grad-weight, grad-bias) from the output gradient; the first two are
-    None when not asked for."""
+    bias_grad: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(grad-input, dense grad-weight, grad-bias) from the output gradient; each is None when
+    not asked for."""
     grad_matrix = form.grad_to_matrix(grad)
     grad_x = grad_w = None
     if input_grad:
@@ -55,7 +56,7 @@ def sparse_backward(
             weight_shape.numel(), dtype=grad_matrix.dtype, device=grad_matrix.device
         ).index_copy_(0, operands.flat_index, sampled.values())
         grad_w = grad_w.view(weight_shape)
-    return grad_x, grad_w, grad_matrix.sum(1)
+    return grad_x, grad_w, grad_matrix.sum(1) if bias_grad else None
 
 
 class SparseLayerFunction(torch.autograd.Function):
@@ -89,5 +90,6 @@ class SparseLayerFunction(torch.autograd.Function):
             ctx.weight_shape,
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
+            ctx.has_bias,
         )
         return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None

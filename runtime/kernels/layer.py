@@ -4,8 +4,9 @@ The layer's module keeps its dense Parameter; `KernelLayer.forward(module, x)` c
 same layer either densely (the module's own computation, bit for bit) or on the CSR operands
 (`function.py`). The operands follow the mask (`use_mask`, `drop`); their values are gathered
 again whenever the dense weight's version counter moved (an optimizer step, a load), checked
-once per forward. The kernel is chosen per mask: by timing both paths on the first training
-forward (`auto`), or always sparse (`on`).
+once per forward. The kernel is chosen per mask on the first training forward that CSR can
+compute: by timing both paths (`auto`; under DDP every rank must find sparse faster), or
+sparse (`on`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import weakref
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from acdc_recipe.runtime.kernels.csr import CsrOperands, build_operands
@@ -70,8 +72,7 @@ class KernelLayer:
         """Build the CSR structure of a new mask; the kernel is chosen again."""
         matrix = mask.detach().reshape(weight_matrix_shape(tuple(weight.shape)))
         self.operands = build_operands(matrix, weight.dtype)
-        self.kernel = "sparse" if self.mode == "on" else None
-        self.timing = None
+        self.kernel, self.timing = None, None  # chosen on the first training forward
 
     def drop(self) -> None:
         """A dense phase: back to the module's own computation, memory returned."""
@@ -110,7 +111,11 @@ class KernelLayer:
 
     @torch.no_grad()
     def choose(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-        """Time forward and backward of both paths on this input; keep the faster."""
+        """`on`: sparse. `auto`: time forward and backward of both paths on this input; keep
+        the faster."""
+        if self.mode == "on":
+            self.kernel = "sparse"
+            return
         form, operands = self.form, self.operands
         assert operands is not None
         input_grad = x.requires_grad
@@ -123,7 +128,23 @@ class KernelLayer:
         def sparse() -> None:
             matrix, geometry = form.to_matrix(x)
             y = form.from_matrix(sparse_product(operands.weight, matrix, bias), geometry)
-            sparse_backward(form, operands, y, matrix, geometry, weight.shape, input_grad)
+            sparse_backward(
+                form, operands, y, matrix, geometry, weight.shape, input_grad,
+                bias_grad=bias is not None,
+            )  # fmt: skip
 
         self.timing = time_paths(dense, sparse, x.device)
-        self.kernel = "sparse" if self.timing.sparse_wins else "dense"
+        self.kernel = "sparse" if agreed(self.timing.sparse_wins) else "dense"
+
+
+def agreed(sparse_wins: bool) -> bool:
+    """Whether every process of a gloo process group (DDP on the CPU) found the sparse path
+    faster: ranks time on their own, and replicas must compute alike to stay bit-identical.
+    Every rank chooses in the same forward, so the all-reduce meets its peers."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sparse_wins
+    if "gloo" not in str(dist.get_backend()):
+        return sparse_wins  # CSR kernels run on the CPU only; no CPU collective to agree on
+    vote = torch.tensor([int(sparse_wins)], dtype=torch.int32)
+    dist.all_reduce(vote, op=dist.ReduceOp.MIN)
+    return bool(vote.item())

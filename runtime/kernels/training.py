@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -64,11 +64,14 @@ def _kernel_modules(
 def without_kernels(model: nn.Module) -> nn.Module:
     """A deep copy of `model` whose layers compute with their own forward again."""
     twin = copy.deepcopy(model)
-    for module in twin.modules():
-        if hasattr(module, "acdc_kernel"):
-            del module.forward
-            del module.acdc_kernel
+    _uninstall(m for m in twin.modules() if hasattr(m, "acdc_kernel"))
     return twin
+
+
+def _uninstall(modules: Iterable[nn.Module]) -> None:
+    for module in modules:
+        del module.forward
+        del module.acdc_kernel
 
 
 class SparseKernels:
@@ -101,9 +104,7 @@ class SparseKernels:
 
     def close(self) -> None:
         """Give every module its own forward back."""
-        for module in self._installed:
-            del module.forward
-            del module.acdc_kernel
+        _uninstall(self._installed)
         self._installed = []
 
     # -- following the masks ----------------------------------------------------------------

@@ -309,6 +309,7 @@ def _finish(session: TrainingSession, started: float) -> RunSummary:
     if not ends_sparse:
         session.dense_state, dense_loss, dense_top1 = final_state, final_loss, final_top1
     elif session.dense_state is not None:
+        session.runtime.release_kernels()  # CSR layers would compute the dense twin masked
         load(session.dense_state)
         dense_loss, dense_top1 = _evaluate(session)
         load(final_state)

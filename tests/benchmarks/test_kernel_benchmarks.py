@@ -29,3 +29,13 @@ def test_synthetic_data_is_fashion_mnist_shaped():
     train, val = sparse_training.synthetic_blobs()
     assert len(train) == 12800 and len(val) == 2000
     assert tuple(train[0][0].shape) == (1, 28, 28)
+
+
+def test_whole_run_data_choices_name_callables_that_resolve():
+    import importlib
+
+    for data, (target, _) in sparse_training.RUN_DATA.items():
+        recipe = sparse_training.run_recipe("phases: [{dense: 2}]", "off", seed=0, data=data)
+        assert recipe.train.data.callable == target
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name))

@@ -313,3 +313,51 @@ def test_a_timing_batch_the_model_cannot_take_is_one_paragraph(tmp_path):
     assert "--input-dtype" in str(caught.value) and not (tmp_path / "out").exists()
     with pytest.raises(ExportError, match="unknown input_dtype"):
         export(model, tmp_path / "out", runtime=runtime, input_dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def csr_export(tmp_path_factory):
+    """A torch-sparse export whose 1024x1024 layer runs on CSR."""
+    model, runtime = masked(big_mlp(), target=0.98)
+    out = tmp_path_factory.mktemp("csr") / "out"
+    exported = export(
+        model, out, runtime=runtime, format="torch-sparse", batch_size=64, threads=1,
+        input_shape=(512,),
+    )  # fmt: skip
+    assert exported.manifest["layers"]["2"]["kernel"] == "csr"
+    assert exported.manifest["layers"]["2"]["weight_shape"] == [1024, 1024]
+    return out
+
+
+def test_a_csr_layer_loaded_into_another_kind_or_width_is_named(csr_export):
+    other = big_mlp()
+    other[2] = nn.Embedding(1024, 1024)
+    with pytest.raises(ExportError, match="no Linear '2' with a weight of shape"):
+        load_sparse(csr_export, other)
+    narrower = big_mlp()
+    narrower[2] = nn.Linear(1000, 1024)
+    with pytest.raises(ExportError, match=r"\(1024, 1024\)"):
+        load_sparse(csr_export, narrower)
+
+
+def test_damaged_export_files_are_refused_in_one_sentence(csr_export, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(csr_export, broken)
+    state = load_file(str(broken / "model.safetensors"))
+    state["2.weight_col_indices"][0] = 5000  # beyond the 1024 columns
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(ExportError, match="damaged: the CSR structure of 2 is invalid"):
+        load_sparse(broken, big_mlp())
+    (broken / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ExportError, match="damaged or incomplete"):
+        load_sparse(broken, big_mlp())
+
+
+def test_an_input_shape_of_zero_sizes_is_refused(tmp_path):
+    model, runtime = masked(mlp())
+    with pytest.raises(ExportError, match="at least 1; got \\[0, 48\\]"):
+        export(model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(0, 48))

@@ -133,6 +133,8 @@ def test_a_copied_layer_has_its_own_slot_and_operands():
     module, mask = masked(lambda: nn.Linear(8, 6))
     layer = KernelLayer("weight", form_of(module), "on")
     layer.use_mask(mask, module.weight)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    layer.path(x, module.weight, module.bias, training=True)  # `on` chooses here
     twin = copy.deepcopy(layer)
     assert twin.slot != layer.slot and twin.kernel == "sparse"
     assert twin.operands is not layer.operands

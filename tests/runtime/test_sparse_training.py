@@ -247,3 +247,62 @@ def test_autocast_falls_back_to_dense_and_says_so():
     assert set(runtime.kernels.values()) == {"undecided"}
     (event,) = [e for e in runtime.history if isinstance(e, KernelsChosen)]
     assert "3 not run yet" in kernels_note(event)
+
+
+def test_release_kernels_lets_other_weights_compute_densely():
+    model, compiled, opt, runtime = setup("on", phases=[{"dense": 2}, {"sparse": 3}])
+    data = batches(mlp, 5)
+    train(model, opt, runtime, data[:2])
+    dense_twin = copy.deepcopy(model.state_dict())  # the end of the dense phase
+    train(model, opt, runtime, data[2:])
+    model.load_state_dict(dense_twin)
+    x = data[0][0]
+    plain = mlp()
+    plain.load_state_dict(dense_twin)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), plain(x))  # the CSR layers compute it masked
+        runtime.release_kernels()
+        assert torch.equal(model(x), plain(x))
+    assert runtime.kernels == {} and not any(hasattr(m, "acdc_kernel") for m in model)
+
+
+@pytest.mark.parametrize("shape", [(6, 20), (2, 3, 20)])
+def test_a_sparse_linear_returns_a_contiguous_output_like_f_linear(shape):
+    model, _, opt, runtime = setup("on", phases=[{"sparse": 2}])
+    train(model, opt, runtime, batches(mlp, 1))
+    x = torch.randn(shape, requires_grad=True)
+    y = model[0](x)
+    assert runtime.kernels["0.weight"] == "sparse" and y.is_contiguous()
+    y.view(-1).sum().backward()  # model code reshapes layer outputs with .view
+    assert x.grad.shape == x.shape
+
+
+def test_on_under_autocast_reports_layers_not_run_rather_than_sparse():
+    model, compiled, opt, runtime = setup("on", phases=[{"sparse": 2}])
+    for x, y in batches(mlp, 2):
+        runtime.begin_step()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert set(runtime.kernels.values()) == {"undecided"}
+
+
+def test_inductor_compiles_the_sparse_backward_of_a_transposed_input():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    compiled = compile(model, make_recipe([{"sparse": 3}], target=0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    runtime = attach(compiled, opt, sparse_kernels="on")
+    fast = torch.compile(lambda h: model(h.transpose(1, 2)))  # a token-mixing style input
+    for _ in range(3):
+        runtime.begin_step()
+        opt.zero_grad()
+        h = torch.randn(2, 8, 5, requires_grad=True)  # its gradient passes the first layer
+        fast(h).sum().backward()
+        opt.step()
+    assert set(runtime.kernels.values()) == {"sparse"}
+    for param, mask in zip(compiled.parameters, runtime.masks, strict=True):
+        assert torch.equal(param[mask == 0], torch.zeros_like(param[mask == 0]))
