@@ -280,3 +280,6 @@ def test_sparse_kernels_change_the_last_bits_only(reference, kernels_reference):
         json.loads((r / "summary.json").read_text()) for r in (reference, kernels_reference)
     ]
     assert summaries[0]["achieved_sparsity"] == summaries[1]["achieved_sparsity"]
+    off, on = summaries  # the dense twin is evaluated densely, not through the CSR layers
+    assert abs(off["dense_loss"] - on["dense_loss"]) < 1e-4
+    assert abs(off["dense_loss"] - off["sparse_loss"]) > 1e-3  # a masked one would differ

@@ -9,6 +9,7 @@ so many entries tie at the threshold.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,6 +224,25 @@ def sparse_kernels_refused() -> str:
     return "attached"
 
 
+def exported_shards(folder: str) -> str:
+    """What exporting a sharded model in memory says."""
+    from acdc_recipe.runtime.export import ExportError, export
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 2))
+    recipe = Recipe.model_validate(
+        {"name": "t", "sparsity": {"target": 0.5}, "schedule": {"unit": "step", "phases": PHASES}}
+    )
+    compiled = compile_recipe(net, recipe, example_inputs=torch.zeros(2, 12))
+    shard(net)
+    runtime = attach(compiled, torch.optim.SGD(net.parameters(), lr=0.1))
+    try:
+        export(net, f"{folder}/export-{dist.get_rank()}", runtime=runtime)
+    except ExportError as error:
+        return str(error)
+    return "exported"
+
+
 def mismatches() -> list[str]:
     """What the cross-rank check says of shards that prune one entry too few, and of ranks
     that chose different thresholds."""
@@ -256,6 +276,7 @@ def _rank(rank: int, init: str, out: str) -> None:
     results["mismatches"] = mismatches()
     results["stale"] = stale_then_rebound()
     results["kernels"] = sparse_kernels_refused()
+    results["export"] = exported_shards(str(Path(out).parent))
     torch.save(results, f"{out}.{rank}")
     dist.destroy_process_group()
 
@@ -317,3 +338,8 @@ def test_a_sharded_weight_the_compiled_module_does_not_share_is_named_then_rebou
 def test_sparse_kernels_on_shards_are_refused_before_anything_is_installed(ranks):
     for rank in ranks:
         assert "FSDP2 shards" in rank["kernels"] and "sparse_kernels='off'" in rank["kernels"]
+
+
+def test_a_sharded_model_in_memory_is_refused_by_export_with_the_way_out(ranks):
+    for rank in ranks:
+        assert "sharded with FSDP2" in rank["export"] and "run directory" in rank["export"]
