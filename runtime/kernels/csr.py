@@ -71,7 +71,10 @@ class CsrOperands:
     @torch.no_grad()
     def refresh_(self, weight: Tensor) -> None:
         """Gather the kept entries of `weight` (any shape with `rows * cols` elements) into
-        both operands, unless it is the same tensor, unchanged, as at the last refresh."""
+        both operands, unless it is the same tensor, unchanged, as at the last refresh.
+
+        "Unchanged" is the version counter. A fused CPU optimizer step (AdamW `fused=True`)
+        does not bump it; the runtime's weight masking after every sparse-phase step does."""
         state = (weight.data_ptr(), weight._version)
         if state == self.synced:
             return
