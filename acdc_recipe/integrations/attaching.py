@@ -5,7 +5,7 @@ optimizer the trainer built, and turn the engine's events into scalar metrics.""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,26 @@ def torch_optimizer(optimizer: Any, owner: str) -> torch.optim.Optimizer:
     return inner
 
 
-def steps_per_epoch(batches: Any, accumulation: int, owner: str) -> int:
+def refuse_loss_scaling(scaled: bool, setting: str, owner: str) -> None:
+    """fp16 loss scaling skips optimizer steps whose gradients overflowed: the trainers count
+    them, the engine does not (no weight changed), so every later phase would move."""
+    if scaled:
+        raise IntegrationError(
+            f"{owner} cannot follow a schedule under {setting}: its loss scaler skips the "
+            "optimizer steps whose gradients overflowed, the trainer counts them as steps and "
+            "the engine does not, so the phases would drift from the recipe's timeline. Train "
+            "in bf16 (no loss scaling) or fp32"
+        )
+
+
+def steps_per_epoch(
+    batches: Any, accumulation: int, owner: str, compiled: CompiledRecipe
+) -> int | None:
     """Optimizer steps per epoch: `batches` per epoch over `accumulation`, the last partial
-    accumulation counted (as both trainers count it)."""
+    accumulation counted (as both trainers count it). None for a schedule in steps over a
+    loader without a length (an iterable dataset), which needs none."""
+    if compiled.timeline.unit == "step" and not (isinstance(batches, int) and batches > 0):
+        return None
     if not isinstance(batches, int) or batches <= 0:
         raise IntegrationError(
             f"{owner} needs a train dataloader with a length (an epoch's size) to place the "
@@ -87,7 +104,7 @@ def steps_per_epoch(batches: Any, accumulation: int, owner: str) -> int:
 
 def check_length(
     compiled: CompiledRecipe,
-    steps_per_epoch: int,
+    steps_per_epoch: int | None,
     trainer_steps: Any,
     epochs_setting: str,
     steps_setting: str,
@@ -111,7 +128,7 @@ def check_length(
 
 
 def attach_runtime(
-    compiled: CompiledRecipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+    compiled: CompiledRecipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None
 ) -> SparsityRuntime:
     steps = steps_per_epoch if compiled.timeline.unit == "epoch" else None
     return attach(compiled, optimizer, steps_per_epoch=steps)
@@ -158,17 +175,24 @@ class AttachedRecipe:
     folder: Path
     saves: bool
     log: Callable[[dict[str, float]], None]
+    _saved_final: bool = field(default=False, init=False)
 
     def listen(self) -> None:
         """From now on: the dense half when the last dense phase ends, metrics for events."""
         self.runtime.add_listener(self._on_event)
 
-    def finish(self) -> None:
-        """Save the final model when the schedule ran to its end (the sparse half, or the dense
-        one for a schedule ending dense), and detach the engine."""
+    def after_step(self) -> None:
+        """Save the final model (the sparse half, or the dense one for a schedule ending
+        dense) right after the schedule's last step, once: before the trainer may load other
+        weights into the model (transformers' `load_best_model_at_end`)."""
         phases = self.runtime.timeline.phases
-        if phases and self.runtime.step >= phases[-1].end:
+        if not self._saved_final and phases and self.runtime.step >= phases[-1].end:
+            self._saved_final = True
             self._save("dense" if phases[-1].kind == "dense" else "sparse")
+
+    def finish(self) -> None:
+        """Save the final model if `after_step` has not, and detach the engine."""
+        self.after_step()
         self.runtime.close()
 
     def _on_event(self, event: RuntimeEvent) -> None:

@@ -45,6 +45,7 @@ from acdc_recipe.integrations.attaching import (
     attach_runtime,
     check_length,
     compile_for,
+    refuse_loss_scaling,
     steps_per_epoch,
     summary_line,
     torch_optimizer,
@@ -101,7 +102,7 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
         self, trainer: Any, recipe: Recipe | str | Path, example_inputs: Any = None
     ) -> None:
         if not isinstance(trainer, transformers.Trainer):
-            raise TypeError(
+            raise IntegrationError(
                 f"AcdcCallback(trainer, recipe) needs the transformers Trainer it is added to "
                 f"(it logs through trainer.log), got a {type(trainer).__name__}"
             )
@@ -114,10 +115,16 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
     # -- Trainer events ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._close()
+        refuse_loss_scaling(
+            bool(getattr(args, "fp16", False)), "TrainingArguments(fp16=True)", OWNER
+        )
         compiled = compile_for(model, self.recipe, self.example_inputs, OWNER)
         inner = torch_optimizer(optimizer, OWNER)
         per_epoch = steps_per_epoch(
-            _length(kwargs.get("train_dataloader")), args.gradient_accumulation_steps, OWNER
+            _length(kwargs.get("train_dataloader")),
+            args.gradient_accumulation_steps,
+            OWNER,
+            compiled,
         )
         check_length(
             compiled,
@@ -143,6 +150,10 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
         if self.attached is not None:
             self._masking.restart()
             self.attached.runtime.begin_step()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.attached is not None:
+            self.attached.after_step()
 
     def on_substep_end(self, args, state, control, **kwargs):
         if self._masking is not None:

@@ -38,6 +38,7 @@ from acdc_recipe.integrations.attaching import (
     attach_runtime,
     check_length,
     compile_for,
+    refuse_loss_scaling,
     steps_per_epoch,
     summary_line,
     torch_optimizer,
@@ -74,11 +75,13 @@ class AcdcCallback(AttachedViews, lightning.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if self.attached is not None:
             self.attached.runtime.close()
+        precision = str(getattr(trainer, "precision", ""))
+        refuse_loss_scaling(precision == "16-mixed", f"Trainer(precision={precision!r})", OWNER)
         model = _selected(pl_module, self.module)
         compiled = compile_for(model, self.recipe, self.example_inputs, OWNER)
         optimizer = torch_optimizer(_only_optimizer(trainer, compiled), OWNER)
         per_epoch = steps_per_epoch(
-            trainer.num_training_batches, trainer.accumulate_grad_batches, OWNER
+            trainer.num_training_batches, trainer.accumulate_grad_batches, OWNER, compiled
         )
         check_length(
             compiled,
@@ -112,6 +115,10 @@ class AcdcCallback(AttachedViews, lightning.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.attached is not None:
             self.attached.runtime.begin_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.attached is not None:
+            self.attached.after_step()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.attached is not None:

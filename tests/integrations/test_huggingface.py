@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,11 @@ def train(
         seed=0,
         data_seed=0,
     )
+    evaluation = arguments.pop("eval_dataset", None)
     settings.update(arguments)
-    trainer = Trainer(model=model, args=TrainingArguments(**settings), train_dataset=data)
+    trainer = Trainer(
+        model=model, args=TrainingArguments(**settings), train_dataset=data, eval_dataset=evaluation
+    )
     acdc = AcdcCallback(trainer, the_recipe)
     probe = StepProbe(acdc)
     trainer.add_callback(acdc)
@@ -324,8 +328,11 @@ def test_a_model_that_is_not_a_module_and_a_missing_optimizer_are_refused(tmp_pa
         acdc.on_train_begin(args, state, control, model={"not": "a model"}, optimizer=None)
     with pytest.raises(IntegrationError, match="the trainer has none yet"):
         acdc.on_train_begin(args, state, control, model=tiny_gpt2(), optimizer=None)
-    with pytest.raises(TypeError, match="needs the transformers Trainer"):
+    with pytest.raises(IntegrationError, match="needs the transformers Trainer"):
         AcdcCallback(args, recipe())
+    scaled = types.SimpleNamespace(fp16=True)
+    with pytest.raises(IntegrationError, match=r"fp16=True.*loss scaler skips.*bf16"):
+        acdc.on_train_begin(scaled, state, control, model=tiny_gpt2(), optimizer=None)
 
 
 def test_the_missing_extra_names_the_pip_command() -> None:
@@ -352,3 +359,35 @@ def test_importing_the_package_imports_neither_trainer_library() -> None:
         [sys.executable, "-c", "import json\n" + code], capture_output=True, text=True, timeout=120
     )
     assert json.loads(out.stdout) == []
+
+
+def test_the_sparse_model_is_saved_before_the_trainer_loads_its_best_checkpoint(tmp_path):
+    """load_best_model_at_end loads an earlier checkpoint into the model before on_train_end;
+    the saved sparse model is the one the schedule ended with."""
+    trainer, acdc, _ = train(
+        tmp_path, tiny_gpt2(), Samples("lm"), recipe(), eval_strategy="steps", eval_steps=2,
+        save_strategy="steps", save_steps=2, load_best_model_at_end=True,
+        metric_for_best_model="loss", greater_is_better=True,
+        eval_dataset=Samples("lm", size=8, seed=1),
+    )  # fmt: skip
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("-12")  # an earlier checkpoint won
+    sparse = dict(type(trainer.model).from_pretrained(tmp_path / "sparse").named_parameters())
+    final_masks = acdc.runtime.masks  # those of the last sparse phase, steps 8-11
+    for name, mask in zip(acdc.compiled.plan.names, final_masks, strict=True):
+        assert not sparse[name][mask == 0].any(), name  # zero exactly where the final mask prunes
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """Samples without a length."""
+
+    def __iter__(self):
+        while True:
+            yield from Samples("lm")
+
+
+def test_an_iterable_dataset_trains_a_schedule_written_in_steps(tmp_path):
+    trainer, acdc, probe = train(tmp_path, tiny_gpt2(), Stream(), recipe())
+    assert_exact_sparse_steps(acdc, probe)
+    with pytest.raises(IntegrationError, match="schedule.unit: step"):
+        train(tmp_path / "epochs", tiny_gpt2(), Stream(), recipe(unit="epoch"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import lightning
@@ -201,6 +202,9 @@ def test_bad_setups_are_refused_with_one_message(tmp_path) -> None:
         IntegrationError, match="no submodule 'model.config', or it is not a torch.nn.Module"
     ):
         callback.on_train_start(None, HFModule(tiny_gpt2()))
+    scaled = types.SimpleNamespace(precision="16-mixed")
+    with pytest.raises(IntegrationError, match=r"precision='16-mixed'.*bf16"):
+        AcdcCallback(recipe(PHASES)).on_train_start(scaled, HFModule(tiny_gpt2()))
 
 
 def test_the_missing_extra_names_the_pip_command() -> None:
