@@ -180,6 +180,17 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
             else output / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{step}"
         )
         load_runtime_state(self.attached.runtime, folder)
+        masks = self.attached.runtime.masks
+        weights = self.attached.compiled.parameters
+        if masks is not None and any(
+            bool(w.detach()[m == 0].any()) for w, m in zip(weights, masks, strict=True)
+        ):
+            raise IntegrationError(
+                f"the acdc state in {folder} does not belong to the weights the Trainer resumed "
+                "with: they are not zero where its masks prune. The callback reads the state "
+                "from args.output_dir/checkpoint-<step>, so resume from a checkpoint folder "
+                "inside output_dir (or name it in TrainingArguments(resume_from_checkpoint=...))"
+            )
         if self.attached.runtime.step != step:
             raise IntegrationError(
                 f"{folder} holds the acdc state of step {self.attached.runtime.step}, but the "

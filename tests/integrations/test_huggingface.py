@@ -391,3 +391,13 @@ def test_an_iterable_dataset_trains_a_schedule_written_in_steps(tmp_path):
     assert_exact_sparse_steps(acdc, probe)
     with pytest.raises(IntegrationError, match="schedule.unit: step"):
         train(tmp_path / "epochs", tiny_gpt2(), Stream(), recipe(unit="epoch"))
+
+
+def test_resuming_another_runs_checkpoint_with_this_output_dirs_state_is_refused(tmp_path):
+    """train(resume_from_checkpoint=A/checkpoint-6) with output_dir B holding checkpoint-6 of
+    another run: the state found in B is not that of the weights loaded from A."""
+    data = Samples("lm")
+    train(tmp_path / "a", tiny_gpt2(), data, recipe(), save_strategy="steps", save_steps=2)
+    train(tmp_path / "b", tiny_gpt2(seed=3), data, recipe(), save_strategy="steps", save_steps=2)
+    with pytest.raises(IntegrationError, match="does not belong to the weights"):
+        train(tmp_path / "b", tiny_gpt2(), data, recipe(), resume=str(tmp_path / "a/checkpoint-4"))
