@@ -187,6 +187,12 @@ def resolve(value: Any, variables: dict[str, Variable], where: str, source: str)
             return variables[inner].value
         return _evaluate(_arithmetic(inner, where, source), variables, where, source)
     if is_number(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite:
+            raise ConversionError(f"{source}: {where}: {value!r} is not a finite number")
         return Number(value)
     if isinstance(value, list):
         return [resolve(item, variables, where, source) for item in value]
@@ -238,9 +244,10 @@ def _evaluate(
 
     try:
         result = value(tree.body)
-    except (ZeroDivisionError, OverflowError, RecursionError) as error:
+        finite = not isinstance(result, complex) and math.isfinite(result)
+    except (ZeroDivisionError, OverflowError, RecursionError, TypeError) as error:
         raise ConversionError(f"{source}: {what}: cannot evaluate: {error}") from None
-    if isinstance(result, complex) or not math.isfinite(result):
+    if not finite:
         raise ConversionError(f"{source}: {what}: the expression has no finite real value")
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     if not names:

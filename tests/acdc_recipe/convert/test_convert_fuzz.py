@@ -114,3 +114,31 @@ def test_mutated_reference_configs_convert_or_raise_conversion_error(section, ke
 @given(text=st.text(max_size=200))
 def test_arbitrary_text_converts_or_raises_conversion_error(text):
     converts_or_explains(text, "fuzz.yaml", epochs=10)
+
+
+NON_FINITE = [
+    ("ACDCPruningModifier", "end_epoch", ".inf"),
+    ("ACDCPruningModifier", "end_epoch", ".nan"),
+    ("ACDCPruningModifier", "start_epoch", "-.inf"),
+    ("GMPruningModifier", "start_epoch", ".nan"),
+    ("GMPruningModifier", "end_epoch", "1" + "0" * 400),
+    ("ACDCPruningModifier", "compression_sparsity", "'eval((-8)**0.5 // 2)'"),
+    ("ACDCPruningModifier", "compression_sparsity", "'eval((-8)**0.5 % 2)'"),
+]
+
+
+def test_non_finite_and_complex_numbers_are_conversion_errors():
+    for kind, key, text in NON_FINITE:
+        lines = ["sparsity: 0.9", "modifiers:"]
+        for name, fields in MODIFIERS:
+            body = ", ".join(
+                f"{k}: {text if (name, k) == (kind, key) else json.dumps(v)}"
+                for k, v in fields.items()
+            )
+            lines.append(f"  - !{name} {{{body}}}")
+        try:
+            convert_text("\n".join(lines) + "\n", "recipe.yaml")
+        except ConversionError as error:
+            assert key in str(error) or "finite" in str(error), (text, str(error))
+        else:
+            raise AssertionError(f"{kind}.{key}: {text} converted")
