@@ -13,8 +13,8 @@ The ranks write into `.checkpoint-000000012.tmp`; rank 0 then hashes every file,
 SHA256SUMS and renames the folder into place, so a crash leaves either the previous checkpoint
 or this one complete. Reading verifies every digest before any byte reaches a loader. Rank
 files are read with `weights_only=True`; torch.distributed.checkpoint holds only tensors here
-(its planner refuses anything else), but reads its own `.metadata` with pickle, which is why
-that happens only after verification. A folder written by another number of processes is
+(its planner refuses anything else), and its own `.metadata`, a pickle, is read after
+verification by an unpickler that knows only the metadata's classes (`_MetadataOnly`). A folder written by another number of processes is
 refused by name: mask shards and RNG states are per rank.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.tensor import DTensor
 
@@ -279,12 +281,64 @@ class _TensorsOnlyPlanner(DefaultLoadPlanner):
         )
 
 
+class _MetadataOnly(pickle.Unpickler):
+    """Unpickles torch.distributed.checkpoint's `.metadata` (its dataclasses, sizes, dtypes)
+    and nothing else: no class or function outside these can be named by the file."""
+
+    ALLOWED = {
+        *(
+            ("torch.distributed.checkpoint.metadata", name)
+            for name in (
+                "Metadata", "ChunkStorageMetadata", "TensorStorageMetadata",
+                "BytesStorageMetadata", "TensorProperties", "MetadataIndex", "StorageMeta",
+                "_MEM_FORMAT_ENCODING",
+            )
+        ),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.serialization", "_get_layout"),
+        ("torch", "Size"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("collections", "OrderedDict"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+class _VerifiedReader(dcp.FileSystemReader):
+    """The folder's reader, with `.metadata` read by `_MetadataOnly`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        path = Path(self.path) / ".metadata"
+        try:
+            with path.open("rb") as handle:
+                metadata = _MetadataOnly(handle).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
+            raise ckpt.CheckpointError(
+                f"{path.parent.name}/.metadata is not torch.distributed.checkpoint metadata "
+                f"this version reads ({error})"
+            ) from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
 def load_state(checkpoint: ShardedCheckpoint, templates: dict[str, Any]) -> dict[str, Any]:
     """The whole checkpoint state for this rank: its file, with the DTensors of `templates`
     (state shaped and sharded like this run's) filled in place from the verified folder.
     Every rank calls it."""
     sharded, _ = split_dtensors(templates)
-    dcp.load(sharded, checkpoint_id=checkpoint.path, planner=_TensorsOnlyPlanner())
+    dcp.load(
+        sharded,
+        storage_reader=_VerifiedReader(checkpoint.path),
+        planner=_TensorsOnlyPlanner(),
+    )
     return merge_dtensors(checkpoint.state, sharded)
 
 

@@ -100,3 +100,22 @@ def test_the_sharded_run_exports_with_the_masks_its_rank_files_hold(uninterrupte
     newest = sorted(uninterrupted.glob("checkpoint-*"))[-1]
     with pytest.raises(ExportError, match="checkpoint folder of a sharded"):
         export(newest, tmp_path / "folder")
+
+
+def test_checkpoint_metadata_is_read_by_an_unpickler_that_knows_only_its_classes(uninterrupted):
+    import io
+    import pickle
+
+    from acdc_recipe.runtime.train.sharded_checkpoint import _MetadataOnly
+
+    newest = sorted(uninterrupted.glob("checkpoint-*"))[-1]
+    with (newest / ".metadata").open("rb") as handle:
+        metadata = _MetadataOnly(handle).load()
+    assert "model.1.weight" in metadata.state_dict_metadata
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        _MetadataOnly(io.BytesIO(pickle.dumps(Hostile()))).load()
