@@ -3,7 +3,6 @@ checked by loading it back as any recipe is loaded."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import yaml
 
 from acdc_recipe.convert.report import ConversionError, ConversionReport
 from acdc_recipe.errors import RecipeError
+from acdc_recipe.files import folder_name
 from acdc_recipe.loading import load_recipe_text
 from acdc_recipe.schema import Recipe
 
@@ -36,7 +36,7 @@ class Conversion:
 
 def recipe_name(source: str) -> str:
     """A recipe name from the source file's name ('ac_dc_recipe.md' -> 'ac_dc_recipe')."""
-    return re.sub(r"[^\w.-]+", "_", Path(source).stem).strip("._") or "converted"
+    return folder_name(Path(source).stem)
 
 
 def train_section(model: str | None, train: dict[str, Any], report: ConversionReport) -> dict:

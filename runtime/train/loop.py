@@ -276,9 +276,9 @@ def _evaluate(session: TrainingSession) -> tuple[float, float]:
 def _write_models(
     session: TrainingSession, final_state: dict[str, torch.Tensor], ends_sparse: bool
 ) -> None:
-    """dense.safetensors and sparse.safetensors, from rank 0. A sharded run gathers its final
-    model here, once; its dense model, when it ends sparse, was gathered and written at the
-    dense snapshot."""
+    """The final model, from rank 0: dense.safetensors for a schedule ending dense, else
+    sparse.safetensors (the dense half was written at its snapshot, `capture_dense`). A
+    sharded run gathers its final model here, once."""
     if session.sharded:
         final_state = fsdp.gather_on_rank0(session.model)
     if not session.context.is_main:
@@ -286,9 +286,7 @@ def _write_models(
     if not ends_sparse:
         save_model(session, "dense.safetensors", final_state)
         return
-    if session.dense_state is not None and not session.sharded:
-        save_model(session, "dense.safetensors", session.dense_state)
-    save_model(session, "sparse.safetensors", final_state)
+    save_model(session, "sparse.safetensors", final_state)  # the dense half: at its snapshot
 
 
 def _finish(session: TrainingSession, started: float) -> RunSummary:
