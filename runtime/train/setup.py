@@ -226,6 +226,12 @@ def _setup_run_dir(session: TrainingSession, resume: bool, overwrite: bool) -> N
     if ckpt.list_checkpoints(run_dir) or sharded_ckpt.list_checkpoints(run_dir):
         _refuse_changes_a_resume_cannot_carry(session)
     if session.sharded:
+        if ckpt.list_checkpoints(run_dir) and not sharded_ckpt.list_checkpoints(run_dir):
+            raise sharded_ckpt.WorldSizeError(
+                f"the checkpoints in {run_dir} (checkpoint-*.pt) were written by one unsharded "
+                f"process and this run shards over {session.context.world_size}; resume with "
+                "--nproc-per-node 1"
+            )
         loaded = sharded_ckpt.load_latest(run_dir, session.compiled.recipe_hash, session.context)
     else:
         if not ckpt.list_checkpoints(run_dir):

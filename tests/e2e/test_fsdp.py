@@ -119,3 +119,13 @@ def test_checkpoint_metadata_is_read_by_an_unpickler_that_knows_only_its_classes
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
         _MetadataOnly(io.BytesIO(pickle.dumps(Hostile()))).load()
+
+
+def test_resuming_an_unsharded_run_sharded_is_refused_naming_the_world_size(tmp_path):
+    assert acdc_run(tmp_path, processes=1).returncode == 0  # fsdp on one process: unsharded
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = acdc_run(tmp_path, "--resume", processes=2)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "written by one unsharded process" in result.stderr
+    assert "--nproc-per-node 1" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
