@@ -284,3 +284,18 @@ def test_inductor_compiles_the_sparse_backward_of_a_transposed_input():
     assert set(runtime.kernels.values()) == {"sparse"}
     for param, mask in zip(compiled.parameters, runtime.masks, strict=True):
         assert torch.equal(param[mask == 0], torch.zeros_like(param[mask == 0]))
+
+
+def test_a_compiled_conv_takes_an_unbatched_input():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    compiled = compile(model, make_recipe([{"sparse": 2}], target=0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    runtime = attach(compiled, opt, sparse_kernels="on")
+    fast = torch.compile(model, backend="aot_eager")
+    x = torch.randn(3, 6, 6)  # (C, H, W), as nn.Conv2d accepts
+    runtime.begin_step()
+    out = fast(x)
+    assert out.shape == (2, 6, 6)
+    torch.testing.assert_close(out, model(x))
