@@ -66,11 +66,11 @@ def write(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        _check_runs(dense, batch, source)
+        expected = _reference_logits(dense, batch, source)
         pruned = {name.rsplit(".", 1)[0] for name in source.masks}
         layers = {n: m for n, m in eligible_layers(dense).items() if n in pruned}
         sparse, choices = sparse_inference_model(dense, layers, lambda model: model(batch))
-        expected, got = logits_of(dense(batch)), logits_of(sparse(batch))
+        got = logits_of(sparse(batch))
     finally:
         torch.set_num_threads(previous_threads)
     difference = float((got - expected).abs().max())
@@ -118,10 +118,11 @@ def _kind(model: nn.Module, name: str) -> str:
         return "parameter"
 
 
-def _check_runs(model: nn.Module, batch: torch.Tensor, source: SparseModel) -> None:
-    """Refuse, in one paragraph, a timing batch the model cannot run on."""
+def _reference_logits(model: nn.Module, batch: torch.Tensor, source: SparseModel) -> torch.Tensor:
+    """The masked dense model's logits on the timing batch; a batch the model cannot run on
+    is refused in one paragraph."""
     try:
-        logits_of(model(batch))
+        return logits_of(model(batch))
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ExportError(
@@ -143,10 +144,10 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
         except AttributeError:
             module = None
         shape = tuple(getattr(getattr(module, "weight", None), "shape", ()))
-        if form_of(module) is None or shape != tuple(entry.get("weight_shape", shape)):
+        if form_of(module) is None or shape != tuple(entry["weight_shape"]):
             raise ExportError(
                 f"the model has no {entry['kind']} {name!r} with a weight of shape "
-                f"{tuple(entry.get('weight_shape', ()))}, which the export in {folder} replaced; "
+                f"{tuple(entry['weight_shape'])}, which the export in {folder} replaced; "
                 "pass an instance of the exported model's architecture"
             )
         nnz = state[f"{name}.weight_values"].numel() if f"{name}.weight_values" in state else 0

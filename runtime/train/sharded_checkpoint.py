@@ -248,7 +248,8 @@ def load_latest(run_dir: Path, recipe_hash: str, context: DistContext) -> Sharde
 def read_full_masks(run_dir: Path, recipe_hash: str) -> list[Tensor | None] | None:
     """The whole masks of the newest verified checkpoint folder, without a process group:
     every rank's mask shards joined on dim 0 in rank order (`acdc run` shards on dim 0).
-    None when `run_dir` has no folder; `ckpt.CheckpointError` when none is usable."""
+    None when `run_dir` has no folder or its newest holds no masks; `ckpt.CheckpointError`
+    when none is usable."""
     refused = []
     for folder in list_checkpoints(run_dir):
         try:
@@ -262,9 +263,9 @@ def read_full_masks(run_dir: Path, recipe_hash: str) -> list[Tensor | None] | No
             refused.append(str(error))
             continue
         shards = [state["runtime"]["masks"] for state in states]
-        if not shards or shards[0] is None:
-            return [] if not shards else None
-        return [torch.cat([rank[i] for rank in shards]) for i in range(len(shards[0]))]
+        if not shards or shards[0] is None:  # no rank file, or a dense phase: no masks
+            return None
+        return [torch.cat(parts) for parts in zip(*shards, strict=True)]
     if refused:
         raise ckpt.CheckpointError(f"no usable checkpoint in {run_dir}: " + "; ".join(refused))
     return None
