@@ -106,7 +106,7 @@ def speedups(dense: nn.Module, others: dict[str, nn.Module], x: torch.Tensor, ro
     for model in (dense, *others.values()):
         forward_seconds(model, x, 2)  # warm-up
     single = forward_seconds(dense, x, 1)
-    repeats = max(1, min(100, int(0.1 / max(single, 1e-6))))
+    repeats = max(1, min(2000, int(0.1 / max(single, 1e-6))))  # ~0.1 s a measurement
     calls = {k: (lambda m=m: forward_seconds(m, x, repeats)) for k, m in others.items()}
     ratios, best, medians = interleaved(lambda: forward_seconds(dense, x, repeats), calls, rounds)
     result = {k: 1 / v for k, v in ratios.items()}

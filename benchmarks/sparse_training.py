@@ -167,7 +167,7 @@ def kernel_alone(sparsity: float, rounds: int) -> dict:
         return run
 
     others = {
-        "torch CSR": timed(
+        "SparseLayerFunction": timed(
             lambda: SparseLayerFunction.apply(x, layer.weight, layer.bias, form, operands)
         )
     }

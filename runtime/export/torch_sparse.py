@@ -2,7 +2,7 @@
 
 Export times every pruned Linear and Conv2d on the input it receives from a batch of
 `batch_size` samples, with `threads` torch threads (`kernels.inference`), and replaces the
-layers where CSR is faster with their `CsrLayer` twins; every other layer stays as it was.
+layers where a CSR product is faster with their `CsrLayer` twins; every other layer stays as it was.
 The sparse model's state dict goes to model.safetensors (CSR layers as their index and value
 buffers, nothing dense); manifest.json lists the replaced layers, the timings behind every
 choice, the machine, and the largest difference between the sparse and the masked dense
@@ -27,10 +27,13 @@ from acdc_recipe.runtime.export.source import (
     example_batch,
     first_problem,
 )
-from acdc_recipe.runtime.kernels.forms import form_of
 from acdc_recipe.runtime.kernels.inference import (
+    PRODUCTS,
     CsrLayer,
+    csr_twin,
     eligible_layers,
+    layer_kind,
+    layer_weights,
     replace_module,
     sparse_inference_model,
 )
@@ -69,6 +72,9 @@ def write(
         expected = _reference_logits(dense, batch, source)
         pruned = {name.rsplit(".", 1)[0] for name in source.masks}
         layers = {n: m for n, m in eligible_layers(dense).items() if n in pruned}
+        covered = set(layers) | {
+            f"{n}.out_proj" for n in layers if layer_kind(layers[n]) == "MultiheadAttention"
+        }
         sparse, choices = sparse_inference_model(dense, layers, lambda model: model(batch))
         got = logits_of(sparse(batch))
     finally:
@@ -90,9 +96,12 @@ def write(
             c.name: {
                 "kind": c.kind,
                 "kernel": c.kernel,
-                "weight_shape": list(dense.get_submodule(c.name).weight.shape),
+                "weight_shape": list(layer_weights(dense.get_submodule(c.name))[0].shape),
                 "density": c.density,
                 **(c.timing.to_dict() if c.timing is not None else {}),
+                **({"product": c.product} if c.kernel == "csr" else {}),
+                **({"contiguous_output": True} if c.contiguous else {}),
+                **({"product_ms": c.product_ms} if c.product_ms is not None else {}),
                 **(
                     {"reverted_by": c.reverted_by or "the model"}
                     if c.reverted_by is not None
@@ -101,7 +110,7 @@ def write(
             }
             for c in choices
         },
-        "no_kernel": {name: _kind(dense, name) for name in sorted(pruned - set(layers))},
+        "no_kernel": {name: _kind(dense, name) for name in sorted(pruned - covered)},
         "max_abs_diff": difference,
         "choice_seconds": time.perf_counter() - started,
     }
@@ -143,15 +152,18 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
             module = model.get_submodule(name)
         except AttributeError:
             module = None
-        shape = tuple(getattr(getattr(module, "weight", None), "shape", ()))
-        if form_of(module) is None or shape != tuple(entry["weight_shape"]):
+        kind = layer_kind(module)
+        shape = tuple(layer_weights(module)[0].shape) if kind is not None else ()
+        if kind != entry["kind"] or shape != tuple(entry["weight_shape"]):
             raise ExportError(
                 f"the model has no {entry['kind']} {name!r} with a weight of shape "
                 f"{tuple(entry['weight_shape'])}, which the export in {folder} replaced; "
                 "pass an instance of the exported model's architecture"
             )
-        nnz = state[f"{name}.weight_values"].numel() if f"{name}.weight_values" in state else 0
-        replace_module(model, name, CsrLayer.of(module, nnz))
+        product = _product(entry, name, folder)
+        # before `product` was recorded, every CSR layer's output was contiguous
+        contiguous = bool(entry.get("contiguous_output", "product" not in entry))
+        replace_module(model, name, csr_twin(module, product, contiguous, state, name))
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as error:
@@ -164,6 +176,18 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
         if isinstance(layer, CsrLayer):
             _check_structure(layer, name, folder)
     return model.eval()
+
+
+def _product(entry: dict[str, Any], name: str, folder: Path) -> str:
+    """The product a CSR layer was chosen with; `mm` for an export from before there were
+    two."""
+    product = entry.get("product", "mm")
+    if product not in PRODUCTS:
+        raise ExportError(
+            f"the export in {folder} names an unknown product {product!r} for {name} (one of "
+            f"{', '.join(PRODUCTS)}); export again with this version"
+        )
+    return product
 
 
 def _check_structure(layer: CsrLayer, name: str, folder: Path) -> None:

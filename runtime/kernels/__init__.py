@@ -1,10 +1,11 @@
 """Sparse kernels for masked layers, shared by sparse training and export.
 
 A masked Linear or Conv2d is one matrix product `W X` (`forms.py`); with `W` in CSR over the
-mask (`csr.py`) its forward, grad-input and grad-weight run on PyTorch's CSR kernels
-(`function.py`). Sparse training attaches `SparseKernels` (`training.py`), which chooses per
+mask (`csr.py`) its forward, grad-input and grad-weight run on PyTorch's own kernels over that
+structure (`function.py`: `embedding_bag` as the CSR product, `sampled_addmm`). Sparse training attaches `SparseKernels` (`training.py`), which chooses per
 layer, by timing both paths (`timing.py`), whether a sparse phase computes sparse; export
-builds inference layers (`inference.py`) the same way.
+builds inference layers (`csr_layer.py`, `attention.py`) where `inference.py` times them
+faster.
 """
 
 from acdc_recipe.runtime.kernels.csr import CsrOperands, build_operands, csr_from_mask

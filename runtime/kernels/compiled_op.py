@@ -21,7 +21,7 @@ def kernel_layer(
 ) -> Tensor:
     layer = LAYERS[slot]
     if layer.path(x, weight, bias, training) == "sparse":
-        return sparse_forward(layer.form, layer.operands.weight, x, bias).contiguous()
+        return sparse_forward(layer.form, layer.operands, x, bias)[0].contiguous()
     return layer.form.dense_forward(x, weight, bias).contiguous()
 
 
@@ -41,7 +41,14 @@ def kernel_layer_backward(
     if layer.kernel == "sparse" and operands is not None and layer.capable(x, weight):
         matrix, geometry = form.to_matrix(x)
         grad_x, grad_w, grad_b = sparse_backward(
-            form, operands, grad, matrix, geometry, weight.shape, input_grad, bias_grad=has_bias
+            form,
+            operands,
+            grad,
+            matrix.contiguous(),
+            geometry,
+            weight.shape,
+            input_grad,
+            bias_grad=has_bias,
         )
     else:
         grad_x, grad_w, grad_b = form.dense_backward(grad, x, weight, input_grad)

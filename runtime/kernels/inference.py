@@ -1,10 +1,9 @@
-"""Inference layers on sparse kernels, and the per-layer timing that decides where they go.
+"""Where a model's inference runs on sparse kernels: the per-layer timing that decides it.
 
-A `CsrLayer` (a Linear or a Conv2d) holds its weight as CSR buffers (`weight_crow_indices`,
-`weight_col_indices`, `weight_values`: the nonzeros, row-major), so their state dict is the
-compressed layer and nothing dense is kept. `sparse_inference_model` times each eligible layer
-of a model on the input it really receives (one forward with the given batch), dense against
-CSR, keeps CSR where it wins by `SPARSE_MARGIN`, then checks every module holding CSR layers
+`sparse_inference_model` times each eligible layer of a model (a Linear or Conv2d, or a whole
+self-attention) on the input it really receives (one forward with the given batch), dense
+against its CSR twin (`CsrLayer`, `CsrAttention`) with either product, keeps the faster
+product where it wins by `SPARSE_MARGIN`, then checks every module holding CSR layers
 as a whole the same way: the model it returns is not slower than its dense form, layer by
 layer and block by block, on the machine that chose.
 """
@@ -15,95 +14,26 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from math import prod
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from acdc_recipe.runtime.kernels.csr import csr_from_mask
+from acdc_recipe.runtime.kernels.attention import CsrAttention, attention_eligible
+from acdc_recipe.runtime.kernels.csr_layer import PRODUCTS, CsrLayer
 from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
-from acdc_recipe.runtime.kernels.function import sparse_forward
 from acdc_recipe.runtime.kernels.layer import sparse_capable
-from acdc_recipe.runtime.kernels.timing import KernelTiming, time_paths
+from acdc_recipe.runtime.kernels.timing import KernelTiming, time_calls, time_paths
 
+HOLDER_ROUNDS = 5  # one disturbed round must not revert a whole block
 
-def _no_fast_path(module: nn.Module, args: tuple) -> None:
-    """Present only to be present: `TransformerEncoderLayer`'s inference fast path reads its
-    linear layers' dense `.weight` directly and is skipped when a submodule has a forward
-    hook, so an encoder holding a CSR layer calls that layer's forward instead."""
-
-
-class CsrLayer(nn.Module):
-    """A Linear or Conv2d for inference whose weight is a CSR matrix `[out, in * kernel]` of
-    its nonzeros (see the module docstring); `form` says which layer it computes."""
-
-    def __init__(
-        self,
-        form: Form,
-        weight_shape: tuple[int, ...],
-        crow_indices: Tensor,
-        col_indices: Tensor,
-        values: Tensor,
-        bias: Tensor | None,
-    ) -> None:
-        super().__init__()
-        self.form = form
-        self.weight_shape = tuple(weight_shape)
-        self.register_buffer("weight_crow_indices", crow_indices.to(torch.int32))
-        self.register_buffer("weight_col_indices", col_indices.to(torch.int32))
-        self.register_buffer("weight_values", values)
-        self.register_buffer("bias", bias)
-        self.register_forward_pre_hook(_no_fast_path)
-
-    @classmethod
-    def of(cls, module: nn.Module, nnz: int | None = None) -> CsrLayer:
-        """The CSR twin of an eligible layer (`forms.form_of`): its weight's nonzeros, or,
-        with `nnz`, zero-filled buffers of that many entries to load a state dict into."""
-        form = form_of(module)
-        if form is None:
-            raise ValueError(f"{type(module).__name__} has no CSR form")
-        weight = module.weight.detach()
-        bias = None if module.bias is None else module.bias.detach().clone()
-        rows = weight.shape[0]
-        if nnz is not None:
-            index = torch.zeros(nnz, dtype=torch.int32)
-            crow = torch.zeros(rows + 1, dtype=torch.int32)
-            values = torch.zeros(nnz, dtype=weight.dtype)
-            return cls(form, tuple(weight.shape), crow, index, values, bias)
-        matrix = weight.cpu().reshape(rows, -1)
-        keep = matrix != 0
-        csr = csr_from_mask(keep, matrix[keep].clone())
-        return cls(
-            form, tuple(weight.shape), csr.crow_indices(), csr.col_indices(), csr.values(), bias
-        )
-
-    def weight_csr(self) -> Tensor:
-        rows = self.weight_shape[0]
-        return torch.sparse_csr_tensor(
-            self.weight_crow_indices,
-            self.weight_col_indices,
-            self.weight_values,
-            (rows, prod(self.weight_shape[1:])),
-            check_invariants=False,
-        )
-
-    def dense_weight(self) -> Tensor:
-        """The dense weight this layer computes with (zeros where nothing is stored)."""
-        return self.weight_csr().to_dense().reshape(self.weight_shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not sparse_capable(x, self.weight_values):
-            return self.form.dense_forward(x, self.dense_weight(), self.bias)
-        return sparse_forward(self.form, self.weight_csr(), x, self.bias).contiguous()
-
-    def extra_repr(self) -> str:
-        return f"{self.form}, nnz={self.weight_values.numel()}"
+__all__ = ["PRODUCTS", "CsrAttention", "CsrLayer", "LayerChoice", "sparse_inference_model"]
 
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """One eligible layer's inference kernel: "csr" or "dense", with the timing behind it."""
+    """One eligible layer's inference kernel: "csr" (with its product) or "dense", with the
+    timing behind it (`sparse_ms`: the faster product's; `product_ms`: each product's)."""
 
     name: str
     kind: str
@@ -111,6 +41,9 @@ class LayerChoice:
     density: float
     timing: KernelTiming | None
     reverted_by: str | None = None  # the module that was faster with this layer dense
+    product: str | None = None
+    product_ms: dict[str, float] | None = None
+    contiguous: bool = False  # the model needs the layer's output contiguous
 
 
 def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
@@ -119,13 +52,53 @@ def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
 
 def eligible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers a CSR twin can replace: plain Linear/Conv2d outside MultiheadAttention (which
-    reads its projection weights itself)."""
+    reads its projection weights itself), and plain self-attention as a whole."""
     in_attention = inside_attention(model)
     return {
         name: module
         for name, module in model.named_modules()
-        if id(module) not in in_attention and form_of(module) is not None
+        if (id(module) not in in_attention and form_of(module) is not None)
+        or attention_eligible(module)
     }
+
+
+def layer_kind(module: nn.Module | None) -> str | None:
+    """ "Linear", "Conv2d" or "MultiheadAttention" for an eligible layer, else None."""
+    if module is not None and attention_eligible(module):
+        return "MultiheadAttention"
+    form = None if module is None else form_of(module)
+    return None if form is None else form.kind
+
+
+def layer_weights(module: nn.Module) -> list[Tensor]:
+    """The weights an eligible layer's twin holds in CSR (the first one names its shape)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return [module.in_proj_weight.detach(), module.out_proj.weight.detach()]
+    return [module.weight.detach()]
+
+
+def csr_twin(
+    module: nn.Module,
+    product: str,
+    contiguous: bool = False,
+    state: dict[str, Tensor] | None = None,
+    name: str = "",
+) -> CsrLayer | CsrAttention:
+    """The CSR twin of an eligible layer; with `state` (the exported state dict, and `name`
+    the layer's place in it), one with buffers of the sizes stored there, to load it into."""
+
+    def nnz(prefix: str) -> int | None:
+        if state is None:
+            return None
+        values = state.get(f"{prefix}weight_values")
+        return 0 if values is None else values.numel()
+
+    if isinstance(module, nn.MultiheadAttention):
+        counts = None if state is None else (nnz(f"{name}.in_proj."), nnz(f"{name}.out_proj."))
+        twin = CsrAttention.of(module, counts, product)
+        twin.contiguous = contiguous
+        return twin
+    return CsrLayer.of(module, nnz(f"{name}."), product, contiguous)
 
 
 def module_calls(
@@ -153,16 +126,29 @@ def module_calls(
 
 
 def _choose_layer(name: str, module: nn.Module, call: tuple | None) -> LayerChoice:
-    weight = module.weight.detach()
-    density = float((weight != 0).sum()) / max(weight.numel(), 1)
-    x = call[0][0] if call is not None and call[0] else None
-    if not isinstance(x, Tensor) or not sparse_capable(x, weight):
-        return LayerChoice(name, type(module).__name__, "dense", density, None)
-    twin = CsrLayer.of(module)
-    timing = time_paths(partial(_dense_forward, twin.form, module, x), partial(twin, x), x.device)
-    return LayerChoice(
-        name, twin.form.kind, "csr" if timing.sparse_wins else "dense", density, timing
+    weights = layer_weights(module)
+    kept = sum(int((w != 0).sum()) for w in weights)
+    density = kept / max(sum(w.numel() for w in weights), 1)
+    kind = layer_kind(module) or type(module).__name__
+    args, kwargs = call if call is not None else ((), {})
+    x = args[0] if args else None
+    if not isinstance(x, Tensor) or not sparse_capable(x, weights[0]):
+        return LayerChoice(name, kind, "dense", density, None)
+    twins = [csr_twin(module, product) for product in PRODUCTS]
+    form = form_of(module)
+    if form is not None:
+        dense = partial(_dense_forward, form, module, x)
+    else:
+        dense = partial(module, *args, **kwargs)
+    dense_ms, *sparse_ms = time_calls(
+        [dense, *(partial(twin, *args, **kwargs) for twin in twins)], x.device
     )
+    fastest = min(range(len(PRODUCTS)), key=sparse_ms.__getitem__)
+    timing = KernelTiming(dense_ms=dense_ms, sparse_ms=sparse_ms[fastest])
+    return LayerChoice(
+        name, kind, "csr" if timing.sparse_wins else "dense", density, timing,
+        product=PRODUCTS[fastest], product_ms=dict(zip(PRODUCTS, sparse_ms)),
+    )  # fmt: skip
 
 
 def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
@@ -175,21 +161,29 @@ def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
 def sparse_inference_model(
     model: nn.Module, layers: dict[str, nn.Module], run: Callable[[nn.Module], object]
 ) -> tuple[nn.Module, list[LayerChoice]]:
-    """A copy of `model` (eval mode) with each of `layers` as its `CsrLayer` where that is
-    faster, and the choices.
+    """A copy of `model` (eval mode) with each of `layers` as its CSR twin (`CsrLayer`,
+    `CsrAttention`) where that is faster, and the choices.
 
-    Each layer is timed against its twin on the input it receives in `run(model)`; then every
-    module holding a CSR layer is timed as a whole, innermost first, against its dense form,
-    and reverted to dense when it is not faster: a module may compute faster than the sum of
-    its layers (`TransformerEncoderLayer`'s fused inference path, which a CSR layer turns off),
-    and the whole model is such a module too.
+    Each layer is timed against its twins on the input it receives in `run(model)`; then each
+    CSR Linear's output layout is chosen (`_choose_layouts`); then every module holding a CSR
+    layer is timed as a whole, innermost first, against its dense form, and reverted to dense
+    when it is not faster: a module may compute faster than the sum of its layers
+    (`TransformerEncoderLayer`'s fused inference path, which a CSR layer turns off), and the
+    whole model is such a module too.
     """
     calls = module_calls(model, lambda: run(model))
     choices = {name: _choose_layer(name, m, calls.get(name)) for name, m in layers.items()}
     sparse = copy.deepcopy(model)
     for name, choice in choices.items():
         if choice.kernel == "csr":
-            replace_module(sparse, name, CsrLayer.of(layers[name]))
+            replace_module(sparse, name, csr_twin(layers[name], choice.product))
+    if not _runs(sparse, run):
+        for name, choice in choices.items():
+            if choice.kernel == "csr":
+                replace_module(sparse, name, csr_twin(layers[name], choice.product, True))
+                choices[name] = replace(choice, contiguous=True)
+    else:
+        _choose_layouts(sparse, choices, calls)
     holders = {
         ancestor
         for name, choice in choices.items()
@@ -205,12 +199,59 @@ def sparse_inference_model(
         timing = time_paths(
             partial(dense_block, *args, **kwargs), partial(sparse_block, *args, **kwargs),
             args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu"),
+            rounds=HOLDER_ROUNDS,
         )  # fmt: skip
-        if not timing.sparse_wins:
+        if timing.sparse_ms >= timing.dense_ms:  # its layers each won by the margin already
             for name in inside:
                 replace_module(sparse, name, copy.deepcopy(layers[name]))
-                choices[name] = replace(choices[name], kernel="dense", reverted_by=holder)
+                choices[name] = replace(
+                    choices[name], kernel="dense", reverted_by=holder, contiguous=False
+                )
     return sparse.eval(), list(choices.values())
+
+
+def _choose_layouts(
+    sparse: nn.Module, choices: dict[str, LayerChoice], calls: dict[str, tuple[tuple, dict]]
+) -> None:
+    """Each CSR Linear's (and attention's) output layout: the transposed view, or contiguous
+    where the nearest module around it that the run called is faster so (an elementwise op
+    between it and a tensor of `F.linear`'s layout reads the transposed one slowly: 140 us
+    against 11 us for a residual add of 16 x 32 x 128)."""
+    for name, choice in choices.items():
+        if choice.kernel != "csr" or choice.kind == "Conv2d":
+            continue
+        holder = next((a for a in reversed(_ancestors(name)) if a in calls), None)
+        if holder is None:
+            continue
+        layer, block = sparse.get_submodule(name), sparse.get_submodule(holder)
+        args, kwargs = calls[holder]
+        device = args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu")
+        transposed_ms, contiguous_ms = time_calls(
+            [
+                partial(_run_laid_out, layer, layout, block, args, kwargs)
+                for layout in (False, True)
+            ],
+            device,
+        )
+        layer.contiguous = contiguous_ms < transposed_ms
+        choices[name] = replace(choice, contiguous=layer.contiguous)
+
+
+def _run_laid_out(
+    layer: nn.Module, contiguous: bool, block: nn.Module, args: tuple, kwargs: dict
+) -> object:
+    layer.contiguous = contiguous
+    return block(*args, **kwargs)
+
+
+def _runs(model: nn.Module, run: Callable[[nn.Module], object]) -> bool:
+    """Whether `run(model)` completes with transposed Linear outputs (a `.view` that merges
+    their last dimension with another raises)."""
+    try:
+        run(model)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _ancestors(name: str) -> list[str]:

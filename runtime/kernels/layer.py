@@ -25,7 +25,7 @@ from acdc_recipe.runtime.kernels.forms import Form, weight_matrix_shape
 from acdc_recipe.runtime.kernels.function import (
     SparseLayerFunction,
     sparse_backward,
-    sparse_product,
+    sparse_forward,
 )
 from acdc_recipe.runtime.kernels.timing import KernelTiming, time_paths
 
@@ -126,8 +126,7 @@ class KernelLayer:
             form.dense_backward(form.dense_forward(x, weight, bias), x, weight, input_grad)
 
         def sparse() -> None:
-            matrix, geometry = form.to_matrix(x)
-            y = form.from_matrix(sparse_product(operands.weight, matrix, bias), geometry)
+            y, matrix, geometry = sparse_forward(form, operands, x, bias)
             sparse_backward(
                 form, operands, y, matrix, geometry, weight.shape, input_grad,
                 bias_grad=bias is not None,

@@ -1,6 +1,6 @@
-"""Timing the dense and the sparse path of one layer, to choose between them.
+"""Timing the dense and the sparse paths of one layer, to choose between them.
 
-Both paths run on the same tensors, interleaved (the order alternates each round), after one
+All paths run on the same tensors, interleaved (the order changes each round), after one
 warm-up call each; each measurement repeats a call until it lasts about a millisecond, and the
 minimum over the rounds is kept (the least disturbed by other work on the machine). The sparse
 path is chosen only when it is at least `SPARSE_MARGIN` faster, so timing noise never picks a
@@ -10,7 +10,7 @@ path slower than dense.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -55,19 +55,27 @@ def _seconds(call: Callable[[], object], repeats: int, device: torch.device) -> 
 
 
 @torch.no_grad()
+def time_calls(
+    calls: Sequence[Callable[[], object]], device: torch.device, rounds: int = ROUNDS
+) -> list[float]:
+    """Milliseconds per call of each of `calls` (which compute the same thing), interleaved:
+    the order rotates by one each round, so each call leads in turn (see the module doc)."""
+    warm = [_seconds(call, 1, device) for call in calls]
+    repeats = [max(1, min(_MAX_REPEATS, int(_MIN_SECONDS / max(s, 1e-9)))) for s in warm]
+    best = [float("inf")] * len(calls)
+    for round_index in range(rounds):
+        first = round_index % len(calls)
+        for which in [*range(first, len(calls)), *range(first)]:
+            best[which] = min(best[which], _seconds(calls[which], repeats[which], device))
+    return [1000 * seconds for seconds in best]
+
+
 def time_paths(
     dense: Callable[[], object],
     sparse: Callable[[], object],
     device: torch.device,
     rounds: int = ROUNDS,
 ) -> KernelTiming:
-    """Interleaved timing of two calls that compute the same thing (see the module doc)."""
-    warm = [_seconds(call, 1, device) for call in (dense, sparse)]
-    repeats = [max(1, min(_MAX_REPEATS, int(_MIN_SECONDS / max(s, 1e-9)))) for s in warm]
-    best = [float("inf"), float("inf")]
-    for round_index in range(rounds):
-        order = (0, 1) if round_index % 2 == 0 else (1, 0)
-        for which in order:
-            call = dense if which == 0 else sparse
-            best[which] = min(best[which], _seconds(call, repeats[which], device))
-    return KernelTiming(dense_ms=1000 * best[0], sparse_ms=1000 * best[1])
+    """The dense and the sparse path of one layer, timed by `time_calls`."""
+    dense_ms, sparse_ms = time_calls([dense, sparse], device, rounds)
+    return KernelTiming(dense_ms=dense_ms, sparse_ms=sparse_ms)

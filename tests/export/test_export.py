@@ -4,6 +4,7 @@ for bit; the torch-sparse model computes the masked model; bad input changes not
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ import acdc_recipe
 from acdc_recipe.compiler import compile
 from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.export import FORMATS, ExportError, compressed, export, load_sparse
-from acdc_recipe.runtime.kernels.inference import CsrLayer
+from acdc_recipe.runtime.kernels.inference import PRODUCTS, CsrAttention, CsrLayer
 from acdc_recipe.schema import Recipe
 
 PARTS = ["shape", "compressed", "bitmask", "row_offsets"]
@@ -141,9 +142,13 @@ def test_torch_sparse_runs_the_measured_layers_on_csr_and_computes_the_masked_mo
     assert set(layers) == {"0", "2", "4"}
     assert all({"dense_ms", "sparse_ms", "density"} <= set(layer) for layer in layers.values())
     assert layers["2"]["kernel"] == "csr"  # 1024x1024 at 2% density, batch 64: CSR wins by far
+    assert set(layers["2"]["product_ms"]) == set(PRODUCTS)
+    assert layers["2"]["sparse_ms"] == min(layers["2"]["product_ms"].values())
     loaded = load_sparse(exported.path, big_mlp())
     for name, layer in layers.items():
         assert isinstance(loaded.get_submodule(name), CsrLayer) == (layer["kernel"] == "csr")
+        if layer["kernel"] == "csr":
+            assert loaded.get_submodule(name).product == layer["product"]
     x = torch.randn(64, 512)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
@@ -196,9 +201,15 @@ def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(build
         expected, got = model(x), loaded(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert exported.manifest["max_abs_diff"] < 1e-4
+    layers = exported.manifest["layers"]
+    csr = [n for n, layer in layers.items() if layer["kernel"] == "csr"]
+    for name in csr:
+        twin = CsrAttention if layers[name]["kind"] == "MultiheadAttention" else CsrLayer
+        assert isinstance(loaded.get_submodule(name), twin)
     replaced = [m for m in loaded.modules() if isinstance(m, CsrLayer)]
-    csr = [n for n, layer in exported.manifest["layers"].items() if layer["kernel"] == "csr"]
-    assert len(replaced) == len(csr)
+    assert len(replaced) == sum(
+        2 if isinstance(loaded.get_submodule(n), CsrAttention) else 1 for n in csr
+    )
 
 
 def test_a_model_whose_masks_were_not_applied_is_refused_and_nothing_is_written(tmp_path):
@@ -361,3 +372,47 @@ def test_an_input_shape_of_zero_sizes_is_refused(tmp_path):
     model, runtime = masked(mlp())
     with pytest.raises(ExportError, match="at least 1; got \\[0, 48\\]"):
         export(model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(0, 48))
+
+
+def test_an_export_from_before_there_were_two_products_loads_as_it_computed(csr_export, tmp_path):
+    """Such an export has no `product`: its CSR layers multiplied on torch.mm, contiguously."""
+    folder = tmp_path / "old"
+    shutil.copytree(csr_export, folder)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for layer in manifest["layers"].values():
+        layer.pop("product", None)
+    manifest_path.write_text(json.dumps(manifest))
+    old, new = load_sparse(folder, big_mlp()), load_sparse(csr_export, big_mlp())
+    layer = old.get_submodule("2")
+    assert isinstance(layer, CsrLayer) and layer.product == "mm" and layer.contiguous
+    x = torch.randn(3, 512)
+    with torch.no_grad():
+        assert layer(torch.randn(3, 1024)).is_contiguous()
+        torch.testing.assert_close(old(x), new(x), rtol=1e-4, atol=1e-5)
+
+
+def encoder() -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(256, 4, 512, dropout=0.0, batch_first=True)
+    return nn.Sequential(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False))
+
+
+def test_self_attention_exports_whole_on_csr_projections(tmp_path):
+    model, runtime = masked(encoder(), target=0.98)
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format="torch-sparse", batch_size=16,
+        threads=1, input_shape=(32, 256),
+    )  # fmt: skip
+    manifest = exported.manifest
+    attention = manifest["layers"]["0.layers.0.self_attn"]
+    assert attention["kind"] == "MultiheadAttention" and attention["weight_shape"] == [768, 256]
+    assert attention["kernel"] == "csr"  # 2% dense projections on 512 tokens: CSR wins by far
+    assert manifest["no_kernel"] == {}  # the output projection is the attention's
+    loaded = load_sparse(exported.path, encoder())
+    twin = loaded.get_submodule("0.layers.0.self_attn")
+    assert isinstance(twin, CsrAttention) and twin.product == attention["product"]
+    x = torch.randn(4, 32, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    assert not twin._dense  # it computed on its CSR projections

@@ -18,11 +18,14 @@ from acdc_recipe.runtime.kernels import (
     time_paths,
 )
 from acdc_recipe.runtime.kernels.inference import (
+    PRODUCTS,
+    CsrAttention,
     CsrLayer,
     eligible_layers,
     module_calls,
     sparse_inference_model,
 )
+from acdc_recipe.runtime.kernels.timing import time_calls
 
 LAYERS = [
     (lambda: nn.Linear(12, 7), (5, 12)),
@@ -113,6 +116,14 @@ def test_timing_runs_both_calls_interleaved_and_reports_milliseconds():
     assert timing.speedup == pytest.approx(timing.dense_ms / timing.sparse_ms)
 
 
+def test_every_call_timed_leads_a_round_in_turn():
+    calls = []
+    times = time_calls([lambda k=k: calls.append(k) for k in "abc"], torch.device("cpu"), rounds=3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    blocks = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]  # repeats merged
+    assert blocks == [*"abc", *"abc", *"bca", *"cab"]  # the warm-up, then three rounds
+
+
 def test_a_layer_chooses_by_timing_on_its_first_training_call():
     module, mask = masked(lambda: nn.Linear(256, 256), density=0.02)
     module.float()
@@ -141,10 +152,11 @@ def test_a_copied_layer_has_its_own_slot_and_operands():
     assert torch.equal(twin.operands.flat_index, layer.operands.flat_index)
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("factory,shape", LAYERS)
-def test_csr_inference_layers_compute_the_masked_layer(factory, shape):
+def test_csr_inference_layers_compute_the_masked_layer(factory, shape, product):
     module, _ = masked(factory, density=0.2)
-    twin = CsrLayer.of(module)
+    twin = CsrLayer.of(module, product=product)
     x = torch.randn(shape, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), module(x))
@@ -184,6 +196,36 @@ def test_inference_choice_times_every_eligible_layer_on_its_real_input():
         assert (choice.kernel == "csr") == wins
         assert isinstance(sparse.get_submodule(choice.name), CsrLayer) == wins
     assert not any(isinstance(m, CsrLayer) for m in model.modules())  # the original is kept
+    for choice in choices:
+        assert set(choice.product_ms) == set(PRODUCTS)
+        assert choice.timing.sparse_ms == min(choice.product_ms.values())
+        assert choice.product_ms[choice.product] == choice.timing.sparse_ms
+
+
+class Flattens(nn.Module):
+    """Views a Linear's output in a way only a contiguous tensor allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 1024)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return y.view(y.shape[0], -1)
+
+
+def test_a_model_that_views_a_linear_output_gets_it_contiguous():
+    torch.manual_seed(0)
+    model = Flattens().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
+        x = torch.randn(16, 8, 1024)
+        transposed = CsrLayer.of(model.fc)(x)
+        with pytest.raises(RuntimeError):
+            transposed.view(16, -1)
+        sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
+        assert choice.kernel == "csr" and choice.contiguous  # 1% dense, 128 columns: CSR wins
+        torch.testing.assert_close(sparse(x), model(x))
 
 
 class Picky(nn.Module):
@@ -199,6 +241,32 @@ class Picky(nn.Module):
         return self.fc(x)
 
 
+class SlowOnTransposed(nn.Module):
+    """Computes slower when its layer's output is the transposed view (as a residual add
+    with a tensor of F.linear's layout does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 1024)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if not y.is_contiguous():
+            time.sleep(0.01)
+        return y
+
+
+def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(SlowOnTransposed()).eval()
+    with torch.no_grad():
+        model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
+    x = torch.randn(64, 1024)
+    sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
+    assert choice.kernel == "csr" and choice.contiguous
+    assert sparse[0].fc.contiguous
+
+
 def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense():
     torch.manual_seed(0)
     model = nn.Sequential(Picky()).eval()
@@ -211,6 +279,80 @@ def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense():
     assert not isinstance(sparse[0].fc, CsrLayer)
 
 
-def test_attention_projections_are_not_eligible():
+def test_attention_is_eligible_whole_not_by_its_projections():
     model = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
-    assert set(eligible_layers(model)) == {"linear1", "linear2"}
+    assert set(eligible_layers(model)) == {"self_attn", "linear1", "linear2"}
+    other = nn.Sequential(
+        nn.MultiheadAttention(8, 2, kdim=4, vdim=6), nn.MultiheadAttention(8, 2, add_bias_kv=True)
+    )
+    assert eligible_layers(other) == {}
+
+
+def masked_attention(batch_first: bool, bias: bool = True) -> nn.MultiheadAttention:
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 4, bias=bias, batch_first=batch_first).eval()
+    with torch.no_grad():
+        attention.in_proj_weight.mul_(torch.rand(48, 16) < 0.3)
+        attention.out_proj.weight.mul_(torch.rand(16, 16) < 0.3)
+    return attention
+
+
+PADDING = torch.tensor([[False] * 5, [False, False, False, True, True]])
+CAUSAL = torch.triu(torch.full((5, 5), float("-inf")), 1)
+ATTENTION_CALLS = {
+    "self": ("self", {"need_weights": False}),
+    "padding, bool": ("self", {"need_weights": False, "key_padding_mask": PADDING}),
+    "padding, float": (
+        "self",
+        {"need_weights": False, "key_padding_mask": PADDING.float() * -1e9},
+    ),
+    "with weights": ("self", {"key_padding_mask": PADDING}),
+    "cross": ("cross", {"need_weights": False}),
+    "causal": ("self", {"need_weights": False, "attn_mask": CAUSAL, "is_causal": True}),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("call", list(ATTENTION_CALLS))
+def test_csr_attention_computes_what_the_attention_computes(call, batch_first, bias):
+    attention = masked_attention(batch_first, bias)
+    twin = CsrAttention.of(attention)
+    kind, kwargs = ATTENTION_CALLS[call]
+    x = torch.randn((2, 5, 16) if batch_first else (5, 2, 16))
+    other = torch.randn_like(x)
+    args = (x, x, x) if kind == "self" else (x, other, other)
+    with torch.no_grad():
+        expected, got = attention(*args, **kwargs), twin(*args, **kwargs)
+    torch.testing.assert_close(got[0], expected[0])
+    if expected[1] is None:
+        assert got[1] is None
+    else:
+        torch.testing.assert_close(got[1], expected[1])
+    assert "in_proj_weight" not in twin.state_dict()  # nothing dense is kept
+    sparse_call = kind == "self" and "attn_mask" not in kwargs and "need_weights" in kwargs
+    assert bool(twin._dense) == (not sparse_call)  # only other calls rebuild the dense module
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_contiguous_csr_attention_lays_its_output_out_as_the_attention_does(batch_first):
+    attention = masked_attention(batch_first)
+    twin = CsrAttention.of(attention)
+    twin.contiguous = True
+    x = torch.randn((2, 5, 16) if batch_first else (5, 2, 16))
+    with torch.no_grad():
+        got, expected = twin(x, x, x, need_weights=False)[0], attention(x, x, x)[0]
+    assert got.is_contiguous() and got.shape == expected.shape
+    torch.testing.assert_close(got, expected)
+
+
+def test_an_encoder_layer_runs_on_its_csr_attention():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.mul_(torch.rand(48, 16) < 0.2)
+        x = torch.randn(2, 5, 16)
+        expected = layer(x, src_key_padding_mask=PADDING)
+        layer.self_attn = CsrAttention.of(layer.self_attn)
+        torch.testing.assert_close(layer(x, src_key_padding_mask=PADDING), expected)
+    assert not layer.self_attn._dense
