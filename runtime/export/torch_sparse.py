@@ -36,6 +36,7 @@ from acdc_recipe.runtime.kernels.inference import (
     layer_weights,
     replace_module,
     sparse_inference_model,
+    without_nested_tensors,
 )
 from acdc_recipe.runtime.kernels.training import without_kernels
 from acdc_recipe.runtime.train.objective import logits_of
@@ -175,6 +176,7 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
     for name, layer in model.named_modules():
         if isinstance(layer, CsrLayer):
             _check_structure(layer, name, folder)
+    without_nested_tensors(model)
     return model.eval()
 
 

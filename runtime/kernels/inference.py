@@ -207,7 +207,21 @@ def sparse_inference_model(
                 choices[name] = replace(
                     choices[name], kernel="dense", reverted_by=holder, contiguous=False
                 )
+    without_nested_tensors(sparse)
     return sparse.eval(), list(choices.values())
+
+
+def without_nested_tensors(model: nn.Module) -> None:
+    """Turn off the nested-tensor path of every `TransformerEncoder` holding a CSR twin.
+
+    That path (taken with a key padding mask) reads its layers' dense weights and runs them on
+    nested tensors, which no twin has or takes. Such an encoder then computes as one built with
+    `enable_nested_tensor=False` does: padded positions hold computed values, not zeros."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(
+            isinstance(inner, CsrLayer | CsrAttention) for inner in module.modules()
+        ):
+            module.use_nested_tensor = False
 
 
 def _choose_layouts(

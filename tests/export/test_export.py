@@ -416,3 +416,34 @@ def test_self_attention_exports_whole_on_csr_projections(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
     assert not twin._dense  # it computed on its CSR projections
+
+
+def test_an_encoder_with_csr_layers_takes_padding_masks_without_nested_tensors(tmp_path):
+    """A `TransformerEncoder`'s nested-tensor path (the default, with a padding mask) would read
+    dense weights the CSR twins do not have."""
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(256, 4, 512, dropout=0.0, batch_first=True)
+        return nn.TransformerEncoder(layer, 1)  # enable_nested_tensor: the default
+
+    model, runtime = masked(build(), target=0.98)
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format="torch-sparse", batch_size=16,
+        threads=1, input_shape=(32, 256),
+    )  # fmt: skip
+    assert any(layer["kernel"] == "csr" for layer in exported.manifest["layers"].values())
+    loaded = load_sparse(exported.path, build())
+    x = torch.randn(2, 32, 256)
+    padding = torch.zeros(2, 32, dtype=torch.bool)
+    padding[1, 20:] = True
+    reference = build()
+    reference.load_state_dict(model.state_dict())
+    reference.use_nested_tensor = False
+    with torch.no_grad():
+        got = loaded(x, src_key_padding_mask=padding)
+        torch.testing.assert_close(
+            got, reference.eval()(x, src_key_padding_mask=padding), rtol=1e-4, atol=1e-5
+        )
+        nested = model.eval()(x, src_key_padding_mask=padding)  # zeros where padded
+    torch.testing.assert_close(got[~padding], nested[~padding], rtol=1e-4, atol=1e-5)
