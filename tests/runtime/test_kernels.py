@@ -256,25 +256,27 @@ class SlowOnTransposed(nn.Module):
         return y
 
 
-def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so():
+def choose_in(block: nn.Module):
+    """`sparse_inference_model` on `nn.Sequential(block)`, the block's `fc` 1% dense, batch 64
+    (where CSR wins by far): (the sparse model, the choice)."""
     torch.manual_seed(0)
-    model = nn.Sequential(SlowOnTransposed()).eval()
+    model = nn.Sequential(block).eval()
     with torch.no_grad():
         model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
     x = torch.randn(64, 1024)
     sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
+    return sparse, choice
+
+
+def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so():
+    sparse, choice = choose_in(SlowOnTransposed())
     assert choice.kernel == "csr" and choice.contiguous
     assert sparse[0].fc.contiguous
 
 
 def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense():
-    torch.manual_seed(0)
-    model = nn.Sequential(Picky()).eval()
-    with torch.no_grad():
-        model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
-    x = torch.randn(64, 1024)
-    sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
-    assert choice.timing.sparse_wins  # the layer alone is faster on CSR (1% dense, batch 64)
+    sparse, choice = choose_in(Picky())
+    assert choice.timing.sparse_wins  # the layer alone is faster on CSR
     assert choice.kernel == "dense" and choice.reverted_by == "0"
     assert not isinstance(sparse[0].fc, CsrLayer)
 
