@@ -63,7 +63,7 @@ def eligible_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def layer_kind(module: nn.Module | None) -> str | None:
-    """ "Linear", "Conv2d" or "MultiheadAttention" for an eligible layer, else None."""
+    """The kind of an eligible layer ("Linear", "Conv2d" or "MultiheadAttention"), else None."""
     if module is not None and attention_eligible(module):
         return "MultiheadAttention"
     form = None if module is None else form_of(module)
@@ -198,8 +198,7 @@ def sparse_inference_model(
         dense_block, sparse_block = model.get_submodule(holder), sparse.get_submodule(holder)
         timing = time_paths(
             partial(dense_block, *args, **kwargs), partial(sparse_block, *args, **kwargs),
-            args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu"),
-            rounds=HOLDER_ROUNDS,
+            _device_of(args), rounds=HOLDER_ROUNDS,
         )  # fmt: skip
         if timing.sparse_ms >= timing.dense_ms:  # its layers each won by the margin already
             for name in inside:
@@ -239,16 +238,20 @@ def _choose_layouts(
             continue
         layer, block = sparse.get_submodule(name), sparse.get_submodule(holder)
         args, kwargs = calls[holder]
-        device = args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu")
         transposed_ms, contiguous_ms = time_calls(
             [
                 partial(_run_laid_out, layer, layout, block, args, kwargs)
                 for layout in (False, True)
             ],
-            device,
+            _device_of(args),
         )
         layer.contiguous = contiguous_ms < transposed_ms
         choices[name] = replace(choice, contiguous=layer.contiguous)
+
+
+def _device_of(args: tuple) -> torch.device:
+    """Where a recorded call computes: its first argument's device."""
+    return args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu")
 
 
 def _run_laid_out(
