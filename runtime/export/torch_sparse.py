@@ -1,8 +1,9 @@
 """The `torch-sparse` format: a runnable inference model, each layer on its measured kernel.
 
-Export times every pruned Linear and Conv2d on the input it receives from a batch of
-`batch_size` samples, with `threads` torch threads (`kernels.inference`), and replaces the
-layers where a CSR product is faster with their `CsrLayer` twins; every other layer stays as it was.
+Export times every pruned Linear, Conv2d and self-attention on the input it receives from a
+batch of `batch_size` samples, with `threads` torch threads (`kernels.inference`), and replaces
+the layers where a CSR product is faster with their twins (`CsrLayer`, `CsrAttention`); every
+other layer stays as it was.
 The sparse model's state dict goes to model.safetensors (CSR layers as their index and value
 buffers, nothing dense); manifest.json lists the replaced layers, the timings behind every
 choice, the machine, and the largest difference between the sparse and the masked dense

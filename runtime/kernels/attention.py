@@ -42,7 +42,9 @@ def head_minor_rows(embed_dim: int, num_heads: int) -> Tensor:
 
 
 def _projection(weight: Tensor, bias: Tensor | None) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    """A Linear holding `weight` and `bias` (built on the meta device: no initialisation of
+    weights it replaces at once)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
     if bias is not None:
         linear.bias = nn.Parameter(bias.detach(), requires_grad=False)
