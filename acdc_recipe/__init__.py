@@ -71,6 +71,8 @@ def export(
     threads: int | None = None,
     input_shape: Sequence[int] | None = None,
     input_dtype: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> Exported:
     """Export a run's (or a masked model's) sparse model (see `acdc_recipe.runtime.export`)."""
     from acdc_recipe.runtime.export import export as export_model
@@ -84,6 +86,8 @@ def export(
         threads=threads,
         input_shape=input_shape,
         input_dtype=input_dtype,
+        device=device,
+        precision=precision,
     )
 
 

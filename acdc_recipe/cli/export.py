@@ -63,6 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch-sparse: float samples, or int64 token ids (default: the recipe's "
         "train.model.input_dtype)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="torch-sparse: where to time (cuda: 2:4 layers on semi-structured kernels)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="torch-sparse: the exported model's dtype (fp16/bf16 with --device cuda)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             input_shape=args.input_shape,
             input_dtype=args.input_dtype,
+            device=args.device,
+            precision=args.precision,
         )
     except OSError as error:
         raise UserError(
@@ -96,11 +110,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if "layers" in manifest:
         layers = manifest["layers"]
-        csr = [name for name, layer in layers.items() if layer["kernel"] == "csr"]
+        kernels = [layer["kernel"] for layer in layers.values()]
+        semi = kernels.count("semi_structured")
         console.print(
-            f"{len(csr)} of {len(layers)} pruned layers on CSR kernels (batch "
-            f"{manifest['batch_size']}, {manifest['threads']} threads); outputs within "
-            f"{manifest['max_abs_diff']:.2g} of the dense model"
+            f"{kernels.count('csr')} of {len(layers)} pruned layers on CSR kernels"
+            + (f", {semi} on 2:4 kernels" if semi else "")
+            + f" (batch {manifest['batch_size']}, {manifest['threads']} threads, "
+            f"{manifest['device']}); outputs within {manifest['max_abs_diff']:.2g} of the "
+            "dense model"
         )
         uncovered = manifest["no_kernel"]
         if uncovered:

@@ -56,9 +56,7 @@ FORMATS: dict[str, ExportFormat] = {
         "compressed-tensors sparse-bitmask safetensors: smallest on disk",
     ),
     "torch-sparse": ExportFormat(
-        lambda source, folder, options: torch_sparse.write(
-            source, folder, options["batch_size"], options["threads"]
-        ),
+        lambda source, folder, options: torch_sparse.write(source, folder, **options),
         "a runnable model whose layers run on CSR kernels where that measured faster",
     ),
 }
@@ -119,12 +117,16 @@ def export(
     threads: int | None = None,
     input_shape: Sequence[int] | None = None,
     input_dtype: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> Exported:
     """Export the sparse model of a run directory, a checkpoint, or a model and its runtime
     into the folder `out` (default: RUN_DIR/export-FORMAT), which must not exist yet.
 
     `batch_size`, `threads`, `input_shape` (one sample) and `input_dtype` ("float", or "int64"
-    for token ids; default: the recipe's, else float) steer the torch-sparse timing.
+    for token ids; default: the recipe's, else float) steer the torch-sparse timing; `device`
+    "cuda" times it on the GPU, in `precision` "fp32", "fp16" or "bf16" (2:4 layers run on
+    semi-structured kernels in fp16 or bf16 only).
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -141,6 +143,13 @@ def export(
         )
     if batch_size < 1 or (threads is not None and threads < 1):
         raise ExportError("batch_size and threads must be at least 1")
+    if format == "torch-sparse":
+        torch_sparse.check_device(device, precision)
+    elif (device, precision) != ("cpu", "fp32"):
+        raise ExportError(
+            f"device and precision steer the torch-sparse format's timing; the {format} format "
+            "stores the weights as they are"
+        )
     target = Path(out) if out is not None else _default_out(source, format)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(
@@ -148,7 +157,12 @@ def export(
         )
     found = _source(source, runtime, input_shape, input_dtype)
     check_masks_applied(found)
-    options = {"batch_size": batch_size, "threads": threads}
+    options = {
+        "batch_size": batch_size,
+        "threads": threads,
+        "device": device,
+        "precision": precision,
+    }
     manifest: dict[str, Any] = {
         "format": format,
         "format_version": FORMAT_VERSION,

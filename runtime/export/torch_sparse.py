@@ -3,7 +3,9 @@
 Export times every pruned Linear, Conv2d and self-attention on the input it receives from a
 batch of `batch_size` samples, with `threads` torch threads (`kernels.inference`), and replaces
 the layers where a CSR product is faster with their twins (`CsrLayer`, `CsrAttention`); every
-other layer stays as it was.
+other layer stays as it was. With `device` "cuda" (and `precision` fp16 or bf16, which the
+2:4 kernels take) it times the model on the GPU instead, and the 2:4 Linears that are faster
+on semi-structured kernels become `SemiStructuredLinear`s.
 The sparse model's state dict goes to model.safetensors (CSR layers as their index and value
 buffers, nothing dense); manifest.json lists the replaced layers, the timings behind every
 choice, the machine, and the largest difference between the sparse and the masked dense
@@ -39,34 +41,65 @@ from acdc_recipe.runtime.kernels.inference import (
     sparse_inference_model,
     without_nested_tensors,
 )
+from acdc_recipe.runtime.kernels.semi_structured import agrees
+from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 from acdc_recipe.runtime.kernels.training import without_kernels
 from acdc_recipe.runtime.train.objective import logits_of
 
 WEIGHTS = "model.safetensors"
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # fp32: sums in another order
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SEMI_STRUCTURED_SKIPPED = (
     "2:4 semi-structured kernels (torch.sparse.to_sparse_semi_structured) run on CUDA GPUs "
     "of compute capability 8.0 or newer only; this export runs on the CPU, so 2:4 layers take "
-    "the same CSR-or-dense choice as any other"
+    "the same CSR-or-dense choice as any other (export with --device cuda --precision bf16 on "
+    "such a GPU)"
 )
 
 
-def _machine() -> dict[str, Any]:
-    return {
+def _machine(device: torch.device) -> dict[str, Any]:
+    machine = {
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
     }
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    return machine
+
+
+def check_device(device: str, precision: str) -> torch.device:
+    """The device an export times on; refused in one paragraph when it cannot."""
+    if device not in ("cpu", "cuda"):
+        raise ExportError(f"unknown device {device!r}; choose cpu or cuda")
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of fp32, fp16, bf16")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExportError("device cuda needs a CUDA GPU, and torch sees none here")
+    if device == "cpu" and precision != "fp32":
+        raise ExportError(
+            f"precision {precision} is for device cuda (the 2:4 kernels); on the CPU the sparse "
+            "kernels compute float32"
+        )
+    return torch.device(device)
 
 
 @torch.no_grad()
 def write(
-    source: SparseModel, folder: Path, batch_size: int, threads: int | None
+    source: SparseModel,
+    folder: Path,
+    batch_size: int,
+    threads: int | None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Choose, build and save the inference model; return the manifest entries."""
     started = time.perf_counter()
-    dense = without_kernels(source.model).cpu().eval()
-    batch = example_batch(source, batch_size)
+    where, dtype = check_device(device, precision), PRECISIONS[precision]
+    dense = without_kernels(source.model).to(where, dtype).eval()
+    batch = example_batch(source, batch_size).to(where)
+    if batch.is_floating_point():
+        batch = batch.to(dtype)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -82,18 +115,25 @@ def write(
     finally:
         torch.set_num_threads(previous_threads)
     difference = float((got - expected).abs().max())
-    if not torch.allclose(got, expected, **TOLERANCE):
+    close = (
+        torch.allclose(got, expected, **TOLERANCE)
+        if dtype == torch.float32
+        else agrees(got, expected)
+    )
+    if not close:
         raise ExportError(
             f"{source.origin}: the sparse model's outputs differ from the dense model's by up "
-            f"to {difference:.3g}, beyond fp32 tolerance; nothing was written"
+            f"to {difference:.3g}, beyond {precision} tolerance; nothing was written"
         )
-    state = {k: v.contiguous().clone() for k, v in sparse.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in sparse.state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
     entries: dict[str, Any] = {
         "batch_size": batch_size,
         "threads": threads if threads is not None else previous_threads,
         "sample_shape": list(source.sample_shape or ()),
-        "machine": _machine(),
+        "device": device,
+        "precision": precision,
+        "machine": _machine(where),
         "layers": {
             c.name: {
                 "kind": c.kind,
@@ -117,7 +157,11 @@ def write(
         "choice_seconds": time.perf_counter() - started,
     }
     if "2:4" in source.patterns.values():
-        entries["semi_structured"] = SEMI_STRUCTURED_SKIPPED
+        entries["semi_structured"] = (
+            {c.name: c.problem for c in choices if c.problem}  # why a layer stayed dense
+            if where.type == "cuda"
+            else SEMI_STRUCTURED_SKIPPED
+        )
     return entries
 
 
@@ -144,11 +188,12 @@ def _reference_logits(model: nn.Module, batch: torch.Tensor, source: SparseModel
 
 
 def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
-    """`model` (the exported architecture) with its CSR layers in place and every tensor
-    loaded; in eval mode."""
+    """`model` (the exported architecture) with its CSR and 2:4 layers in place and every
+    tensor loaded; in eval mode. A 2:4 layer computes on its kernel once the model is on a
+    GPU that has one, in the exported precision (`model.to("cuda")`), and dense before."""
     state = load_file(str(folder / WEIGHTS))
     for name, entry in manifest["layers"].items():
-        if entry["kernel"] != "csr":
+        if entry["kernel"] not in ("csr", "semi_structured"):
             continue
         try:
             module = model.get_submodule(name)
@@ -162,6 +207,9 @@ def load(folder: Path, manifest: dict[str, Any], model: nn.Module) -> nn.Module:
                 f"{tuple(entry['weight_shape'])}, which the export in {folder} replaced; "
                 "pass an instance of the exported model's architecture"
             )
+        if entry["kernel"] == "semi_structured":
+            replace_module(model, name, SemiStructuredLinear.of(module))
+            continue
         product = _product(entry, name, folder)
         # before `product` was recorded, every CSR layer's output was contiguous
         contiguous = bool(entry.get("contiguous_output", "product" not in entry))

@@ -5,7 +5,8 @@ mask (`csr.py`) its forward, grad-input and grad-weight run on PyTorch's own ker
 structure (`function.py`: `embedding_bag` as the CSR product, `sampled_addmm`). Sparse training attaches `SparseKernels` (`training.py`), which chooses per
 layer, by timing both paths (`timing.py`), whether a sparse phase computes sparse; export
 builds inference layers (`csr_layer.py`, `attention.py`) where `inference.py` times them
-faster.
+faster. On CUDA, 2:4 Linears use semi-structured kernels (`semi_structured.py`, and
+`semi_structured_layer.py` for export) the same way.
 """
 
 from acdc_recipe.runtime.kernels.csr import CsrOperands, build_operands, csr_from_mask

@@ -5,12 +5,14 @@ bias, slot, training)`, with a backward op beside it. The graph holds only the l
 (an int); which path runs (dense, or CSR over the current mask) is read inside the op, so a
 phase switch or a new mask changes nothing the compiler guards on and never recompiles.
 The forward's output is contiguous and each gradient is laid out like its tensor, as the
-shape functions declare.
+shape functions declare. A 2:4 layer on CUDA computes dense here (its semi-structured
+tensors do not pass through a custom op).
 """
 
 import torch
 from torch import Tensor
 
+from acdc_recipe.runtime.kernels.csr import CsrOperands
 from acdc_recipe.runtime.kernels.function import sparse_backward, sparse_forward
 from acdc_recipe.runtime.kernels.layer import LAYERS
 
@@ -20,7 +22,8 @@ def kernel_layer(
     x: Tensor, weight: Tensor, bias: Tensor | None, slot: int, training: bool
 ) -> Tensor:
     layer = LAYERS[slot]
-    if layer.path(x, weight, bias, training) == "sparse":
+    csr = isinstance(layer.operands, CsrOperands)
+    if csr and layer.path(x, weight, bias, training) == "sparse":
         return sparse_forward(layer.form, layer.operands, x, bias)[0].contiguous()
     return layer.form.dense_forward(x, weight, bias).contiguous()
 
@@ -38,7 +41,7 @@ def kernel_layer_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     layer = LAYERS[slot]
     form, operands = layer.form, layer.operands
-    if layer.kernel == "sparse" and operands is not None and layer.capable(x, weight):
+    if layer.kernel == "sparse" and isinstance(operands, CsrOperands) and layer.capable(x, weight):
         matrix, geometry = form.to_matrix(x)
         grad_x, grad_w, grad_b = sparse_backward(
             form,

@@ -2,10 +2,11 @@
 
 `sparse_inference_model` times each eligible layer of a model (a Linear or Conv2d, or a whole
 self-attention) on the input it really receives (one forward with the given batch), dense
-against its CSR twin (`CsrLayer`, `CsrAttention`) with either product, keeps the faster
-product where it wins by `SPARSE_MARGIN`, then checks every module holding CSR layers
-as a whole the same way: the model it returns is not slower than its dense form, layer by
-layer and block by block, on the machine that chose.
+against its CSR twin (`CsrLayer`, `CsrAttention`) with either product on the CPU, or on CUDA
+a 2:4 Linear against its semi-structured twin (`SemiStructuredLinear`), keeps the faster
+where it wins by `SPARSE_MARGIN`, then checks every module holding sparse layers as a whole
+the same way: the model it returns is not slower than its dense form, layer by layer and
+block by block, on the machine that chose.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from acdc_recipe.runtime.kernels.attention import CsrAttention, attention_eligib
 from acdc_recipe.runtime.kernels.csr_layer import PRODUCTS, CsrLayer
 from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.layer import sparse_capable
+from acdc_recipe.runtime.kernels.semi_structured import (
+    agrees,
+    capability_of,
+    semi_structured_problem,
+)
+from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 from acdc_recipe.runtime.kernels.timing import KernelTiming, time_calls, time_paths
 
 HOLDER_ROUNDS = 5  # one disturbed round must not revert a whole block
@@ -32,8 +39,10 @@ __all__ = ["PRODUCTS", "CsrAttention", "CsrLayer", "LayerChoice", "sparse_infere
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """One eligible layer's inference kernel: "csr" (with its product) or "dense", with the
-    timing behind it (`sparse_ms`: the faster product's; `product_ms`: each product's)."""
+    """One eligible layer's inference kernel: "csr" (with its product), "semi_structured"
+    (2:4 on CUDA) or "dense", with the timing behind it (`sparse_ms`: the faster product's;
+    `product_ms`: each product's) and, for a CUDA Linear left dense untimed, `problem`: why
+    no 2:4 kernel computes it."""
 
     name: str
     kind: str
@@ -44,6 +53,7 @@ class LayerChoice:
     product: str | None = None
     product_ms: dict[str, float] | None = None
     contiguous: bool = False  # the model needs the layer's output contiguous
+    problem: str | None = None
 
 
 def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
@@ -132,6 +142,8 @@ def _choose_layer(name: str, module: nn.Module, call: tuple | None) -> LayerChoi
     kind = layer_kind(module) or type(module).__name__
     args, kwargs = call if call is not None else ((), {})
     x = args[0] if args else None
+    if isinstance(x, Tensor) and x.device.type == "cuda" and kind == "Linear":
+        return _choose_semi_structured(name, module, x, density)
     if not isinstance(x, Tensor) or not sparse_capable(x, weights[0]):
         return LayerChoice(name, kind, "dense", density, None)
     twins = [csr_twin(module, product) for product in PRODUCTS]
@@ -149,6 +161,31 @@ def _choose_layer(name: str, module: nn.Module, call: tuple | None) -> LayerChoi
         name, kind, "csr" if timing.sparse_wins else "dense", density, timing,
         product=PRODUCTS[fastest], product_ms=dict(zip(PRODUCTS, sparse_ms)),
     )  # fmt: skip
+
+
+def _choose_semi_structured(name: str, module: nn.Module, x: Tensor, density: float) -> LayerChoice:
+    """A CUDA Linear: its 2:4 twin where it runs, agrees with dense and is faster."""
+    weight = module.weight.detach()
+    problem = semi_structured_problem(weight, weight.dtype, capability_of(weight.device))
+    if problem is not None:
+        return LayerChoice(name, "Linear", "dense", density, None, problem=problem)
+    twin = SemiStructuredLinear.of(module)
+    got = twin(x)
+    if twin.problem is not None:  # its kernel raised: no 2:4 kernel for this GPU or build
+        return LayerChoice(name, "Linear", "dense", density, None, problem=twin.problem)
+    if not agrees(got, module(x)):
+        problem = "its 2:4 kernel's outputs differ from dense beyond the dtype's tolerance"
+        return LayerChoice(name, "Linear", "dense", density, None, problem=problem)
+    timing = time_paths(partial(module, x), partial(twin, x), x.device)
+    kernel = "semi_structured" if timing.sparse_wins else "dense"
+    return LayerChoice(name, "Linear", kernel, density, timing)
+
+
+def sparse_twin(module: nn.Module, choice: LayerChoice) -> nn.Module:
+    """The twin a layer's choice names (a CSR or a 2:4 one)."""
+    if choice.kernel == "semi_structured":
+        return SemiStructuredLinear.of(module)
+    return csr_twin(module, choice.product, choice.contiguous)
 
 
 def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
@@ -175,8 +212,8 @@ def sparse_inference_model(
     choices = {name: _choose_layer(name, m, calls.get(name)) for name, m in layers.items()}
     sparse = copy.deepcopy(model)
     for name, choice in choices.items():
-        if choice.kernel == "csr":
-            replace_module(sparse, name, csr_twin(layers[name], choice.product))
+        if choice.kernel != "dense":
+            replace_module(sparse, name, sparse_twin(layers[name], choice))
     if not _runs(sparse, run):
         for name, choice in choices.items():
             if choice.kernel == "csr":
@@ -187,11 +224,11 @@ def sparse_inference_model(
     holders = {
         ancestor
         for name, choice in choices.items()
-        if choice.kernel == "csr"
+        if choice.kernel != "dense"
         for ancestor in _ancestors(name)
     }
     for holder in sorted(holders, key=lambda n: (-n.count(".") if n else 1, n)):
-        inside = [n for n, c in choices.items() if c.kernel == "csr" and _within(n, holder)]
+        inside = [n for n, c in choices.items() if c.kernel != "dense" and _within(n, holder)]
         if not inside or holder not in calls:
             continue
         args, kwargs = calls[holder]
@@ -218,7 +255,8 @@ def without_nested_tensors(model: nn.Module) -> None:
     `enable_nested_tensor=False` does: padded positions hold computed values, not zeros."""
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder) and any(
-            isinstance(inner, CsrLayer | CsrAttention) for inner in module.modules()
+            isinstance(inner, CsrLayer | CsrAttention | SemiStructuredLinear)
+            for inner in module.modules()
         ):
             module.use_nested_tensor = False
 

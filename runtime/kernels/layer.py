@@ -1,12 +1,14 @@
 """`KernelLayer`: one masked Linear or Conv2d and the path its forward takes.
 
 The layer's module keeps its dense Parameter; `KernelLayer.forward(module, x)` computes the
-same layer either densely (the module's own computation, bit for bit) or on the CSR operands
-(`function.py`). The operands follow the mask (`use_mask`, `drop`); their values are gathered
-again whenever the dense weight's version counter moved (an optimizer step, a load), checked
-once per forward. The kernel is chosen per mask on the first training forward that CSR can
-compute: by timing both paths (`auto`; under DDP every rank must find sparse faster), or
-sparse (`on`).
+same layer either densely (the module's own computation, bit for bit) or sparse: on the CPU
+on the CSR operands (`function.py`), on CUDA for a 2:4 Linear in float16/bfloat16 on
+semi-structured kernels in the forward (`semi_structured.py`). The operands follow the mask
+(`use_mask`, `drop`); their values are gathered again whenever the dense weight's version
+counter moved (an optimizer step, a load), checked once per forward. The kernel is chosen per
+mask on the first training forward that a sparse path can compute: by timing both paths
+(`auto`; under DDP every rank must find sparse faster), or sparse (`on`). A 2:4 path whose
+outputs do not agree with dense, or that fails to run, leaves the layer dense.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,9 +30,21 @@ from acdc_recipe.runtime.kernels.function import (
     sparse_backward,
     sparse_forward,
 )
+from acdc_recipe.runtime.kernels.semi_structured import (
+    HALF_DTYPES,
+    SemiStructuredLinearFunction,
+    SemiStructuredOperands,
+    agrees,
+    capability_of,
+    compress,
+    semi_backward,
+    semi_forward,
+    semi_structured_problem,
+)
 from acdc_recipe.runtime.kernels.timing import KernelTiming, time_paths
 
 SPARSE_DTYPES = (torch.float32, torch.float64)
+CPU = torch.device("cpu")
 _slots = itertools.count()
 # slot -> layer, for the compiled op (a torch.compile graph holds the slot, an int)
 LAYERS: weakref.WeakValueDictionary[int, KernelLayer] = weakref.WeakValueDictionary()
@@ -47,6 +62,26 @@ def sparse_capable(x: Tensor, weight: Tensor) -> bool:
     )
 
 
+def compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
+    """The dtype a CUDA layer computes this call in: autocast's, else its tensors' (None when
+    they differ)."""
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return weight.dtype if x.dtype == weight.dtype else None
+
+
+def semi_capable(x: Tensor, weight: Tensor) -> bool:
+    """Whether a 2:4 Linear's semi-structured forward can compute this call: CUDA, float16
+    or bfloat16 (the tensors', or autocast's), 2-D or more."""
+    return (
+        weight.device.type == "cuda"
+        and x.device == weight.device
+        and x.dim() >= 2
+        and x.numel() > 0
+        and compute_dtype(x, weight) in HALF_DTYPES
+    )
+
+
 class KernelLayer:
     """The kernel state of one prunable weight (see the module docstring)."""
 
@@ -54,7 +89,8 @@ class KernelLayer:
         self.name = name
         self.form = form
         self.mode = mode  # "auto" | "on"
-        self.operands: CsrOperands | None = None
+        self.operands: CsrOperands | SemiStructuredOperands | None = None
+        self.masked = False  # under a mask (a sparse phase), with operands or none for it
         self.kernel: str | None = None  # "sparse" | "dense"; None until chosen for this mask
         self.timing: KernelTiming | None = None
         self.slot = next(_slots)
@@ -63,51 +99,78 @@ class KernelLayer:
     def __deepcopy__(self, memo: dict[int, Any]) -> KernelLayer:
         """A copied model gets layers of its own (a slot of its own for compiled graphs)."""
         twin = KernelLayer(self.name, self.form, self.mode)
-        twin.kernel, twin.timing = self.kernel, self.timing
+        twin.kernel, twin.timing, twin.masked = self.kernel, self.timing, self.masked
         twin.operands = copy.deepcopy(self.operands, memo)
         return twin
 
     # -- the mask ---------------------------------------------------------------------------
     def use_mask(self, mask: Tensor, weight: Tensor) -> None:
-        """Build the CSR structure of a new mask; the kernel is chosen again."""
+        """Build the sparse operands of a new mask (CSR on the CPU; on CUDA, the mask of a 2:4
+        Linear); the kernel is chosen again."""
         matrix = mask.detach().reshape(weight_matrix_shape(tuple(weight.shape)))
-        self.operands = build_operands(matrix, weight.dtype)
+        self.operands, self.masked = None, True
+        if weight.device.type == "cpu":
+            self.operands = build_operands(matrix, weight.dtype)
+        elif self.form.kind == "Linear" and not semi_structured_problem(
+            matrix, None, capability_of(weight.device)
+        ):
+            self.operands = SemiStructuredOperands(matrix.to(weight.device, torch.bool))
         self.kernel, self.timing = None, None  # chosen on the first training forward
 
     def drop(self) -> None:
         """A dense phase: back to the module's own computation, memory returned."""
-        self.operands, self.kernel, self.timing = None, None, None
+        self.operands, self.kernel, self.timing, self.masked = None, None, None, False
 
     def restore_choice(self, kernel: str | None, timing: KernelTiming | None) -> None:
         self.kernel, self.timing = kernel, timing
 
     # -- the forward pass -------------------------------------------------------------------
     def capable(self, x: Tensor, weight: Tensor) -> bool:
+        if isinstance(self.operands, SemiStructuredOperands):
+            return semi_capable(x, weight)
         return sparse_capable(x, weight) and (self.form.kind != "Conv2d" or x.dim() == 4)
 
     def path(self, x: Tensor, weight: Tensor, bias: Tensor | None, training: bool) -> str:
-        """The path of this call, "sparse" or "dense". The first training call under a new
-        mask chooses (`auto` times both paths); until then, and without a mask, it is dense."""
+        """The path of this call: "sparse" (CSR), "semi" (2:4) or "dense". The first training
+        call under a new mask chooses (`auto` times both paths); until then, and without a
+        mask, it is dense."""
         operands = self.operands
         if operands is None or not self.capable(x, weight):
             return "dense"
+        csr = isinstance(operands, CsrOperands)
         if self.kernel is None:
             if not training:
                 return "dense"
-            operands.refresh_(weight)
+            if csr:
+                operands.refresh_(weight)
             self.choose(x, weight, bias)
         if self.kernel != "sparse":
             return "dense"
-        operands.refresh_(weight)
-        return "sparse"
+        if csr:
+            operands.refresh_(weight)
+            return "sparse"
+        return "semi"
 
     def forward(self, module: nn.Module, x: Tensor) -> Tensor:
-        """The layer's output: on the CSR operands when this mask's kernel is sparse, else the
-        module's own dense computation."""
+        """The layer's output: on the sparse operands when this mask's kernel is sparse, else
+        the module's own dense computation."""
         weight, bias = module.weight, module.bias
-        if self.path(x, weight, bias, module.training and torch.is_grad_enabled()) == "sparse":
+        path = self.path(x, weight, bias, module.training and torch.is_grad_enabled())
+        if path == "sparse":
             return SparseLayerFunction.apply(x, weight, bias, self.form, self.operands)
+        if path == "semi":
+            return self._semi_call(x, weight, bias)
         return self.form.dense_forward(x, weight, bias)
+
+    def _semi_call(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        operands = self.operands
+        assert isinstance(operands, SemiStructuredOperands)
+        dtype = compute_dtype(x, weight)
+        compressed = operands.refresh_(weight, dtype)
+        return SemiStructuredLinearFunction.apply(
+            x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+            compressed, operands.mask_in(dtype),
+        )  # fmt: skip
 
     @torch.no_grad()
     def choose(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
@@ -125,6 +188,10 @@ class KernelLayer:
         def dense() -> None:
             form.dense_backward(form.dense_forward(x, weight, bias), x, weight, input_grad)
 
+        if isinstance(operands, SemiStructuredOperands):
+            self._choose_semi(x, weight, bias, operands, dense, input_grad)
+            return
+
         def sparse() -> None:
             y, matrix, geometry = sparse_forward(form, operands, x, bias)
             sparse_backward(
@@ -133,17 +200,52 @@ class KernelLayer:
             )  # fmt: skip
 
         self.timing = time_paths(dense, sparse, x.device)
-        self.kernel = "sparse" if agreed(self.timing.sparse_wins) else "dense"
+        self.kernel = "sparse" if agreed(self.timing.sparse_wins, x.device) else "dense"
+
+    def _choose_semi(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None,
+        operands: SemiStructuredOperands, dense: Callable[[], object], input_grad: bool,
+    ) -> None:  # fmt: skip
+        """The 2:4 path, where it runs and its outputs agree with dense (`on`: then always);
+        `auto`: where it is also faster."""
+        dtype = compute_dtype(x, weight)
+        assert dtype is not None
+        half_weight = weight.to(dtype)
+        half_bias = None if bias is None else bias.to(dtype)
+        half_x, mask = x.to(dtype), operands.mask_in(dtype)
+        try:
+            compressed = operands.refresh_(weight, dtype)
+            got = semi_forward(half_x, compressed, half_bias)
+        except (RuntimeError, NotImplementedError):  # no 2:4 kernel for this GPU or build
+            works = False
+        else:
+            expected = self.form.dense_forward(half_x, half_weight * mask, half_bias)
+            works = agrees(got, expected)
+
+        def semi() -> None:  # a step compresses the weight once (it changed since)
+            y = semi_forward(half_x, compress(half_weight * mask), half_bias)
+            semi_backward(y, half_x, half_weight, mask, input_grad, bias is not None)
+
+        if works and self.mode == "auto":
+            self.timing = time_paths(dense, semi, x.device)
+            works = self.timing.sparse_wins
+        self.kernel = "sparse" if agreed(works, x.device) else "dense"
 
 
-def agreed(sparse_wins: bool) -> bool:
-    """Whether every process of a gloo process group (DDP on the CPU) found the sparse path
-    faster: ranks time on their own, and replicas must compute alike to stay bit-identical.
-    Every rank chooses in the same forward, so the all-reduce meets its peers."""
+def agreed(sparse_wins: bool, device: torch.device = CPU) -> bool:
+    """Whether every process of the process group (DDP) found the sparse path faster: ranks
+    time on their own, and replicas must compute alike to stay bit-identical. Every rank
+    chooses in the same forward, so the all-reduce meets its peers (gloo on the CPU, NCCL
+    on the layer's GPU)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return sparse_wins
-    if "gloo" not in str(dist.get_backend()):
-        return sparse_wins  # CSR kernels run on the CPU only; no CPU collective to agree on
-    vote = torch.tensor([int(sparse_wins)], dtype=torch.int32)
+    backend = str(dist.get_backend())
+    if "gloo" in backend:
+        where = CPU
+    elif "nccl" in backend and device.type == "cuda":
+        where = device
+    else:
+        return sparse_wins  # no collective here for a vote on this device
+    vote = torch.tensor([int(sparse_wins)], dtype=torch.int32, device=where)
     dist.all_reduce(vote, op=dist.ReduceOp.MIN)
     return bool(vote.item())

@@ -7,6 +7,7 @@ compilation the forward is one opaque op, `compiled_op.py`). The runtime calls `
 masks are computed and `drop` when a dense phase starts; the layers choose their kernel on the
 next training forward, and `announcement` turns the choices into a `KernelsChosen` event.
 MultiheadAttention's weights and functional calls have no sparse kernel; they stay dense.
+On CUDA only 2:4 Linears have one (semi-structured, forward only).
 """
 
 from __future__ import annotations
@@ -122,12 +123,14 @@ class SparseKernels:
 
     def kernels(self) -> dict[str, str]:
         """Per prunable weight: "sparse", "dense", "undecided" (not yet run under this mask)
-        or "none" (no sparse kernel for its layer); empty in a dense phase."""
-        if all(layer.operands is None for layer in self.layers.values()):
+        or "none" (no sparse kernel for its layer, or none on its device); empty in a dense
+        phase."""
+        if not any(layer.masked for layer in self.layers.values()):
             return {}
         table = dict.fromkeys(self._names, "none")
         for layer in self.layers.values():
-            table[layer.name] = layer.kernel or "undecided"
+            if layer.operands is not None:
+                table[layer.name] = layer.kernel or "undecided"
         return table
 
     def announcement(self) -> tuple[dict[str, str], dict[str, dict[str, float]]] | None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -39,3 +42,13 @@ def test_whole_run_data_choices_name_callables_that_resolve():
         assert recipe.train.data.callable == target
         module, name = target.split(":")
         assert callable(getattr(importlib.import_module(module), name))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: it would measure")
+def test_the_2_4_benchmark_without_a_gpu_says_so_and_measures_nothing(capsys, monkeypatch):
+    from benchmarks import semi_structured
+
+    monkeypatch.setattr(semi_structured, "RESULTS", Path("/nonexistent/never-written.json"))
+    assert semi_structured.main(["--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run on CUDA devices only" in err[0]

@@ -75,7 +75,7 @@ def test_export_torch_sparse_with_batch_and_threads(run, tmp_path, capsys):
     args = ["export", str(run), "-o", str(target), "--format", "torch-sparse",
             "--batch-size", "8", "--threads", "1"]  # fmt: skip
     assert main(args) == 0
-    assert "pruned layers on CSR kernels (batch 8, 1 threads)" in capsys.readouterr().out
+    assert "pruned layers on CSR kernels (batch 8, 1 threads, cpu)" in capsys.readouterr().out
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["source"] == f"run {run}" and manifest["recipe"] == "tiny"
     model = tiny_model()
@@ -126,3 +126,25 @@ def test_unknown_format_and_bad_numbers_from_the_shell_have_no_traceback(run):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "error:" in result.stderr
     assert not (run / "export-onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--precision", "bf16"], "precision bf16 is for device cuda"),
+        (["--format", "compressed", "--device", "cuda"], "steer the torch-sparse format"),
+        pytest.param(
+            ["--device", "cuda"], "torch sees none",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
+    ],
+)  # fmt: skip
+def test_a_device_or_precision_the_export_cannot_time_on_is_one_paragraph(
+    run, tmp_path, capsys, extra, message
+):
+    target = tmp_path / "out"
+    args = ["export", str(run), "-o", str(target), "--format", "torch-sparse", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not target.exists()

@@ -12,6 +12,7 @@ from compressed_tensors.config import SparsityCompressionConfig
 from compressed_tensors.utils import unpack_bitmasks
 from compressed_tensors.utils.safetensors_load import get_nested_weight_mappings
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import acdc_recipe
@@ -19,6 +20,7 @@ from acdc_recipe.compiler import compile
 from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.export import FORMATS, ExportError, compressed, export, load_sparse
 from acdc_recipe.runtime.kernels.inference import PRODUCTS, CsrAttention, CsrLayer
+from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 from acdc_recipe.schema import Recipe
 
 PARTS = ["shape", "compressed", "bitmask", "row_offsets"]
@@ -447,3 +449,82 @@ def test_an_encoder_with_csr_layers_takes_padding_masks_without_nested_tensors(t
         )
         nested = model.eval()(x, src_key_padding_mask=padding)  # zeros where padded
     torch.testing.assert_close(got[~padding], nested[~padding], rtol=1e-4, atol=1e-5)
+
+
+def two_four_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 64))
+
+
+def test_on_the_cpu_a_2_4_export_says_why_no_2_4_kernel_ran(tmp_path):
+    model, runtime = masked(two_four_mlp(), target=0.5, pattern="2:4")
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(256,)
+    )
+    assert "run on CUDA GPUs" in exported.manifest["semi_structured"]
+    assert exported.manifest["device"] == "cpu" and exported.manifest["precision"] == "fp32"
+    assert {layer["kernel"] for layer in exported.manifest["layers"].values()} <= {"csr", "dense"}
+
+
+def test_a_2_4_layer_of_a_gpu_export_loads_on_the_cpu_and_computes_dense(tmp_path):
+    """A GPU export marks its 2:4 layers `semi_structured` and stores them as Linears: loaded
+    where no 2:4 kernel runs, they compute the masked model densely."""
+    model, runtime = masked(two_four_mlp(), target=0.5, pattern="2:4")
+    folder = tmp_path / "out"
+    export(model, folder, runtime=runtime, format="torch-sparse", input_shape=(256,))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    state = load_file(folder / "model.safetensors")
+    for name in manifest["layers"]:
+        for key in [k for k in state if k.startswith(f"{name}.")]:
+            del state[key]
+        layer = model.get_submodule(name)
+        state[f"{name}.weight"], state[f"{name}.bias"] = layer.weight.detach(), layer.bias.detach()
+        manifest["layers"][name] = {
+            "kind": "Linear", "kernel": "semi_structured",
+            "weight_shape": list(layer.weight.shape), "density": 0.5,
+        }  # fmt: skip
+    save_file(state, folder / "model.safetensors")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_sparse(folder, two_four_mlp())
+    assert all(isinstance(loaded.get_submodule(n), SemiStructuredLinear) for n in ("0", "2"))
+    x = torch.randn(8, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    assert "CUDA devices only" in loaded.get_submodule("0").problem
+
+
+def test_half_precision_and_cuda_are_refused_where_they_cannot_apply(tmp_path):
+    model, runtime = masked(mlp())
+    options = {"runtime": runtime, "input_shape": (3, 4, 4)}
+    with pytest.raises(ExportError, match="precision bf16 is for device cuda"):
+        export(model, tmp_path / "a", format="torch-sparse", precision="bf16", **options)
+    with pytest.raises(ExportError, match="unknown precision"):
+        export(model, tmp_path / "b", format="torch-sparse", precision="fp8", **options)
+    with pytest.raises(ExportError, match="steer the torch-sparse format"):
+        export(model, tmp_path / "c", device="cuda", **options)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)),
+    reason="needs a CUDA GPU of capability 8.0+",
+)
+def test_a_2_4_model_exports_on_cuda_in_bf16_and_loads_back_on_its_kernels(tmp_path):
+    model, runtime = masked(two_four_mlp(), target=0.5, pattern="2:4")
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format="torch-sparse", batch_size=256,
+        input_shape=(256,), device="cuda", precision="bf16",
+    )  # fmt: skip
+    layers = exported.manifest["layers"]
+    assert {layer["kernel"] for layer in layers.values()} <= {"semi_structured", "dense"}
+    assert set(exported.manifest["semi_structured"]) <= set(layers)
+    loaded = load_sparse(exported.path, two_four_mlp()).cuda()
+    x = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = model.to("cuda", torch.bfloat16).eval()(x)
+        torch.testing.assert_close(loaded(x), expected, rtol=1.6e-2, atol=1e-2)
+    for name, layer in layers.items():
+        module = loaded.get_submodule(name)
+        assert isinstance(module, SemiStructuredLinear) == (layer["kernel"] == "semi_structured")
+        if layer["kernel"] == "semi_structured":
+            assert module.problem is None
