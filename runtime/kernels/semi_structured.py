@@ -57,7 +57,7 @@ def semi_structured_problem(
     if dtype is not None and dtype not in HALF_DTYPES:
         return (
             f"2:4 semi-structured kernels take float16 or bfloat16 weights, not {dtype} (train "
-            "with precision bf16, or export with dtype bfloat16)"
+            "with precision bf16, or export with --precision bf16)"
         )
     rows, columns = MIN_SHAPE
     if mask.dim() != 2 or mask.shape[0] % rows or mask.shape[1] % columns:
