@@ -61,3 +61,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """The closest choice to `word`, quoted, or None when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return repr(close[0]) if close else None
+
+
+def first_line(error: BaseException, fallback: str | None = None) -> str:
+    """The first line of an exception's message (for a one-paragraph error), else `fallback`,
+    else the exception's type name."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else fallback or type(error).__name__

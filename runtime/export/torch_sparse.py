@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from acdc_recipe.errors import first_line
 from acdc_recipe.runtime.export.source import (
     ExportError,
     SparseModel,
@@ -179,7 +180,7 @@ def _reference_logits(model: nn.Module, batch: torch.Tensor, source: SparseModel
     try:
         return logits_of(model(batch))
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise ExportError(
             f"{source.origin}: the model does not run on a timing batch of shape "
             f"{tuple(batch.shape)} ({source.input_dtype}): {first}. Pass the shape and type of "
@@ -252,7 +253,7 @@ def _check_structure(layer: CsrLayer, name: str, folder: Path) -> None:
             layer.weight_csr().shape,
         )
     except RuntimeError as error:
-        first = (str(error).strip().splitlines() or ["invalid"])[0]
+        first = first_line(error, "invalid")
         raise ExportError(
             f"the export in {folder} is damaged: the CSR structure of {name} is invalid "
             f"({first}); export again"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from acdc_recipe.errors import first_line
 from acdc_recipe.runtime.kernels.csr_layer import no_fast_path
 from acdc_recipe.runtime.kernels.semi_structured import (
     capability_of,
@@ -53,7 +54,7 @@ class SemiStructuredLinear(nn.Module):
             try:
                 return semi_forward(x.to(compressed.dtype), compressed, self.bias)
             except (RuntimeError, NotImplementedError) as error:  # no kernel for this GPU
-                self.problem = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                self.problem = first_line(error)
                 self._compressed = None
         return F.linear(x, self.weight, self.bias)
 
