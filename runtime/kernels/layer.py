@@ -210,21 +210,19 @@ class KernelLayer:
         `auto`: where it is also faster."""
         dtype = compute_dtype(x, weight)
         assert dtype is not None
-        half_weight = weight.to(dtype)
+        masked = operands.masked(weight, dtype)
         half_bias = None if bias is None else bias.to(dtype)
         half_x, mask = x.to(dtype), operands.mask_in(dtype)
         try:
-            compressed = operands.refresh_(weight, dtype)
-            got = semi_forward(half_x, compressed, half_bias)
+            got = semi_forward(half_x, operands.refresh_(weight, dtype), half_bias)
         except (RuntimeError, NotImplementedError):  # no 2:4 kernel for this GPU or build
             works = False
         else:
-            expected = self.form.dense_forward(half_x, half_weight * mask, half_bias)
-            works = agrees(got, expected)
+            works = agrees(got, self.form.dense_forward(half_x, masked, half_bias))
 
         def semi() -> None:  # a step compresses the weight once (it changed since)
-            y = semi_forward(half_x, compress(half_weight * mask), half_bias)
-            semi_backward(y, half_x, half_weight, mask, input_grad, bias is not None)
+            y = semi_forward(half_x, compress(masked), half_bias)
+            semi_backward(y, half_x, masked, mask, input_grad, bias is not None)
 
         if works and self.mode == "auto":
             self.timing = time_paths(dense, semi, x.device)

@@ -176,10 +176,15 @@ class SemiStructuredOperands:
         return self._masks[dtype]
 
     @torch.no_grad()
+    def masked(self, weight: Tensor, dtype: torch.dtype) -> Tensor:
+        """`weight` in `dtype`, exactly zero off the mask (a new tensor, never `weight`)."""
+        half = weight.detach().to(dtype)
+        return torch.where(self.mask, half, torch.zeros_like(half))
+
+    @torch.no_grad()
     def refresh_(self, weight: Tensor, dtype: torch.dtype) -> Tensor:
         key = (*version_key(weight), dtype)
         if self.compressed is None or key != self._key:
-            half = weight.detach().to(dtype)
-            self.compressed = compress(torch.where(self.mask, half, torch.zeros_like(half)))
+            self.compressed = compress(self.masked(weight, dtype))
             self._key = key
         return self.compressed
