@@ -59,8 +59,8 @@ DATA_ROOT_ENV = "FASHION_MNIST_ROOT"  # the IDX folder; unset: Debian's dataset-
 
 @functools.lru_cache(maxsize=1)
 def _fashion_mnist() -> Any:
-    from acdc_recipe.runtime.train.data import load_data
-    from acdc_recipe.schema import DataSpec
+    from acdc_recipe.language.train_config import DataSpec
+    from acdc_recipe.trainer.data import load_data
 
     return load_data(DataSpec(source="fashion_mnist", root=os.environ.get(DATA_ROOT_ENV)))
 
@@ -68,7 +68,7 @@ def _fashion_mnist() -> Any:
 def fashion_mnist_subset(train_size: int, val_size: int) -> tuple[Any, Any]:
     """The first `train_size` / `val_size` samples of fixed permutations of Fashion-MNIST's
     train and test splits (standardized with the full training split's statistics)."""
-    from acdc_recipe.runtime.train.data import DataError, TensorData
+    from acdc_recipe.trainer.data import DataError, TensorData
 
     bundle = _fashion_mnist()
     subsets = []
@@ -220,9 +220,9 @@ def command(job: Job, mode: Mode, run_dir: Path) -> str:
 
 def _train_job(method: str, variables: dict[str, Any], run_dir: str, threads: int) -> str | None:
     """Train one run in this process (output to run_dir/log.txt); None, or the error text."""
-    from acdc_recipe.loading import load_recipe
-    from acdc_recipe.runtime.train import checkpoint
-    from acdc_recipe.runtime.train.loop import train
+    from acdc_recipe.formats.run_dir import RunDir
+    from acdc_recipe.language.loading import load_recipe
+    from acdc_recipe.trainer.loop import train
 
     torch.set_num_threads(threads)
     folder = Path(run_dir)
@@ -231,7 +231,7 @@ def _train_job(method: str, variables: dict[str, Any], run_dir: str, threads: in
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 recipe = load_recipe(RECIPES / f"{method}.yaml", overrides=variables)
-                resume = bool(checkpoint.list_checkpoints(folder))
+                resume = bool(RunDir(folder).checkpoint_files())
                 train(recipe, folder, resume=resume, device="cpu")
             except Exception:  # one failed run must not stop the matrix; it is reported
                 text = traceback.format_exc()
@@ -279,8 +279,8 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
     folder = out / job.key
     if not (folder / "summary.json").exists():
         return None
+    from acdc_recipe.formats.records import EpochEnded, RunStarted, read_records
     from acdc_recipe.runtime.events import MasksComputed
-    from acdc_recipe.runtime.train.records import EpochEnded, RunStarted, read_records
 
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     records = read_records(folder / "metrics.jsonl")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from acdc_recipe.runtime.train.charts import Band, Series, line_chart, standalone
+from acdc_recipe.report.charts import Band, Series, line_chart, standalone
 
 
 def _run(payload: dict[str, Any], arch: str, config: str) -> dict[str, Any] | None:

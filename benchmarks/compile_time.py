@@ -42,8 +42,8 @@ def main() -> None:
     seconds_imports = time.perf_counter() - started
     from acdc_recipe.compiler import compile
     from acdc_recipe.compiler.emit import plan_json
-    from acdc_recipe.loading import load_recipe
-    from acdc_recipe.runtime.train.models import build_model
+    from acdc_recipe.language.loading import load_recipe
+    from acdc_recipe.models import build_model
 
     recipe = load_recipe(RECIPE)
     seconds_build, model = timed(build_model, recipe.train.model)

@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from acdc_recipe.compiler import compile  # noqa: E402
+from acdc_recipe.exporter import TorchSparse, export, load_sparse  # noqa: E402
+from acdc_recipe.language.schema import Recipe  # noqa: E402
+from acdc_recipe.models import resnet20  # noqa: E402
 from acdc_recipe.runtime import attach  # noqa: E402
-from acdc_recipe.runtime.export import export, load_sparse  # noqa: E402
-from acdc_recipe.runtime.train.models import resnet20  # noqa: E402
-from acdc_recipe.schema import Recipe  # noqa: E402
 from benchmarks.records import machine, write_json  # noqa: E402
 from benchmarks.sparse_training import (  # noqa: E402
     interleaved,
@@ -134,9 +134,12 @@ def measure(name: str, sparsity: float, batch: int, threads: int, scope: str, ro
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         exported = export(
-            model, Path(folder) / "sparse", runtime=runtime, format="torch-sparse",
-            batch_size=batch, threads=threads, input_shape=shape,
-        )  # fmt: skip
+            model,
+            Path(folder) / "sparse",
+            runtime=runtime,
+            format=TorchSparse(batch_size=batch, threads=threads),
+            input_shape=shape,
+        )
         export_seconds = time.perf_counter() - start
         torch.manual_seed(0)
         sparse = load_sparse(exported.path, factory())

@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from acdc_recipe.compiler import compile  # noqa: E402
+from acdc_recipe.language.schema import Recipe  # noqa: E402
 from acdc_recipe.runtime import attach  # noqa: E402
 from acdc_recipe.runtime.kernels.semi_structured import semi_structured_problem  # noqa: E402
 from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear  # noqa: E402
 from acdc_recipe.runtime.masks import prune_mask_n_m  # noqa: E402
-from acdc_recipe.schema import Recipe  # noqa: E402
 from benchmarks.records import machine, write_json  # noqa: E402
 from benchmarks.sparse_training import interleaved  # noqa: E402
 

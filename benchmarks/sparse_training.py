@@ -41,13 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from acdc_recipe.compiler import compile  # noqa: E402
-from acdc_recipe.loading import load_recipe_text  # noqa: E402
+from acdc_recipe.language.loading import load_recipe_text  # noqa: E402
+from acdc_recipe.language.schema import Recipe  # noqa: E402
+from acdc_recipe.models import resnet20  # noqa: E402
 from acdc_recipe.runtime import attach  # noqa: E402
 from acdc_recipe.runtime.events import KernelsChosen, kernels_note  # noqa: E402
 from acdc_recipe.runtime.kernels import SparseLayerFunction, build_operands, form_of  # noqa: E402
-from acdc_recipe.runtime.train.data import TensorData  # noqa: E402
-from acdc_recipe.runtime.train.models import resnet20  # noqa: E402
-from acdc_recipe.schema import Recipe  # noqa: E402
+from acdc_recipe.trainer.data import TensorData  # noqa: E402
 from benchmarks.records import machine, write_json  # noqa: E402
 from benchmarks.step_overhead import mlp, transformer  # noqa: E402
 
@@ -283,7 +283,7 @@ def run_recipe(schedule: str, kernels: str, seed: int, data: str = "synthetic") 
 
 
 def whole_runs(epochs: int, seeds: tuple[int, ...], data: str) -> dict:
-    from acdc_recipe.runtime.train.loop import train
+    from acdc_recipe.trainer.loop import train
 
     variants = run_variants(epochs)
     results: dict[str, list[dict]] = {k: [] for k in variants}

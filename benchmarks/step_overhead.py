@@ -31,9 +31,9 @@ from torch.ao.pruning import WeightNormSparsifier
 from torch.nn.utils import prune
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.language.schema import Recipe
+from acdc_recipe.models import resnet20
 from acdc_recipe.runtime import attach
-from acdc_recipe.runtime.train.models import resnet20
-from acdc_recipe.schema import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -33,7 +33,7 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
 from acdc_recipe.integrations.huggingface import AcdcCallback
-from acdc_recipe.schema import Recipe
+from acdc_recipe.language.schema import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -5,8 +5,13 @@
 """
 
 from acdc_recipe.compiler.compiled import CompiledRecipe, TiedGroup, TypeFoundLayer
-from acdc_recipe.compiler.errors import CompileError
-from acdc_recipe.compiler.flops import FlopsMeter, FlopsMultipliers, scheduled_multipliers
+from acdc_recipe.compiler.errors import CompileError, ExampleInputError
+from acdc_recipe.compiler.flops import (
+    FlopsMeter,
+    FlopsMultipliers,
+    example_inputs_for,
+    scheduled_multipliers,
+)
 from acdc_recipe.compiler.kinds import (
     LAYER_KINDS,
     LayerKind,
@@ -30,6 +35,7 @@ __all__ = [
     "CompiledRecipe",
     "CompileError",
     "DenseParam",
+    "ExampleInputError",
     "FlopsMeter",
     "FlopsMultipliers",
     "LayerKind",
@@ -43,6 +49,7 @@ __all__ = [
     "compile",
     "conv_flops",
     "conv_transpose_flops",
+    "example_inputs_for",
     "layer_kinds",
     "linear_flops",
     "scheduled_multipliers",

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from acdc_recipe.compiler.plan import DenseParam, PrunableParam, SparsityPlan
-from acdc_recipe.schema import Recipe
-from acdc_recipe.timeline import Timeline
+from acdc_recipe.language.schema import Recipe
+from acdc_recipe.language.timeline import Timeline
 
 # What the compiler decided for a parameter it does not prune (`CompiledRecipe.not_pruned`).
 NOT_PRUNED_REASONS = {

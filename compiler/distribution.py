@@ -21,7 +21,7 @@ from math import prod
 
 from acdc_recipe.compiler.patterns import prune_count
 from acdc_recipe.compiler.plan import MaskGroup, MaskUpdate, ParamScope, PrunableParam
-from acdc_recipe.timeline import Timeline
+from acdc_recipe.language.timeline import Timeline
 
 
 def apportion(quotas: Sequence[float], total: int, caps: Sequence[int]) -> list[int]:

@@ -1,4 +1,4 @@
-"""Pass 6: the plan as JSON-ready data, and the build folder (recipe, plan.json, module code).
+"""Pass 6: the plan as JSON-ready data (plan.json) and the instrumented module as readable code.
 
 Every file is written atomically (temp file, fsync, rename), so a reader never sees half a plan.
 """
@@ -6,10 +6,8 @@ Every file is written atomically (temp file, fsync, rename), so a reader never s
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from math import prod
-from pathlib import Path
 from typing import Any
 
 from acdc_recipe.compiler.compiled import NOT_PRUNED_REASONS, CompiledRecipe
@@ -17,8 +15,7 @@ from acdc_recipe.compiler.distribution import mask_groups
 from acdc_recipe.compiler.flops import GLOBAL_ASSUMPTION, scheduled_multipliers
 from acdc_recipe.compiler.plan import DenseParam, MaskGroup, PrunableParam
 from acdc_recipe.compiler.tracing import DualGraphModule
-from acdc_recipe.files import write_text_atomic
-from acdc_recipe.schema import Rule
+from acdc_recipe.language.schema import Rule
 
 PLAN_VERSION = 1
 FLOPS_COUNTED = (
@@ -114,22 +111,6 @@ def module_code(compiled: CompiledRecipe) -> str:
         + "\n".join(f"# {line}" for line in repr(module).splitlines())
         + "\n"
     )
-
-
-def write_build(compiled: CompiledRecipe, folder: str | Path, recipe_text: str) -> list[Path]:
-    """Write recipe.yaml, plan.json and module.py into `folder`; return their paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {
-        "recipe.yaml": recipe_text,
-        "plan.json": json.dumps(plan_json(compiled), indent=2) + "\n",
-        "module.py": module_code(compiled),
-    }
-    written = []
-    for name, text in files.items():
-        write_text_atomic(folder / name, text)
-        written.append(folder / name)
-    return written
 
 
 def _entry(param: PrunableParam | DenseParam, rules: Sequence[Rule]) -> dict[str, Any]:

@@ -17,3 +17,7 @@ class CompileError(UserError, ValueError):
         self.layer = layer
         where = f"recipe key `{format_path(path)}`: " if path else ""
         super().__init__(where + message)
+
+
+class ExampleInputError(CompileError):
+    """The model did not run on the example inputs it was compiled with."""

@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from acdc_recipe.compiler.compiled import CompiledRecipe
 from acdc_recipe.compiler.discovery import Discovery, WeightSite
-from acdc_recipe.compiler.errors import CompileError
+from acdc_recipe.compiler.errors import ExampleInputError
 from acdc_recipe.compiler.kinds import (
     FlopsFunction,
     LayerKind,
@@ -197,12 +197,10 @@ def _run_once(result: TraceResult, inputs: tuple, functional: dict, record, rese
             _forward(result, inputs, functional, record, fake=False)
     except Exception as error:  # noqa: BLE001 - any failure here is the example input's fault
         shapes = [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
-        raise CompileError(
+        raise ExampleInputError(
             f"running the model once on an example input of shape {shapes} failed "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            "set train.model.input_shape to one sample's shape (no batch dimension), or pass "
-            "example_inputs to compile()",
-            ("train", "model", "input_shape"),
+            "pass example inputs the model takes (one batch) to compile()"
         ) from None
     finally:
         if graph_module is not None:

@@ -18,14 +18,14 @@ from acdc_recipe.compiler.compiled import CompiledRecipe, TiedGroup, TypeFoundLa
 from acdc_recipe.compiler.discovery import Discovery, discover
 from acdc_recipe.compiler.distribution import mask_updates, param_scope, planned_targets
 from acdc_recipe.compiler.errors import CompileError
-from acdc_recipe.compiler.flops import example_inputs_for, site_flops
+from acdc_recipe.compiler.flops import site_flops
 from acdc_recipe.compiler.kinds import LayerKind, known_kind_names, layer_kinds
 from acdc_recipe.compiler.patterns import check_pattern, implied_sparsity
 from acdc_recipe.compiler.plan import DenseParam, PrunableParam, SparsityPlan
 from acdc_recipe.compiler.rules import Resolution, resolve_rules
 from acdc_recipe.compiler.tracing import TraceResult, trace
-from acdc_recipe.schema import Recipe, Sparsity, recipe_hash
-from acdc_recipe.timeline import lower
+from acdc_recipe.language.schema import Recipe, Sparsity, recipe_hash
+from acdc_recipe.language.timeline import lower
 
 
 def compile(  # noqa: A001 - the public name the API promises
@@ -33,8 +33,8 @@ def compile(  # noqa: A001 - the public name the API promises
 ) -> CompiledRecipe:
     """Compile `recipe` against `model`; raise `CompileError` for a recipe that cannot apply.
 
-    `example_inputs` (a tensor or tuple of positional inputs) drives shape propagation for
-    FLOPs; by default one zero sample of ``recipe.train.model.input_shape``.
+    `example_inputs` (a tensor or tuple of positional inputs, one batch) drives shape
+    propagation for FLOPs; without it no FLOPs are counted (the plan says so).
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(
@@ -55,7 +55,7 @@ def compile(  # noqa: A001 - the public name the API promises
         else Resolution({}, {})
     )
     params, dense = distribute(found, resolution, sparsity)
-    inputs = _example_inputs(result.root, recipe, example_inputs)
+    inputs = _as_tuple(example_inputs)
     flops = site_flops(result, found, inputs, kinds) if inputs is not None else {}
     weight_flops = _flops_by_weight(found, flops)
     params = tuple(replace(p, dense_flops=weight_flops.get(p.name, 0)) for p in params)
@@ -233,13 +233,10 @@ def _flops_by_weight(found: Discovery, flops: dict[str, dict[str, int]]) -> dict
     return totals
 
 
-def _example_inputs(root: nn.Module, recipe: Recipe, given: Any) -> tuple | None:
-    if given is not None:
-        return tuple(given) if isinstance(given, (tuple, list)) else (given,)
-    if recipe.train is None or recipe.train.model.input_shape is None:
+def _as_tuple(given: Any) -> tuple | None:
+    if given is None:
         return None
-    spec = recipe.train.model
-    return example_inputs_for(root, spec.input_shape, spec.input_dtype)
+    return tuple(given) if isinstance(given, (tuple, list)) else (given,)
 
 
 def _warnings(
@@ -257,9 +254,7 @@ def _warnings(
             "only through functional calls are not"
         )
     if inputs is None:
-        notes.append(
-            "no example input (train.model.input_shape or example_inputs): FLOPs not computed"
-        )
+        notes.append("no example input: FLOPs not computed")
     if sparsity is None:
         notes.append("the recipe has no sparsity section: nothing is pruned")
     elif not params:

@@ -17,7 +17,7 @@ from math import prod
 
 from acdc_recipe.compiler.errors import CompileError
 from acdc_recipe.errors import KeyPath
-from acdc_recipe.schema import parse_pattern
+from acdc_recipe.language.schema import parse_pattern
 
 
 def logical_shape(shape: tuple[int, ...], input_axis: int) -> tuple[int, ...]:

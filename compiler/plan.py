@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from acdc_recipe.schema import DecompressPolicy
-from acdc_recipe.timeline import Timeline
+from acdc_recipe.language.schema import DecompressPolicy
+from acdc_recipe.language.timeline import Timeline
 
 # How a parameter's prune count is chosen: "global" shares one magnitude threshold with the
 # other global parameters; "uniform" and "erk" get an exact per-layer share of the pool's

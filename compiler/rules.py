@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from acdc_recipe.compiler.discovery import Candidate
 from acdc_recipe.compiler.errors import CompileError
-from acdc_recipe.schema import Rule
+from acdc_recipe.language.schema import Rule
 
 Matcher = Callable[[Candidate], bool]
 

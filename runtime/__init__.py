@@ -4,7 +4,7 @@
 
 `SparsityRuntime` decides when; the functional forms do the work and are usable without it:
 `select_masks`, `apply_masks_`, `zero_state_where_pruned_`, `reset_optimizer_state_`. See
-docs/runtime.md. The `acdc run` application lives apart, in `acdc_recipe.runtime.train`.
+docs/runtime.md. The `acdc run` application lives apart, in `acdc_recipe.trainer`.
 """
 
 from acdc_recipe.runtime.events import (

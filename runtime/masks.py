@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from acdc_recipe.compiler.plan import MaskGroup
+from acdc_recipe.language.schema import parse_pattern
 from acdc_recipe.runtime.sharding import Sharding, check_pattern, local_tensors, sharding_of
 from acdc_recipe.runtime.threshold import (
     NonFiniteWeightError,
@@ -28,7 +29,6 @@ from acdc_recipe.runtime.threshold import (
     prune_mask_unstructured,
     unstructured_masks,
 )
-from acdc_recipe.schema import parse_pattern
 
 __all__ = [
     "NonFiniteWeightError",

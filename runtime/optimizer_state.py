@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from acdc_recipe.language.schema import DECOMPRESS_POLICIES, DecompressPolicy
 from acdc_recipe.runtime.sharding import local_tensor
-from acdc_recipe.schema import DECOMPRESS_POLICIES, DecompressPolicy
 
 MOMENT_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 

@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor, Shard
 
 from acdc_recipe.compiler import CompiledRecipe, SparsityPlan
 from acdc_recipe.errors import UserError
-from acdc_recipe.schema import parse_pattern
+from acdc_recipe.language.schema import parse_pattern
 
 
 class ShardingError(UserError, ValueError):

@@ -12,34 +12,32 @@ position `s` is the step about to run. Every side effect is a function of `s`:
 - post-step hook: re-mask the weights, count the step.
 
 Dense phases cost one integer comparison per step; sparse phases one fused `_foreach_mul_`
-over the gradients and one over the weights, with no host-device sync. Hooks are registered
-once, so a `torch.compile`d model never sees a change at a phase boundary. FSDP2 parameters
-are masked as local shards (`acdc_recipe.runtime.sharding`). With `sparse_kernels` "auto"
-or "on", the masked Linear and Conv2d layers also compute sparse phases on CSR kernels
-(`acdc_recipe.runtime.kernels`), installed once at attach as well.
+over the gradients and one over the weights, with no host-device sync (`MaskState` holds the
+masks and does the masking). Hooks are registered once, so a `torch.compile`d model never
+sees a change at a phase boundary. FSDP2 parameters are masked as local shards
+(`acdc_recipe.runtime.sharding`). With `sparse_kernels` "auto" or "on", the masked Linear and
+Conv2d layers also compute sparse phases on sparse kernels (`acdc_recipe.runtime.kernels`),
+installed once at attach; they follow the runtime's events like any other listener.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from acdc_recipe.compiler import CompiledRecipe
-from acdc_recipe.compiler.plan import MaskUpdate
-from acdc_recipe.errors import UserError
+from acdc_recipe.language.timeline import Phase, Timeline
+from acdc_recipe.language.train_config import SPARSE_KERNEL_MODES
 from acdc_recipe.runtime.events import (
     DenseSnapshot,
     EmptiedLayerWarning,
-    KernelsChosen,
     LayersEmptied,
-    MasksComputed,
     PhaseStarted,
     RuntimeEvent,
     emptied_layers_note,
@@ -47,30 +45,15 @@ from acdc_recipe.runtime.events import (
     event_to_dict,
 )
 from acdc_recipe.runtime.kernels import SparseKernels
-from acdc_recipe.runtime.mask_sync import verify_masks_identical, verify_sharded_masks
-from acdc_recipe.runtime.masks import (
-    apply_masks_,
-    mask_change_fraction,
-    mask_sparsity,
-    select_masks_and_thresholds,
-)
-from acdc_recipe.runtime.optimizer_state import reset_optimizer_state_, zero_state_where_pruned_
+from acdc_recipe.runtime.mask_state import MaskState, RuntimeStateError
 from acdc_recipe.runtime.sharding import (
     live_parameters,
-    local_grads,
-    local_tensors,
     plan_sharding,
 )
-from acdc_recipe.runtime.threshold import NonFiniteWeightError, check_finite
-from acdc_recipe.schema import SPARSE_KERNEL_MODES
-from acdc_recipe.timeline import Phase, Timeline
 
 FORMAT_VERSION = 1
 Listener = Callable[[RuntimeEvent], None]
-
-
-class RuntimeStateError(UserError, ValueError):
-    """The runtime cannot run with this configuration or restore this state dict."""
+StepListener = Callable[[int], None]
 
 
 def timeline_in_steps(timeline: Timeline, steps_per_epoch: Any) -> Timeline:
@@ -118,13 +101,6 @@ def _action_positions(timeline: Timeline, snapshot_step: int | None) -> list[int
     return sorted(positions)
 
 
-def _pool_threshold(groups: Sequence[Any], thresholds: Sequence[Tensor | None]) -> float | None:
-    """The largest pruned |w| when one unstructured group holds every pruned entry, else None."""
-    if len(groups) != 1 or thresholds[0] is None:
-        return None
-    return float(thresholds[0])
-
-
 class SparsityRuntime:
     """Phase-state machine over a `CompiledRecipe`, driven by the optimizer's step hooks."""
 
@@ -141,12 +117,11 @@ class SparsityRuntime:
         self.timeline = timeline_in_steps(plan.timeline, steps_per_epoch)
         epochs = plan.timeline.unit == "epoch"
         self.steps_per_epoch = int(steps_per_epoch) if epochs else None  # a plain int to save
-        self._parameters: list[Tensor] = live_parameters(compiled, optimizer)
-        compiled = dataclasses.replace(compiled, parameters=self._parameters)
-        self._sharding = plan_sharding(self._parameters, plan)
+        parameters = live_parameters(compiled, optimizer)
+        compiled = dataclasses.replace(compiled, parameters=parameters)
+        sharding = plan_sharding(parameters, plan)
+        self._state = MaskState(plan, parameters, sharding, _companion_parameters(compiled))
         self._names = plan.names
-        self._input_axes = [param.input_axis for param in plan.params]
-        self._companions = _companion_parameters(compiled)
         self._policy = plan.on_decompress
         dense = [i for i, p in enumerate(self.timeline.phases) if p.kind == "dense"]
         self._snapshot_phase = dense[-1] if dense else None
@@ -155,32 +130,29 @@ class SparsityRuntime:
         mask_steps = [s for p in self.timeline.phases for s in p.mask_updates()]
         self._last_mask_step = max(mask_steps, default=-1)
         self._listeners: list[Listener] = []
+        self._step_listeners: list[StepListener] = []
         self._history: list[RuntimeEvent] = []
         self._step = 0
         self._done_through = -1  # last step whose pre-step actions ran
         self._next_action = self._actions[0] if self._actions else -1
-        self._target = 0.0
-        self._masks: list[Tensor] | None = None  # in the weights' dtype, during sparse phases
-        self._mask_view: tuple[Tensor, ...] | None = None
-        self._previous: list[Tensor] | None = None  # the last mask, kept while dense
-        self._masked_grad: tuple[Tensor, int] | None = None  # grads masked this step
         if getattr(optimizer, _ATTACHED, False):
             raise RuntimeStateError(
                 "this optimizer already has a sparsity runtime attached; two would each mask "
                 "and count every step. Call close() on the first runtime, or attach once"
             )
-        if self._sharding is not None and sparse_kernels != "off":
-            raise RuntimeStateError(
-                f"sparse_kernels={sparse_kernels!r} needs whole weights; these parameters are "
-                "FSDP2 shards, whose layers compute on gathered weights. Attach with "
-                "sparse_kernels='off' (train.sparse_kernels: off) when sharding"
-            )
-        self._kernels = _sparse_kernels(compiled, sparse_kernels)
+        _check_kernel_mode(sparse_kernels, sharded=sharding is not None)
+        self._kernels = (
+            None
+            if sparse_kernels == "off"
+            else SparseKernels(compiled.module, parameters, plan.names, sparse_kernels)
+        )
         setattr(optimizer, _ATTACHED, True)
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
         ]
+        if self._kernels is not None:
+            self._kernels.follow(self)
 
     # -- read-only views -------------------------------------------------------------------
     @property
@@ -203,12 +175,12 @@ class SparsityRuntime:
 
         The same tuple object is returned until the masks change, so `is` detects a change.
         """
-        return self._mask_view
+        return self._state.view
 
     @property
     def sparsity_target(self) -> float:
         """Overall target of the masks in force; 0.0 when no mask is."""
-        return self._target
+        return self._state.target
 
     @property
     def history(self) -> tuple[RuntimeEvent, ...]:
@@ -220,21 +192,25 @@ class SparsityRuntime:
         "dense", "undecided", "none"); empty when dense or attached with sparse_kernels off."""
         return {} if self._kernels is None else self._kernels.kernels()
 
-    def release_kernels(self) -> None:
-        """Give every layer its own dense forward back for good (as with sparse_kernels off
-        from here on), to evaluate weights the masks do not describe, such as the dense twin:
-        a layer on CSR kernels computes only the kept positions."""
-        if self._kernels is not None:
-            self._kernels.close()
-            self._kernels = None
-
+    # -- listeners -------------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(event)` for every future event."""
         self._listeners.append(listener)
 
+    def add_step_listener(self, listener: StepListener) -> None:
+        """Call `listener(step)` after every optimizer step, before the step is counted (for
+        extensions that report what a step did, such as the sparse kernels' choice)."""
+        self._step_listeners.append(listener)
+
+    def emit(self, event: RuntimeEvent) -> None:
+        """Record `event` in the history (and the state dict) and pass it to the listeners."""
+        self._history.append(event)
+        for listener in self._listeners:
+            listener(event)
+
     def close(self) -> None:
-        """Remove the optimizer hooks; masks stop being applied. The optimizer can be attached
-        again."""
+        """Remove the optimizer hooks and give every layer its own forward back; masks stop
+        being applied. The optimizer can be attached again."""
         if self._hooks:
             setattr(self.optimizer, _ATTACHED, False)
         for handle in self._hooks:
@@ -242,6 +218,7 @@ class SparsityRuntime:
         self._hooks = []
         if self._kernels is not None:
             self._kernels.close()
+            self._kernels = None
 
     # -- the per-step path -----------------------------------------------------------------
     def begin_step(self) -> None:
@@ -265,165 +242,58 @@ class SparsityRuntime:
         mask them twice; new gradients, e.g. after a step a GradScaler skipped, are masked.
         """
         self.begin_step()
-        if self._masks is None:
-            return
-        grads = local_grads(self._parameters)
-        first = (
-            grads[0] if grads[0] is not None else next((g for g in grads if g is not None), None)
-        )
-        marked = self._masked_grad
-        if first is None or (
-            marked is not None and marked[0] is first and marked[1] == first._version
-        ):
-            return
-        if first is grads[0] and all(g is not None for g in grads):
-            torch._foreach_mul_(grads, self._masks)
-        else:
-            pairs = [(g, m) for g, m in zip(grads, self._masks) if g is not None]
-            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-        self._masked_grad = (first, first._version)
+        self._state.mask_gradients()
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.mask_gradients()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._masks is not None:
-            with torch.no_grad():
-                torch._foreach_mul_(self._local_weights(), self._masks)
-        if self._kernels is not None:
-            self._announce_kernels()
+        self._state.mask_weights()
+        for listener in self._step_listeners:
+            listener(self._step)
         self._step += 1
-        self._masked_grad = None
-
-    def _local_weights(self) -> list[Tensor]:
-        """The prunable weights as this rank's local shards (themselves when not sharded)."""
-        return self._parameters if self._sharding is None else local_tensors(self._parameters)
 
     # -- phase actions (rare) --------------------------------------------------------------
-    def _emit(self, event: RuntimeEvent) -> None:
-        self._history.append(event)
-        for listener in self._listeners:
-            listener(event)
-
     def _run_actions(self, step: int) -> tuple[str, ...]:
         """Everything the timeline does at `step`; returns the layers a new mask empties."""
         emptied: tuple[str, ...] = ()
         if step == self._snapshot_step:
-            self._emit(DenseSnapshot(step, self._snapshot_phase))
+            self.emit(DenseSnapshot(step, self._snapshot_phase))
         index = self.timeline.phase_index_at(step)
         phase = self.timeline.phases[index]
         if step == phase.start:
-            self._emit(PhaseStarted(step, index, phase.kind, self.plan.phase_target(index)))
+            self.emit(PhaseStarted(step, index, phase.kind, self.plan.phase_target(index)))
             if phase.kind == "dense":
-                self._decompress()
+                keep = step < self._last_mask_step  # for the next mask's change statistics
+                self._state.decompress(self.optimizer, self._policy, keep)
         updates = phase.mask_updates()
         if step in updates:
             update = self.plan.updates[index][updates.index(step)]
-            emptied = self._recompute_masks(step, index, update)
+            for event in self._state.recompute(self.optimizer, step, index, update):
+                self.emit(event)
+                if isinstance(event, LayersEmptied):
+                    emptied = event.names
         self._done_through = step
         after = bisect.bisect_right(self._actions, step)
         self._next_action = self._actions[after] if after < len(self._actions) else -1
         return emptied
 
-    def _announce_kernels(self) -> None:
-        """Emit `KernelsChosen` when this step's forward chose (or changed) layer kernels."""
-        news = self._kernels.announcement()
-        if news is not None:
-            kernels, timings = news
-            mode = self._kernels.mode
-            self._emit(KernelsChosen(self._step, self.phase_index, mode, kernels, timings))
-
-    def _decompress(self) -> None:
-        if self._kernels is not None:
-            self._kernels.drop()
-        if self._masks is None:
-            return
-        remask_later = self._step < self._last_mask_step  # keep it for the change statistics
-        needed = remask_later or self._policy == "reset_reactivated"
-        previous = list(self._masks) if needed else None  # the same tensors, no copy
-        self._masks, self._mask_view, self._target = None, None, 0.0
-        reset_optimizer_state_(self.optimizer, self._policy, self._parameters, previous)
-        # Only the change statistics need it now: as bool, the dense phase holds 1 byte/weight.
-        self._previous = [m.bool() for m in previous] if remask_later else None
-
-    @torch.no_grad()
-    def _recompute_masks(self, step: int, index: int, update: MaskUpdate) -> tuple[str, ...]:
-        """Choose and apply new masks; return the layers they empty."""
-        weights = [param.detach() for param in self._parameters]
-        groups, target = update.groups, update.target
-        # Unstructured selections detect NaN/inf in their first histogram pass; check the rest.
-        others = [
-            i
-            for g in groups
-            if g.pattern != "unstructured"
-            or g.prune in (0, sum(weights[j].numel() for j in g.indices))
-            for i in g.indices
-        ]
-        companions, companion_names = self._companions
-        check_finite(
-            local_tensors([weights[i] for i in others] + companions),
-            [self._names[i] for i in others] + companion_names,
-            across=self._sharding,
-        )
-        start = time.perf_counter()
-        try:
-            masks, thresholds = select_masks_and_thresholds(weights, groups, self._input_axes)
-        except NonFiniteWeightError:  # raises the same error, naming the layer
-            check_finite(local_tensors(weights), self._names, across=self._sharding)
-            raise
-        threshold = _pool_threshold(groups, thresholds)
-        seconds = time.perf_counter() - start
-        if self._sharding is None:
-            verify_masks_identical(masks, self._names)
-        else:
-            verify_sharded_masks(masks, self._names, groups, thresholds, self._sharding)
-        previous = self._previous if self._masks is None else self._masks
-        changed, per_layer_changed = None, None
-        if previous is not None:
-            changed, per_changed = mask_change_fraction(previous, masks, self._sharding)
-            per_layer_changed = dict(zip(self._names, per_changed, strict=True))
-        apply_masks_(weights, masks)
-        zero_state_where_pruned_(self.optimizer, self._parameters, masks)
-        self._masks, self._mask_view, self._previous = masks, tuple(masks), None
-        self._target = target
-        if self._kernels is not None:
-            self._kernels.use_masks(masks)
-        achieved, per_layer = mask_sparsity(masks, self._sharding)
-        self._emit(
-            MasksComputed(
-                step,
-                index,
-                target,
-                achieved,
-                dict(zip(self._names, per_layer, strict=True)),
-                changed,
-                per_layer_changed,
-                threshold,
-                seconds,
-            )
-        )
-        emptied = tuple(name for name, value in zip(self._names, per_layer) if value >= 1.0)
-        if emptied:
-            self._emit(LayersEmptied(step, index, emptied))
-        return emptied
-
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: step, masks (bool, CPU; under FSDP2 this
-        rank's shards), history, recipe hash."""
+        rank's shards), history, recipe hash, and the names of the parameters the masks belong
+        to (so a reader of the file needs no model)."""
         return {
             "format_version": FORMAT_VERSION,
             "recipe_hash": self.plan.recipe_hash,
             "steps_per_epoch": self.steps_per_epoch,
             "step": self._step,
             "done_through": self._done_through,
-            "target": self._target,
-            "masks": None if self._masks is None else [(m != 0).cpu() for m in self._masks],
-            "previous_masks": None
-            if self._previous is None
-            else [(m != 0).cpu() for m in self._previous],
+            **self._state.state_dict(),
             "history": [event_to_dict(event) for event in self._history],
             "kernels": None if self._kernels is None else self._kernels.state_dict(),
+            "names": list(self._names),
+            "patterns": [param.pattern for param in self.plan.params],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -446,50 +316,37 @@ class SparsityRuntime:
                 f"the runtime was attached with {self.steps_per_epoch}; phase boundaries would "
                 "move, so use the same batch size and data as the original run"
             )
-        masks = self._restore_masks(state["masks"], dtype=True)
-        previous = self._restore_masks(state["previous_masks"], dtype=False)
+        names = list(state.get("names", self._names))
+        if names != list(self._names):
+            raise RuntimeStateError(
+                f"the checkpoint's masks belong to {len(names)} parameters "
+                f"({', '.join(names[:3])}, ...), the compiled model prunes {len(self._names)} "
+                f"({', '.join(self._names[:3])}, ...); resume with the model and recipe of the "
+                "original run"
+            )
+        self._state.load_state_dict(state)
         self._step = int(state["step"])
         self._done_through = int(state["done_through"])
-        self._target = float(state["target"])
-        self._masks, self._previous = masks, previous
-        self._mask_view = None if masks is None else tuple(masks)
         self._history = [event_from_dict(event) for event in state["history"]]
-        self._masked_grad = None
         if self._kernels is not None:
-            self._kernels.load_state_dict(state.get("kernels"), masks)
+            self._kernels.load_state_dict(state.get("kernels"), self._state.masks)
         after = bisect.bisect_right(self._actions, self._done_through)
         self._next_action = self._actions[after] if after < len(self._actions) else -1
 
-    def _restore_masks(self, saved: Sequence[Tensor] | None, dtype: bool) -> list[Tensor] | None:
-        if saved is None:
-            return None
-        if len(saved) != len(self._parameters):
-            raise RuntimeStateError(
-                f"the checkpoint holds {len(saved)} masks, the compiled model has "
-                f"{len(self._parameters)} prunable parameters; was the model changed?"
-            )
-        restored = []
-        local = local_tensors(self._parameters)
-        for name, mask, param in zip(self._names, saved, local, strict=True):
-            if tuple(mask.shape) != tuple(param.shape):
-                raise RuntimeStateError(
-                    f"the checkpoint's mask for {name} has shape {tuple(mask.shape)}, the "
-                    f"parameter has shape {tuple(param.shape)}"
-                )
-            kind = param.dtype if dtype else torch.bool
-            restored.append(mask.to(device=param.device, dtype=kind))
-        return restored
 
-
-def _sparse_kernels(compiled: CompiledRecipe, mode: str) -> SparseKernels | None:
+def _check_kernel_mode(mode: str, sharded: bool) -> None:
+    """The `sparse_kernels` argument's one check (a recipe's is validated with the recipe)."""
     if mode not in SPARSE_KERNEL_MODES:
         raise RuntimeStateError(
             f"sparse_kernels must be one of {', '.join(map(repr, SPARSE_KERNEL_MODES))}, got "
             f"{mode!r}"
         )
-    if mode == "off":
-        return None
-    return SparseKernels(compiled.module, compiled.parameters, compiled.plan.names, mode)
+    if sharded and mode != "off":
+        raise RuntimeStateError(
+            f"sparse_kernels={mode!r} needs whole weights; these parameters are FSDP2 shards, "
+            "whose layers compute on gathered weights. Attach with sparse_kernels='off' "
+            "(train.sparse_kernels: off) when sharding"
+        )
 
 
 def attach(
@@ -501,7 +358,7 @@ def attach(
     """Execute `compiled`'s plan through `optimizer`'s step hooks; see `SparsityRuntime`.
 
     `sparse_kernels`: "off" (dense kernels throughout), "auto" (each masked Linear/Conv2d
-    runs sparse phases on CSR kernels where timing shows them faster) or "on" (wherever
+    runs sparse phases on sparse kernels where timing shows them faster) or "on" (wherever
     possible, untimed); see `acdc_recipe.runtime.kernels`.
     """
     return SparsityRuntime(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,3 +97,42 @@ def tiny_vit(seed: int = 0, labels: int = 3):
 
     torch.manual_seed(seed)
     return transformers.ViTForImageClassification(config)
+
+
+# Two gloo processes for the tests of process-group code (FSDP2 shards, mask agreement).
+def _on_rank(rank: int, function: Callable[..., Any], init: str, out: str, args: tuple) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        result = function(rank, *args)
+    finally:
+        dist.destroy_process_group()
+    torch.save(result, f"{out}.{rank}")
+
+
+@pytest.fixture(scope="session")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[Any]]:
+    """`two_ranks(function, *args)` runs `function(rank, *args)` (a module-level function) in
+    two processes joined in a gloo process group and returns what each returned, rank 0
+    first (tensors and plain values, saved with torch.save)."""
+
+    def run(function: Callable[..., Any], *args: Any) -> list[Any]:
+        import torch
+        import torch.multiprocessing as mp
+
+        folder = tmp_path_factory.mktemp("ranks")
+        init, out = f"file://{folder / 'rendezvous'}", str(folder / "result")
+        mp.spawn(_on_rank, args=(function, init, out, args), nprocs=2, join=True)
+        return [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+
+    return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A distributed test is a slow one too."""
+    for item in items:
+        if item.get_closest_marker("distributed") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

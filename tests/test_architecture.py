@@ -1,12 +1,14 @@
-"""The layout is the architecture: imports flow one way, the wheel holds every package, and the
-language layer needs no torch.
+"""The layout is the architecture: imports flow one way, applications stand side by side, the
+wheel holds every package, and the language layer needs no torch.
 
-    language (acdc_recipe.*) <- compiler <- engine (runtime) <- application (runtime.train,
-        integrations) <- public API (acdc_recipe/__init__) <- CLI (acdc_recipe.cli)
+    language (acdc_recipe.language, errors, files, console) <- compiler <- engine (runtime)
+        <- shared (formats, models) <- applications (trainer, exporter, report, integrations,
+        convert; none imports another) <- facade (acdc_recipe/__init__) <- cli
 
-A module imports only from its own layer or those to its left. Imports inside functions are
-allowed only where a module must stay importable without torch (the public API and the CLI
-verbs) or for an optional dependency, and they obey the same direction.
+A module imports only from its own layer or those to its left, an application only from
+itself and the layers below the applications, and no module imports the facade. Imports inside
+functions are allowed only where a module must stay importable without torch (the facade and
+the CLI verbs) or for an optional dependency, and they obey the same direction.
 """
 
 from __future__ import annotations
@@ -27,7 +29,19 @@ PACKAGE_DIRS = {
     "acdc_recipe.runtime": ROOT / "runtime",
     "acdc_recipe.recipes": ROOT / "recipes",
 }
-LAYERS = ("language", "compiler", "engine", "application", "api", "cli")
+LAYERS = ("language", "compiler", "engine", "shared", "application", "facade", "cli")
+PREFIXES = {  # the first matching prefix decides a module's layer
+    "acdc_recipe.compiler": "compiler",
+    "acdc_recipe.runtime": "engine",
+    "acdc_recipe.formats": "shared",
+    "acdc_recipe.models": "shared",
+    "acdc_recipe.trainer": "application",
+    "acdc_recipe.exporter": "application",
+    "acdc_recipe.report": "application",
+    "acdc_recipe.integrations": "application",
+    "acdc_recipe.convert": "application",
+    "acdc_recipe.cli": "cli",
+}
 
 
 @functools.cache
@@ -36,11 +50,6 @@ def modules() -> dict[str, Path]:
     found = {}
     for package, folder in PACKAGE_DIRS.items():
         for path in folder.rglob("*.py"):
-            if package == "acdc_recipe" and path.relative_to(folder).parts[0] in (
-                "compiler",
-                "runtime",
-            ):
-                continue
             parts = list(path.relative_to(folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
@@ -50,24 +59,24 @@ def modules() -> dict[str, Path]:
 
 def layer(module: str) -> str:
     if module == "acdc_recipe":
-        return "api"
-    if module.startswith("acdc_recipe.cli"):
-        return "cli"
-    if module.startswith(
-        ("acdc_recipe.runtime.train", "acdc_recipe.runtime.export", "acdc_recipe.integrations")
-    ):
-        return "application"
-    if module.startswith("acdc_recipe.runtime"):
-        return "engine"
-    if module.startswith("acdc_recipe.compiler"):
-        return "compiler"
+        return "facade"
+    for prefix, name in PREFIXES.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return name
     return "language"
 
 
-def project_imports(path: Path, module: str) -> list[tuple[str, int, bool]]:
-    """(imported acdc_recipe module, line, inside a function) for every import in a file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    known = modules()
+def application(module: str) -> str | None:
+    """The application a module belongs to (`acdc_recipe.trainer`, ...), else None."""
+    if layer(module) != "application":
+        return None
+    return ".".join(module.split(".")[:2])
+
+
+def project_imports(source: str, known: set[str]) -> list[tuple[str, int, bool]]:
+    """(imported acdc_recipe module, line, inside a function) for every import in `source`;
+    `from acdc_recipe import X` names the module `acdc_recipe.X` when there is one, else the
+    facade."""
     found = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
@@ -76,32 +85,65 @@ def project_imports(path: Path, module: str) -> list[tuple[str, int, bool]]:
             if isinstance(child, ast.Import):
                 found.extend((a.name, child.lineno, in_function) for a in child.names)
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
-                for alias in child.names:  # `from acdc_recipe import files` names a module
+                for alias in child.names:
                     submodule = f"{child.module}.{alias.name}"
                     named = submodule if submodule in known else child.module
                     found.append((named, child.lineno, in_function))
             visit(child, nested)
 
-    visit(tree, False)
+    visit(ast.parse(source), False)
     return [(name, line, inner) for name, line, inner in found if name.startswith("acdc_recipe")]
 
 
-def test_every_import_points_left():
+def violations(sources: dict[str, str], known: set[str]) -> list[str]:
+    """Every import in `sources` (module name -> its code) that breaks the rule above."""
     wrong = []
-    for module, path in modules().items():
-        for imported, line, _ in project_imports(path, module):
-            if LAYERS.index(layer(imported)) > LAYERS.index(layer(module)):
-                wrong.append(f"{path.relative_to(ROOT)}:{line} ({layer(module)}) imports "
-                             f"{imported} ({layer(imported)})")  # fmt: skip
-    assert wrong == []
+    for module, source in sources.items():
+        for imported, line, _ in project_imports(source, known):
+            if imported == "acdc_recipe" and module != "acdc_recipe":
+                wrong.append(f"{module}:{line} imports the facade (acdc_recipe/__init__)")
+            elif LAYERS.index(layer(imported)) > LAYERS.index(layer(module)):
+                wrong.append(
+                    f"{module}:{line} ({layer(module)}) imports {imported} ({layer(imported)})"
+                )
+            elif application(module) and application(imported) not in (None, application(module)):
+                wrong.append(
+                    f"{module}:{line}: application {application(module)} imports "
+                    f"{imported} of application {application(imported)}"
+                )
+    return wrong
+
+
+def package_sources() -> dict[str, str]:
+    return {module: path.read_text(encoding="utf-8") for module, path in modules().items()}
+
+
+def test_every_import_points_left_and_no_application_imports_another():
+    assert violations(package_sources(), set(modules())) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "code", "broken"),
+    [
+        ("acdc_recipe.exporter.sideways", "from acdc_recipe.trainer.loop import train", "trainer"),
+        ("acdc_recipe.report.sideways", "import acdc_recipe.convert.sparseml", "convert"),
+        ("acdc_recipe.runtime.upwards", "from acdc_recipe.formats import checkpoint", "shared"),
+        ("acdc_recipe.models.upwards", "from acdc_recipe.trainer import data", "application"),
+        ("acdc_recipe.trainer.facade", "from acdc_recipe import compile", "facade"),
+    ],
+)
+def test_the_rule_catches_sideways_upward_and_facade_imports(module, code, broken):
+    sources = {**package_sources(), module: code}
+    found = violations(sources, set(modules()) | {module})
+    assert len(found) == 1 and found[0].startswith(module) and broken in found[0]
 
 
 def test_project_imports_inside_functions_are_only_for_a_torch_free_import():
     lazy = [
-        f"{path.relative_to(ROOT)}:{line} imports {imported}"
-        for module, path in modules().items()
-        for imported, line, inner in project_imports(path, module)
-        if inner and layer(module) not in ("api", "cli")
+        f"{module}:{line} imports {imported}"
+        for module, source in package_sources().items()
+        for imported, line, inner in project_imports(source, set(modules()))
+        if inner and layer(module) not in ("facade", "cli")
     ]
     assert lazy == []
 
@@ -116,9 +158,24 @@ def test_no_import_hides_behind_type_checking():
     assert hidden == []
 
 
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sorted(sys.modules)))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    return {name for name in result.stdout.split() if name.startswith("acdc_recipe")}
+
+
+def test_the_engine_loads_no_application_and_the_facade_loads_nothing_heavy():
+    engine = _loaded_after("import acdc_recipe.runtime")
+    assert {m for m in engine if layer(m) in ("shared", "application", "cli")} == set()
+    facade = _loaded_after("import acdc_recipe")
+    assert facade <= {"acdc_recipe"}, sorted(facade)
+
+
 def test_the_language_layer_and_the_cli_parser_import_without_torch():
     code = (
-        "import sys, acdc_recipe, acdc_recipe.loading, acdc_recipe.cli.main as m\n"
+        "import sys, acdc_recipe, acdc_recipe.language.loading, acdc_recipe.cli.main as m\n"
         "m.build_parser()\n"
         "assert 'torch' not in sys.modules, sorted(k for k in sys.modules if 'torch' in k)[:5]\n"
         "r = acdc_recipe.load_recipe('quickstart')\n"
@@ -137,6 +194,7 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_every_package_and_data_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
@@ -148,10 +206,8 @@ def test_the_wheel_holds_every_package_and_data_file(wheel):
         f"{m.replace('.', '/')}.py" for m, p in modules().items() if p.name != "__init__.py"
     }
     expected |= {f"acdc_recipe/recipes/{p.name}" for p in (ROOT / "recipes").glob("*.yaml")}
-    expected |= {
-        f"acdc_recipe/runtime/train/templates/{p.name}"
-        for p in (ROOT / "runtime" / "train" / "templates").iterdir()
-    }
+    templates = ROOT / "acdc_recipe" / "report" / "templates"
+    expected |= {f"acdc_recipe/report/templates/{p.name}" for p in templates.iterdir()}
     assert expected - names == set()
     assert not [n for n in names if n.split("/")[0] in ("compiler", "runtime", "tests")]
 

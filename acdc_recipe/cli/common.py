@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from acdc_recipe.console import make_console
-from acdc_recipe.loading import load_recipe, parse_set_args
-from acdc_recipe.schema import Recipe
+from acdc_recipe.language.loading import load_recipe, parse_set_args
+from acdc_recipe.language.schema import Recipe
 
 console = make_console()
 errors = make_console(stderr=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from acdc_recipe.cli.common import add_recipe_arguments, console, load_from_args
 from acdc_recipe.errors import UserError
-from acdc_recipe.files import folder_name, refuse_to_replace_recipe
+from acdc_recipe.files import refuse_to_replace_recipe
+from acdc_recipe.formats.run_dir import BuildDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,24 +28,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe = load_from_args(args)
     from acdc_recipe.cli.plan_table import render_plan
-    from acdc_recipe.compiler.emit import plan_json, write_build
-    from acdc_recipe.loading import dump_recipe
-    from acdc_recipe.runtime.train.models import compile_recipe_model
+    from acdc_recipe.compiler.emit import plan_json
+    from acdc_recipe.formats.build import write_build
+    from acdc_recipe.language.loading import dump_recipe
+    from acdc_recipe.models import compile_recipe_model
 
-    folder = Path(args.output) if args.output else Path("builds") / folder_name(recipe.name)
+    build = BuildDir.of(recipe.name, args.output)
     resolved = dump_recipe(recipe)
-    refuse_to_replace_recipe(folder / "recipe.yaml", resolved, "-o", source=args.recipe)
+    refuse_to_replace_recipe(build.recipe, resolved, "-o", source=args.recipe)
     compiled = compile_recipe_model(recipe)
     try:
-        write_build(compiled, folder, resolved)
+        written = write_build(compiled, build, resolved)
     except OSError as error:
         raise UserError(
-            f"cannot write the build folder {folder}: {error.strerror}; choose another -o DIR"
+            f"cannot write the build folder {build.path}: {error.strerror}; choose another -o DIR"
         ) from None
     plan = plan_json(compiled)
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0
     render_plan(plan, console)
-    console.print(f"[green]wrote[/] {folder}/{{recipe.yaml, plan.json, module.py}}")
+    console.print(f"[green]wrote[/] {build.path}/{{{', '.join(p.name for p in written)}}}")
     return 0

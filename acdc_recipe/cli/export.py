@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from acdc_recipe.cli.common import console
 from acdc_recipe.errors import UserError
-from acdc_recipe.schema import INPUT_DTYPES
+from acdc_recipe.language.train_config import INPUT_DTYPES
 
-FORMAT_CHOICES = ("compressed", "torch-sparse")  # acdc_recipe.runtime.export.FORMATS
+FORMAT_CHOICES = ("compressed", "torch-sparse")  # acdc_recipe.exporter.FORMATS
+TORCH_SPARSE_FLAGS = ("batch_size", "threads", "device", "precision")  # TorchSparse's fields
 
 
 def _positive(text: str) -> int:
@@ -46,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "torch-sparse: layers on CSR kernels where measured faster (default: compressed)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive, default=1, metavar="N", help="torch-sparse: timing batch"
+        "--batch-size", type=_positive, metavar="N", help="torch-sparse: timing batch (default 1)"
     )
     parser.add_argument(
         "--threads", type=_positive, metavar="N", help="torch-sparse: torch threads when timing"
@@ -66,32 +68,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
-        default="cpu",
-        help="torch-sparse: where to time (cuda: 2:4 layers on semi-structured kernels)",
+        help="torch-sparse: where to time (default cpu; cuda: 2:4 layers on semi-structured "
+        "kernels)",
     )
     parser.add_argument(
         "--precision",
         choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="torch-sparse: the exported model's dtype (fp16/bf16 with --device cuda)",
+        help="torch-sparse: the exported model's dtype (default fp32; fp16/bf16 with --device "
+        "cuda)",
     )
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from acdc_recipe.runtime.export import export
+def format_config(args: argparse.Namespace) -> Any:
+    """The export format's config from the flags; a torch-sparse flag with the compressed
+    format is refused (that format stores the weights as they are)."""
+    from acdc_recipe.exporter import Compressed, TorchSparse
 
+    given = {name: getattr(args, name) for name in TORCH_SPARSE_FLAGS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.format == TorchSparse.name:
+        return TorchSparse(**given)
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(
+            f"{flags} steer the torch-sparse format's timing; the {args.format} format stores "
+            "the weights as they are (add --format torch-sparse, or leave them out)"
+        )
+    return Compressed()
+
+
+def run(args: argparse.Namespace) -> int:
+    from acdc_recipe.exporter import export
+
+    config = format_config(args)
     try:
         exported = export(
             args.source,
             args.output,
-            format=args.format,
-            batch_size=args.batch_size,
-            threads=args.threads,
+            config,
             input_shape=args.input_shape,
             input_dtype=args.input_dtype,
-            device=args.device,
-            precision=args.precision,
         )
     except OSError as error:
         raise UserError(

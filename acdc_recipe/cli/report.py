@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from acdc_recipe.cli.common import console
 from acdc_recipe.errors import UserError
+from acdc_recipe.formats.run_dir import RunDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,13 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from acdc_recipe.runtime.train.report import render_report
+    from acdc_recipe.report.render import render_report
 
     try:
         path = render_report(args.run_dir, args.output)
     except OSError as error:
         raise UserError(
-            f"cannot write the report to {args.output or args.run_dir + '/report.html'}: "
+            f"cannot write the report to {args.output or RunDir(Path(args.run_dir)).report}: "
             f"{error.strerror}; choose another -o FILE"
         ) from None
     console.print(f"[green]wrote[/] {path}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from acdc_recipe.cli.common import add_recipe_arguments, errors
 from acdc_recipe.errors import UserError
-from acdc_recipe.files import default_run_dir, refuse_to_replace_recipe
+from acdc_recipe.formats.run_dir import BuildDir, RunDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,14 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def recipe_source(argument: str) -> str:
     """A build folder (holding recipe.yaml) stands for its resolved recipe."""
-    folder = Path(argument)
-    if folder.is_dir():
-        if not (folder / "recipe.yaml").is_file():
+    build = BuildDir(Path(argument))
+    if build.path.is_dir():
+        if not build.recipe.is_file():
             raise UserError(
-                f"{folder} is a folder without recipe.yaml; give a recipe file, a shipped "
-                "recipe name, or a folder written by `acdc compile -o`"
+                f"{build.path} is a folder without {build.recipe.name}; give a recipe file, a "
+                "shipped recipe name, or a folder written by `acdc compile -o`"
             )
-        return str(folder / "recipe.yaml")
+        return str(build.recipe)
     return argument
 
 
@@ -74,7 +74,7 @@ def _relaunch(args: argparse.Namespace) -> int:
     workers' error once (user errors exit 2, other failures 1)."""
     from torch.distributed.elastic.multiprocessing import SignalException
 
-    from acdc_recipe.runtime.train.launch import launch_workers
+    from acdc_recipe.trainer.launch import launch_workers
 
     try:
         result = launch_workers(args.nproc_per_node, ["run", *_argv_from(args)])
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     """Train the recipe (or launch its data-parallel workers). In a worker started by
     `--nproc-per-node`, a user error or an interrupt goes to the launcher, which prints each
     distinct paragraph once, instead of every rank printing it."""
-    from acdc_recipe.runtime.train.launch import report_worker_error
+    from acdc_recipe.trainer.launch import report_worker_error
 
     try:
         return _train_or_launch(args)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_or_launch(args: argparse.Namespace) -> int:
-    from acdc_recipe.loading import dump_recipe, load_recipe, parse_set_args
+    from acdc_recipe.language.loading import dump_recipe, load_recipe, parse_set_args
 
     if args.nproc_per_node < 1:
         raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
@@ -141,18 +141,22 @@ def _train_or_launch(args: argparse.Namespace) -> int:
         raise UserError(f"--log-every must be 0 or more seconds, got {args.log_every:g}")
     source = recipe_source(args.recipe)
     recipe = load_recipe(source, parse_set_args(args.overrides))
-    out = args.out or str(default_run_dir(recipe.name))
-    refuse_to_replace_recipe(Path(out) / "recipe.yaml", dump_recipe(recipe), "--out", source)
+    run_dir = RunDir.of(recipe.name, args.out)
+    out = str(run_dir)
+    start = run_dir.plan_start(
+        dump_recipe(recipe), resume=args.resume, overwrite=args.overwrite, source=source
+    )
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
-    from acdc_recipe.runtime.train.interrupt import TrainingInterrupted
-    from acdc_recipe.runtime.train.launch import report_worker_error, signal_name
-    from acdc_recipe.runtime.train.loop import TrainingDiverged, train
+    from acdc_recipe.trainer.interrupt import TrainingInterrupted
+    from acdc_recipe.trainer.launch import report_worker_error, signal_name
+    from acdc_recipe.trainer.loop import TrainingDiverged, train
 
     try:
         train(
             recipe,
-            args.out,
+            run_dir,
+            start,
             resume=args.resume,
             device=args.device,
             overwrite=args.overwrite,

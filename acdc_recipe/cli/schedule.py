@@ -7,7 +7,7 @@ import argparse
 from rich.table import Table
 
 from acdc_recipe.cli.common import add_recipe_arguments, console, load_from_args
-from acdc_recipe.timeline import Timeline, lower
+from acdc_recipe.language.timeline import Timeline, lower
 
 _STYLE = {"dense": "cyan", "sparse": "magenta", "gradual": "yellow"}
 

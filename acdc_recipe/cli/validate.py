@@ -6,9 +6,9 @@ import argparse
 import difflib
 
 from acdc_recipe.cli.common import add_recipe_arguments, console, load_from_args
-from acdc_recipe.loading import dump_recipe
-from acdc_recipe.schema import BUILTIN_LAYER_KINDS, Recipe
-from acdc_recipe.timeline import lower
+from acdc_recipe.language.loading import dump_recipe
+from acdc_recipe.language.schema import BUILTIN_LAYER_KINDS, Recipe
+from acdc_recipe.language.timeline import lower
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -12,8 +12,8 @@ import yaml
 from acdc_recipe.convert.report import ConversionError, ConversionReport
 from acdc_recipe.errors import RecipeError
 from acdc_recipe.files import folder_name
-from acdc_recipe.loading import load_recipe_text
-from acdc_recipe.schema import Recipe
+from acdc_recipe.language.loading import load_recipe_text
+from acdc_recipe.language.schema import Recipe
 
 # Keep everything but the listed parameters dense. `include: true` lets the rule claim norms,
 # biases and unlisted layers alike, so it claims something in any model that has a parameter

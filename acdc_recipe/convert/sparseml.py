@@ -40,7 +40,7 @@ from acdc_recipe.convert.sparseml_yaml import (
     Variable,
     evaluate_variables,
 )
-from acdc_recipe.schema import BUILTIN_LAYER_KINDS
+from acdc_recipe.language.schema import BUILTIN_LAYER_KINDS
 
 EPOCH_RANGE = "EpochRangeModifier"
 NO_EFFECT = ("log_types", "constant_logging")  # logging only

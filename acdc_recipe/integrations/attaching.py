@@ -7,14 +7,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from acdc_recipe.compiler import CompiledRecipe, compile
+from acdc_recipe.compiler import CompiledRecipe
 from acdc_recipe.errors import UserError
-from acdc_recipe.loading import load_recipe
+from acdc_recipe.formats.checkpoint import save_safetensors
+from acdc_recipe.formats.run_dir import TrainerDir
+from acdc_recipe.language.loading import load_recipe
+from acdc_recipe.language.schema import Recipe
+from acdc_recipe.models import compile_model
 from acdc_recipe.runtime import (
     DenseSnapshot,
     LayersEmptied,
@@ -24,8 +28,6 @@ from acdc_recipe.runtime import (
     SparsityRuntime,
     attach,
 )
-from acdc_recipe.runtime.train.checkpoint import save_safetensors
-from acdc_recipe.schema import Recipe
 
 
 class IntegrationError(UserError, ValueError):
@@ -51,7 +53,7 @@ def compile_for(model: Any, recipe: Recipe, example_inputs: Any, owner: str) -> 
             f"{owner} prunes a torch.nn.Module, but the trainer's model is a "
             f"{type(model).__name__}; give the trainer the torch model itself"
         )
-    return compile(model, recipe, example_inputs)
+    return compile_model(model, recipe, example_inputs)
 
 
 def torch_optimizer(optimizer: Any, owner: str) -> torch.optim.Optimizer:
@@ -152,15 +154,21 @@ def event_metrics(event: RuntimeEvent) -> dict[str, float]:
     return {}
 
 
-def save_model(model: nn.Module, folder: Path, compiled: CompiledRecipe) -> None:
-    """`model` into `folder`: ``save_pretrained`` for a transformers model, else its state dict
-    as ``model.safetensors`` (tied tensors stored once each, as copies)."""
+def save_model(
+    model: nn.Module,
+    output: TrainerDir,
+    which: Literal["dense", "sparse"],
+    compiled: CompiledRecipe,
+) -> None:
+    """`model` into its folder of `output`: ``save_pretrained`` for a transformers model, else
+    its state dict as safetensors (tied tensors stored once each, as copies)."""
+    folder = output.model_folder(which)
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(folder)
         return
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"recipe": compiled.recipe.name, "recipe_hash": compiled.recipe_hash}
-    save_safetensors(folder / "model.safetensors", model.state_dict(), metadata)
+    save_safetensors(output.weights(which), model.state_dict(), metadata)
 
 
 @dataclass
@@ -204,7 +212,7 @@ class AttachedRecipe:
 
     def _save(self, name: str) -> None:
         if self.saves:
-            save_model(self.model, self.folder / name, self.compiled)
+            save_model(self.model, TrainerDir(self.folder), name, self.compiled)
 
 
 class AttachedViews:

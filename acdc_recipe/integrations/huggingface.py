@@ -37,6 +37,7 @@ from typing import Any
 
 from torch import nn
 
+from acdc_recipe.formats.runtime_files import load_runtime_state, save_runtime_state
 from acdc_recipe.integrations.attaching import (
     AttachedRecipe,
     AttachedViews,
@@ -51,9 +52,8 @@ from acdc_recipe.integrations.attaching import (
     torch_optimizer,
 )
 from acdc_recipe.integrations.extras import require
-from acdc_recipe.integrations.runtime_files import load_runtime_state, save_runtime_state
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import SparsityRuntime
-from acdc_recipe.schema import Recipe
 
 transformers = require("transformers", "hf", "acdc_recipe.integrations.huggingface")
 trainer_utils = require("transformers.trainer_utils", "hf", "acdc_recipe.integrations.huggingface")

@@ -44,7 +44,7 @@ from acdc_recipe.integrations.attaching import (
     torch_optimizer,
 )
 from acdc_recipe.integrations.extras import require
-from acdc_recipe.schema import Recipe
+from acdc_recipe.language.schema import Recipe
 
 lightning = require("lightning.pytorch", "lightning", "acdc_recipe.integrations.lightning")
 rank_zero_info = require(

@@ -3,9 +3,10 @@
 At attach, every prunable weight owned by a plain Linear or Conv2d (`forms.form_of`) gets a
 `KernelLayer`, and its module a forward of this package's own, once; nothing is added or
 removed afterwards, so a `torch.compile`d model is never recompiled by a phase switch (under
-compilation the forward is one opaque op, `compiled_op.py`). The runtime calls `use_masks` when
-masks are computed and `drop` when a dense phase starts; the layers choose their kernel on the
-next training forward, and `announcement` turns the choices into a `KernelsChosen` event.
+compilation the forward is one opaque op, `compiled_op.py`). They follow the runtime's events
+(`follow`): new masks (`MasksComputed`) build each layer's sparse structure, a dense phase
+(`PhaseStarted`) drops it; the layers choose their kernel on the next training forward, and
+after that optimizer step the choices become a `KernelsChosen` event.
 MultiheadAttention's weights and functional calls have no sparse kernel; they stay dense.
 On CUDA only 2:4 Linears have one (semi-structured, forward only).
 """
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import types
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from acdc_recipe.errors import UserError
+from acdc_recipe.runtime.events import KernelsChosen, MasksComputed, PhaseStarted, RuntimeEvent
 from acdc_recipe.runtime.kernels import compiled_op
 from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.layer import KernelLayer
@@ -75,6 +77,22 @@ def _uninstall(modules: Iterable[nn.Module]) -> None:
         del module.acdc_kernel
 
 
+class FollowedRuntime(Protocol):
+    """What the kernels need of the runtime they follow (`SparsityRuntime`)."""
+
+    @property
+    def masks(self) -> tuple[Tensor, ...] | None: ...
+
+    @property
+    def phase_index(self) -> int: ...
+
+    def add_listener(self, listener: Callable[[RuntimeEvent], None]) -> None: ...
+
+    def add_step_listener(self, listener: Callable[[int], None]) -> None: ...
+
+    def emit(self, event: RuntimeEvent) -> None: ...
+
+
 class SparseKernels:
     """The kernel layers of one runtime (see the module docstring)."""
 
@@ -107,6 +125,24 @@ class SparseKernels:
         """Give every module its own forward back."""
         _uninstall(self._installed)
         self._installed = []
+
+    def follow(self, runtime: FollowedRuntime) -> None:
+        """Follow `runtime`'s masks from its events, and report choices after its steps."""
+
+        def on_event(event: RuntimeEvent) -> None:
+            if isinstance(event, MasksComputed):
+                self.use_masks(runtime.masks)
+            elif isinstance(event, PhaseStarted) and event.kind == "dense":
+                self.drop()
+
+        def after_step(step: int) -> None:
+            news = self.announcement()
+            if news is not None:
+                kernels, timings = news
+                runtime.emit(KernelsChosen(step, runtime.phase_index, self.mode, kernels, timings))
+
+        runtime.add_listener(on_event)
+        runtime.add_step_listener(after_step)
 
     # -- following the masks ----------------------------------------------------------------
     def use_masks(self, masks: Sequence[Tensor]) -> None:

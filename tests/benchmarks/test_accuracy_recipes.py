@@ -12,9 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from acdc_recipe.loading import load_recipe  # noqa: E402
-from acdc_recipe.runtime.train.models import cnn  # noqa: E402
-from acdc_recipe.timeline import lower  # noqa: E402
+from acdc_recipe.language.loading import load_recipe  # noqa: E402
+from acdc_recipe.language.timeline import lower  # noqa: E402
+from acdc_recipe.models import cnn  # noqa: E402
 from benchmarks import accuracy  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from acdc_recipe.timeline import lower  # noqa: E402
+from acdc_recipe.language.timeline import lower  # noqa: E402
 from benchmarks import sparse_training  # noqa: E402
 
 

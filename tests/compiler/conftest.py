@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from acdc_recipe.schema import Recipe
+from acdc_recipe.compiler import CompiledRecipe, example_inputs_for
+from acdc_recipe.compiler import compile as compile_recipe
+from acdc_recipe.language.schema import Recipe
 
 
 def make_recipe(input_shape: tuple[int, ...] | None = None, **sparsity: Any) -> Recipe:
@@ -32,6 +34,15 @@ def make_recipe(input_shape: tuple[int, ...] | None = None, **sparsity: Any) -> 
     if input_shape is not None:
         data["train"] = {"model": {"name": "mlp", "input_shape": list(input_shape)}}
     return Recipe.model_validate(data)
+
+
+def compile(model: nn.Module, recipe: Recipe, example_inputs: Any = None) -> CompiledRecipe:  # noqa: A001
+    """The compiler, given one zero sample of the test recipe's `train.model.input_shape` as
+    its example inputs when the recipe names one (as `acdc compile` does)."""
+    if example_inputs is None and recipe.train is not None and recipe.train.model.input_shape:
+        spec = recipe.train.model
+        example_inputs = example_inputs_for(model, spec.input_shape, spec.input_dtype)
+    return compile_recipe(model, recipe, example_inputs)
 
 
 class AttentionNet(nn.Module):

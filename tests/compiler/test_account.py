@@ -8,12 +8,12 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from acdc_recipe.compiler import CompileError, compile
+from acdc_recipe.compiler import CompileError
 from acdc_recipe.compiler.discovery import account, discover
 from acdc_recipe.compiler.kinds import layer_kinds
 from acdc_recipe.compiler.tracing import trace
 
-from .conftest import make_recipe, vision_model
+from .conftest import compile, make_recipe, vision_model
 from .test_flops import counter_flops
 
 

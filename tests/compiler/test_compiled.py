@@ -6,11 +6,10 @@ import dataclasses
 
 import torch
 
-from acdc_recipe.compiler import compile
 from acdc_recipe.compiler.distribution import mask_groups
 from acdc_recipe.runtime import attach
 
-from .conftest import make_recipe
+from .conftest import compile, make_recipe
 
 
 def test_mask_groups_follow_overall(small_cnn) -> None:
@@ -35,7 +34,7 @@ def test_the_plan_lists_every_mask_computation_of_every_phase(small_cnn) -> None
 
 
 def test_dense_only_recipe_has_nothing_to_prune(small_cnn) -> None:
-    from acdc_recipe.schema import Recipe
+    from acdc_recipe.language.schema import Recipe
 
     recipe = Recipe.model_validate({"name": "dense", "schedule": {"phases": [{"dense": 3}]}})
     compiled = compile(small_cnn, recipe)

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
-from acdc_recipe.compiler import compile
-from acdc_recipe.compiler.emit import module_code, plan_json, write_build
+from acdc_recipe.compiler.emit import module_code
 from acdc_recipe.files import write_text_atomic
 
-from .conftest import BranchyNet, make_recipe, vision_model
-
-
-def test_write_build(tmp_path, small_cnn) -> None:
-    compiled = compile(small_cnn, make_recipe((3, 8, 8)))
-    written = write_build(compiled, tmp_path / "out", "name: test\n")
-    assert sorted(p.name for p in written) == ["module.py", "plan.json", "recipe.yaml"]
-    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
-    assert plan == json.loads(json.dumps(plan_json(compiled)))
-    assert "def forward(self" in (tmp_path / "out" / "module.py").read_text()
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+from .conftest import BranchyNet, compile, make_recipe, vision_model
 
 
 def test_module_code_for_dual_and_fallback() -> None:

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from acdc_recipe.compiler import FlopsMeter, MaskUpdate, compile, scheduled_multipliers
+from acdc_recipe.compiler import FlopsMeter, MaskUpdate, scheduled_multipliers
 from acdc_recipe.compiler.distribution import mask_groups
 from acdc_recipe.compiler.flops import forward_multiplier, planned_densities
 
-from .conftest import AttentionNet, BranchyNet, make_recipe, vision_model
+from .conftest import AttentionNet, BranchyNet, compile, make_recipe, vision_model
 
 WEIGHT_OPS = {"convolution", "addmm", "mm", "_convolution"}
 

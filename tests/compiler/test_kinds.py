@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from acdc_recipe.compiler import LAYER_KINDS, CompileError, LayerKind, compile, linear_flops
+from acdc_recipe.compiler import LAYER_KINDS, CompileError, LayerKind, linear_flops
 from acdc_recipe.compiler.kinds import kind_of, layer_kinds
 from acdc_recipe.runtime import select_masks
 
-from .conftest import make_recipe
+from .conftest import compile, make_recipe
 
 
 class InputMajorLinear(nn.Module):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from acdc_recipe.compiler import CompileError, compile
+from acdc_recipe.compiler import CompileError
 from acdc_recipe.compiler.emit import plan_json
-from acdc_recipe.timeline import lower
+from acdc_recipe.language.timeline import lower
 
-from .conftest import AttentionNet, BranchyNet, SmallCNN, make_recipe, vision_model
+from .conftest import AttentionNet, BranchyNet, SmallCNN, compile, make_recipe, vision_model
 
 
 def test_attention_model_compiles_and_matches() -> None:
@@ -158,7 +158,7 @@ def test_no_example_input_warns_and_skips_flops(small_cnn) -> None:
 
 
 def test_bad_example_input_is_a_compile_error(small_cnn) -> None:
-    with pytest.raises(CompileError, match="input_shape"):
+    with pytest.raises(CompileError, match="example input of shape"):
         compile(small_cnn, make_recipe((5, 8, 8)))
 
 

@@ -9,7 +9,7 @@ from acdc_recipe.compiler.errors import CompileError
 from acdc_recipe.compiler.kinds import LAYER_KINDS
 from acdc_recipe.compiler.rules import resolve_rules
 from acdc_recipe.compiler.tracing import trace
-from acdc_recipe.schema import Rule
+from acdc_recipe.language.schema import Rule
 
 from .conftest import AttentionNet, vision_model
 

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from acdc_recipe.compiler import CompileError, compile
+from acdc_recipe.compiler import CompileError
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import select_masks
-from acdc_recipe.schema import Recipe
 
 from ..conftest import TOKEN_VOCAB, tiny_bert, tiny_gpt2, tiny_vit
-from .conftest import make_recipe
+from .conftest import compile, make_recipe
 
 
 def token_recipe(length: int = 8, **sparsity) -> Recipe:
@@ -118,5 +118,5 @@ def test_a_rule_matching_nothing_in_a_transformers_model_names_near_misses() -> 
 
 
 def test_float_example_inputs_for_a_token_model_say_what_to_set() -> None:
-    with pytest.raises(CompileError, match="input_shape"):
+    with pytest.raises(CompileError, match="example inputs the model takes"):
         compile(tiny_gpt2(), make_recipe((8,)))

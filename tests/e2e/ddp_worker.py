@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from acdc_recipe.loading import load_recipe, parse_set_args
-from acdc_recipe.runtime.train.loop import close, fit, prepare
+from acdc_recipe.language.loading import load_recipe, parse_set_args
+from acdc_recipe.trainer.loop import close, fit, prepare
 
 recipe, out = load_recipe(sys.argv[1], parse_set_args(sys.argv[3:])), Path(sys.argv[2])
 session = prepare(recipe, out, device="cpu")

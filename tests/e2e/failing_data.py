@@ -1,8 +1,8 @@
 """Digits whose reads fail after a while, as a disk or network file system can: a run must
 stop with one paragraph that keeps what it has checkpointed."""
 
-from acdc_recipe.runtime.train.data import TensorData, load_digits
-from acdc_recipe.schema import DataSpec
+from acdc_recipe.language.train_config import DataSpec
+from acdc_recipe.trainer.data import TensorData, load_digits
 
 
 class FailingTensorData(TensorData):

@@ -2,8 +2,8 @@
 
 import time
 
-from acdc_recipe.runtime.train.data import TensorData, load_digits
-from acdc_recipe.schema import DataSpec
+from acdc_recipe.language.train_config import DataSpec
+from acdc_recipe.trainer.data import TensorData, load_digits
 
 
 class SlowTensorData(TensorData):

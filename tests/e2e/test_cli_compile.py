@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from acdc_recipe.cli.main import main
-from acdc_recipe.loading import load_recipe
+from acdc_recipe.language.loading import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RESNET50 = ROOT / "recipes" / "resnet50_imagenet_acdc90.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from acdc_recipe.cli.main import main
-from acdc_recipe.loading import load_recipe, load_recipe_text
+from acdc_recipe.language.loading import load_recipe, load_recipe_text
 
 ROOT = Path(__file__).resolve().parents[2]
 WRN = ROOT / "tests/acdc_recipe/convert/data/wrn28_10_cifar100_s90.yaml"

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from acdc_recipe.cli.main import main
-from acdc_recipe.loading import load_recipe
-from acdc_recipe.runtime.export import load_sparse
-from acdc_recipe.runtime.train.checkpoint import list_checkpoints, load_safetensors
-from acdc_recipe.runtime.train.models import build_model
+from acdc_recipe.exporter import load_sparse
+from acdc_recipe.formats.checkpoint import load_safetensors
+from acdc_recipe.formats.run_dir import RunDir
+from acdc_recipe.language.loading import load_recipe
+from acdc_recipe.models import build_model
 
 HERE = Path(__file__).parent
 TINY = HERE / "data" / "tiny.yaml"
@@ -86,7 +87,7 @@ def test_export_torch_sparse_with_batch_and_threads(run, tmp_path, capsys):
 
 
 def test_export_a_checkpoint_of_a_sparse_phase(run, tmp_path):
-    newest = list_checkpoints(run)[0]
+    newest = RunDir(run).checkpoint_files()[0]
     assert main(["export", str(newest), "-o", str(tmp_path / "out")]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["source"].startswith(f"checkpoint {newest}")
@@ -108,7 +109,7 @@ def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(
     (tmp_path / "recipe_only").mkdir()
     places = {
         "dense": dense_run,
-        "dense_checkpoint": list_checkpoints(dense_run)[0],
+        "dense_checkpoint": RunDir(dense_run).checkpoint_files()[0],
         "missing": tmp_path / "nowhere",
         "recipe_only": tmp_path / "recipe_only",
     }

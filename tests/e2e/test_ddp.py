@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from acdc_recipe.runtime.train.checkpoint import load_safetensors
+from acdc_recipe.formats.checkpoint import load_safetensors
 
 HERE = Path(__file__).parent
 TINY = str(HERE / "data" / "tiny.yaml")

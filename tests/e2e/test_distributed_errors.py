@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from acdc_recipe.runtime.train.launch import WorkerReport, summarize_failure
+from acdc_recipe.trainer.launch import WorkerReport, summarize_failure
 
 HERE = Path(__file__).parent
 TINY = HERE / "data" / "tiny.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from acdc_recipe.runtime.train.checkpoint import load_safetensors
+from acdc_recipe.formats.checkpoint import load_safetensors
 
 ENV = {
     **os.environ,
@@ -84,7 +84,7 @@ def test_the_sharded_run_exports_with_the_masks_its_rank_files_hold(uninterrupte
     from compressed_tensors.utils import unpack_bitmasks
     from safetensors.torch import load_file
 
-    from acdc_recipe.runtime.export import ExportError, export
+    from acdc_recipe.exporter import ExportError, export
 
     exported = export(uninterrupted, tmp_path / "compressed")
     packed = load_file(str(exported.path / "model.safetensors"))
@@ -106,7 +106,7 @@ def test_checkpoint_metadata_is_read_by_an_unpickler_that_knows_only_its_classes
     import io
     import pickle
 
-    from acdc_recipe.runtime.train.sharded_checkpoint import _MetadataOnly
+    from acdc_recipe.trainer.sharded_checkpoint import _MetadataOnly
 
     newest = sorted(uninterrupted.glob("checkpoint-*"))[-1]
     with (newest / ".metadata").open("rb") as handle:

@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from acdc_recipe.cli.main import main
-from acdc_recipe.runtime.events import KernelsChosen
-from acdc_recipe.runtime.train.checkpoint import list_checkpoints, load_safetensors
-from acdc_recipe.runtime.train.records import (
+from acdc_recipe.formats.checkpoint import load_safetensors
+from acdc_recipe.formats.records import (
     CheckpointWritten,
     EpochEnded,
     RunInterrupted,
     read_records,
 )
+from acdc_recipe.formats.run_dir import RunDir
+from acdc_recipe.runtime.events import KernelsChosen
 
 HERE = Path(__file__).parent
 TINY = HERE / "data" / "tiny.yaml"
@@ -93,7 +94,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(reference, tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert not (tmp_path / "sparse.safetensors").exists()
     # the newest checkpoint was torn apart as well: resume must refuse it and use the previous
-    newest, previous = list_checkpoints(tmp_path)
+    newest, previous = RunDir(tmp_path).checkpoint_files()
     newest.write_bytes(newest.read_bytes()[:1000])
     result = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", "--resume")
     assert result.returncode == 0, result.stderr
@@ -123,7 +124,7 @@ def test_ctrl_c_checkpoints_that_step_then_resume_is_bitwise_equal(
     assert "train.checkpoint_every_steps=null" in stderr and "--resume" in stderr
     last = read_records(tmp_path / "metrics.jsonl")[-1]
     assert isinstance(last, RunInterrupted) and 12 <= last.step < 72
-    assert [c.name for c in list_checkpoints(tmp_path)][0] == last.checkpoint
+    assert [c.name for c in RunDir(tmp_path).checkpoint_files()][0] == last.checkpoint
     assert not (tmp_path / "sparse.safetensors").exists()
     result = acdc("run", TINY, *SLOW, *no_periodic, "--out", tmp_path, "--device", "cpu",
                   "--resume")  # fmt: skip
@@ -138,7 +139,7 @@ def test_crash_while_writing_a_checkpoint_then_resume_is_bitwise_equal(reference
     env = {**ENV, "ACDC_TEST_STOP_AT": r"before_rename:^checkpoint-\d+\.pt$:7"}
     crashed = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", env=env)
     assert crashed.returncode == 17
-    assert [p.name for p in list_checkpoints(tmp_path)] == [
+    assert [p.name for p in RunDir(tmp_path).checkpoint_files()] == [
         "checkpoint-000000024.pt", "checkpoint-000000020.pt"]  # fmt: skip
     assert list(tmp_path.glob(".checkpoint-000000025.pt.tmp-*"))
     result = acdc("run", TINY, *SLOW, "--out", tmp_path, "--device", "cpu", "--resume")

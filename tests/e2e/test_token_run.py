@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from acdc_recipe.compiler import CompileError
-from acdc_recipe.runtime.train.checkpoint import load_safetensors
-from acdc_recipe.runtime.train.models import build_model
-from acdc_recipe.schema import ModelSpec
+from acdc_recipe.formats.checkpoint import load_safetensors
+from acdc_recipe.language.train_config import ModelSpec
+from acdc_recipe.models import build_model
 
 RECIPE = "tiny_gpt2_python_source"
 SHORT = ["--set", "train.data.max_tokens=12000", "--set", "train.data.sequence_length=32",

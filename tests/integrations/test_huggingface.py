@@ -14,11 +14,11 @@ import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from acdc_recipe.compiler import CompileError
+from acdc_recipe.formats.checkpoint import CheckpointError
 from acdc_recipe.integrations.attaching import IntegrationError
 from acdc_recipe.integrations.huggingface import AcdcCallback
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import MasksComputed, PhaseStarted
-from acdc_recipe.runtime.train.checkpoint import CheckpointError
-from acdc_recipe.schema import Recipe
 
 from ..conftest import TOKEN_VOCAB, tiny_bert, tiny_gpt2, tiny_vit
 

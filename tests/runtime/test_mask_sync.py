@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from acdc_recipe.runtime.mask_sync import MaskMismatchError, mask_checksum, verify_masks_identical
 
@@ -22,8 +21,7 @@ def test_single_process_needs_no_check():
     verify_masks_identical([torch.ones(3)], ["fc.weight"])
 
 
-def _rank(rank: int, init: str, results: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+def _rank(rank: int) -> str:
     same = [torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0])]
     verify_masks_identical(same, ["a.weight", "b.weight"])
     differs = [same[0], torch.tensor([1.0, 0.0]) if rank == 1 else same[1]]
@@ -32,14 +30,10 @@ def _rank(rank: int, init: str, results: str) -> None:
         outcome = "no error"
     except MaskMismatchError as error:
         outcome = str(error)
-    torch.save(outcome, f"{results}.{rank}")
-    dist.destroy_process_group()
+    return outcome
 
 
-def test_two_ranks_with_different_masks_both_raise(tmp_path):
-    init = f"file://{tmp_path / 'rendezvous'}"
-    results = str(tmp_path / "outcome")
-    mp.spawn(_rank, args=(init, results), nprocs=2, join=True)
-    for rank in range(2):
-        outcome = torch.load(f"{results}.{rank}", weights_only=True)
+@pytest.mark.distributed
+def test_two_ranks_with_different_masks_both_raise(two_ranks):
+    for outcome in two_ranks(_rank):
         assert "b.weight" in outcome and "a.weight" not in outcome

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.optimizer_state import (
     MOMENT_KEYS,
@@ -16,7 +17,6 @@ from acdc_recipe.runtime.optimizer_state import (
     reset_state_,
     zero_state_where_pruned_,
 )
-from acdc_recipe.schema import Recipe
 
 OPTIMIZERS = {
     "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),

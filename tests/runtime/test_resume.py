@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.state import RuntimeStateError
-from acdc_recipe.schema import Recipe
 
 PHASES = [
     {"dense": 3},

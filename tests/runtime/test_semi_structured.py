@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.kernels.semi_structured import (
     SemiStructuredLinearFunction,
@@ -20,7 +21,6 @@ from acdc_recipe.runtime.kernels.semi_structured import (
 )
 from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 from acdc_recipe.runtime.masks import prune_mask_n_m
-from acdc_recipe.schema import Recipe
 
 GPU_WITH_2_4 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 cuda = pytest.mark.skipif(not GPU_WITH_2_4, reason="needs a CUDA GPU of capability 8.0+")

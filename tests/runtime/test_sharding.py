@@ -9,23 +9,23 @@ so many entries tie at the threshold.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard
 
 from acdc_recipe.compiler import MaskGroup
 from acdc_recipe.compiler import compile as compile_recipe
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import MaskMismatchError, RuntimeStateError, attach, select_masks
 from acdc_recipe.runtime.mask_sync import verify_sharded_masks
 from acdc_recipe.runtime.sharding import Sharding, ShardingError, rebind, sharded_like
 from acdc_recipe.runtime.threshold import unstructured_masks
-from acdc_recipe.schema import Recipe
+
+pytestmark = pytest.mark.distributed  # every test reads what two gloo ranks saw
 
 PHASES = [{"sparse": 3}, {"dense": 2}, {"gradual": 4, "initial": 0.3, "update": 2}, {"sparse": 2}]
 SCENARIOS = {
@@ -226,7 +226,7 @@ def sparse_kernels_refused() -> str:
 
 def exported_shards(folder: str) -> str:
     """What exporting a sharded model in memory says."""
-    from acdc_recipe.runtime.export import ExportError, export
+    from acdc_recipe.exporter import ExportError, export
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -263,9 +263,7 @@ def mismatches() -> list[str]:
     return seen
 
 
-def _rank(rank: int, init: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+def _rank(rank: int, folder: str) -> dict:
     results = {name: run_scenario(sparsity) for name, sparsity in SCENARIOS.items()}
     results["tie_break"] = tie_break_cases(120)
     by_columns = lambda p: Shard(1) if p.dim() > 1 else Shard(0)  # noqa: E731
@@ -276,17 +274,13 @@ def _rank(rank: int, init: str, out: str) -> None:
     results["mismatches"] = mismatches()
     results["stale"] = stale_then_rebound()
     results["kernels"] = sparse_kernels_refused()
-    results["export"] = exported_shards(str(Path(out).parent))
-    torch.save(results, f"{out}.{rank}")
-    dist.destroy_process_group()
+    results["export"] = exported_shards(folder)
+    return results
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fsdp")
-    init, out = f"file://{folder / 'rendezvous'}", str(folder / "seen")
-    mp.spawn(_rank, args=(init, out), nprocs=2, join=True)
-    return [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+def ranks(tmp_path_factory, two_ranks):
+    return two_ranks(_rank, str(tmp_path_factory.mktemp("fsdp")))
 
 
 @pytest.mark.parametrize("scenario", ["global", "uniform", "erk", "patterns"])

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.events import KernelsChosen, kernels_note
 from acdc_recipe.runtime.kernels import KernelSetupError
 from acdc_recipe.runtime.state import RuntimeStateError
-from acdc_recipe.schema import Recipe
 
 PHASES = [{"dense": 2}, {"sparse": 3}, {"dense": 2}, {"sparse": 3}]
 
@@ -250,7 +250,7 @@ def test_autocast_falls_back_to_dense_and_says_so(mode):
     assert "3 not run yet" in kernels_note(event)
 
 
-def test_release_kernels_lets_other_weights_compute_densely():
+def test_closing_the_runtime_lets_other_weights_compute_densely():
     model, compiled, opt, runtime = setup("on", phases=[{"dense": 2}, {"sparse": 3}])
     data = batches(mlp, 5)
     train(model, opt, runtime, data[:2])
@@ -262,7 +262,7 @@ def test_release_kernels_lets_other_weights_compute_densely():
     plain.load_state_dict(dense_twin)
     with torch.no_grad():
         assert not torch.allclose(model(x), plain(x))  # the CSR layers compute it masked
-        runtime.release_kernels()
+        runtime.close()  # what `acdc run` does before evaluating the dense twin
         assert torch.equal(model(x), plain(x))
     assert runtime.kernels == {} and not any(hasattr(m, "acdc_kernel") for m in model)
 

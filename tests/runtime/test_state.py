@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from acdc_recipe.compiler import compile
+from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
 from acdc_recipe.runtime.events import DenseSnapshot, MasksComputed, PhaseStarted
 from acdc_recipe.runtime.state import RuntimeStateError, SparsityRuntime
-from acdc_recipe.schema import Recipe
 
 
 def make_recipe(phases, target=0.75, unit="step", policy="reset") -> Recipe:
@@ -91,7 +91,7 @@ def test_phase_actions_and_events_follow_the_timeline():
             under, mask_zeros, prune = pruned_counts(compiled, runtime)
             assert under == mask_zeros == prune
         elif step >= 7:  # dense, re-pruned later: only the last mask's bits are held, 1 B/weight
-            assert [m.dtype for m in runtime._previous] == [torch.bool] * len(compiled.params)
+            assert [m.dtype for m in runtime._state.previous] == [torch.bool] * len(compiled.params)
     kinds = [(type(e).__name__, e.step) for e in events]
     assert kinds == [
         ("PhaseStarted", 0),
@@ -375,3 +375,31 @@ def test_a_numpy_steps_per_epoch_is_saved_as_a_plain_int(tmp_path):
     torch.save(runtime.state_dict(), tmp_path / "runtime.pt")
     state = torch.load(tmp_path / "runtime.pt", weights_only=True)
     assert type(state["steps_per_epoch"]) is int and state["steps_per_epoch"] == 4
+
+
+def test_the_python_api_warns_when_a_mask_empties_a_layer():
+    import warnings
+
+    import acdc_recipe
+    from acdc_recipe.runtime import EmptiedLayerWarning, LayersEmptied
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-4)  # far below the first layer: global pruning takes it all
+    recipe = acdc_recipe.load_recipe_text(
+        "name: t\nsparsity: {target: 0.9}\nschedule: {unit: step, phases: [{sparse: 2}]}\n"
+    )
+    compiled = acdc_recipe.compile(model, recipe)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    runtime = acdc_recipe.attach(compiled, optimizer)
+    events = []
+    runtime.add_listener(events.append)
+    with pytest.warns(EmptiedLayerWarning, match="every weight of 2.weight is pruned"):
+        runtime.begin_step()
+    assert [e for e in events if isinstance(e, LayersEmptied)] == [
+        LayersEmptied(0, 0, ("2.weight",))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.begin_step()  # no second warning for the same mask

@@ -9,11 +9,11 @@ import pytest
 
 from acdc_recipe.compiler import CompileError
 from acdc_recipe.convert import convert_recipe, convert_text
-from acdc_recipe.loading import load_recipe_text
+from acdc_recipe.formats.records import RunStarted, read_records
+from acdc_recipe.language.loading import load_recipe_text
+from acdc_recipe.models import compile_recipe_model
 from acdc_recipe.runtime.events import MasksComputed, PhaseStarted
-from acdc_recipe.runtime.train.loop import train
-from acdc_recipe.runtime.train.models import compile_recipe_model
-from acdc_recipe.runtime.train.records import RunStarted, read_records
+from acdc_recipe.trainer.loop import train
 
 DATA = Path(__file__).parents[1] / "acdc_recipe" / "convert" / "data"
 # The digits MLP (Flatten, Linear "1", ReLU, Linear "3"): 7 epochs of 3 steps.

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from acdc_recipe.convert import ConversionError, convert_text
-from acdc_recipe.loading import load_recipe_text
+from acdc_recipe.language.loading import load_recipe_text
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 MODIFIERS = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from acdc_recipe.convert import ConversionError, convert_recipe, convert_text
-from acdc_recipe.timeline import lower
+from acdc_recipe.language.timeline import lower
 
 DATA = Path(__file__).parent / "data"
 RESNET50 = DATA / "resnet50_imagenet_s90.yaml"

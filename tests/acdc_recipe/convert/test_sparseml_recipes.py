@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from acdc_recipe.convert import ConversionError, convert_text
-from acdc_recipe.loading import load_recipe_text
-from acdc_recipe.timeline import lower
+from acdc_recipe.language.loading import load_recipe_text
+from acdc_recipe.language.timeline import lower
 
 ACDC = """\
 modifiers:

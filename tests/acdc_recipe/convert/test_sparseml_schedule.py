@@ -14,7 +14,7 @@ import math
 import pytest
 
 from acdc_recipe.convert import convert_text
-from acdc_recipe.timeline import lower
+from acdc_recipe.language.timeline import lower
 
 DOC_RECIPE = """\
 <!-- SparseML's AC/DC recipe card (ac_dc_recipy.md, first version) -->
