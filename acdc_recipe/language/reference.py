@@ -1,7 +1,7 @@
 """The recipe reference (every key, its type, default and meaning), generated from the schema.
 
-`python -m acdc_recipe.language.reference --write README.md` refreshes the block between the markers;
-a test fails when the README and the schema disagree.
+`python -m acdc_recipe.language.reference --write docs/recipes.md` refreshes the block between the
+markers; a test fails when docs/recipes.md and the schema disagree.
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
-"""The README's recipe reference is generated from the schema and must not drift."""
+"""The recipe reference in docs/recipes.md is generated from the schema and must not drift."""
 
 from pathlib import Path
 
 from acdc_recipe.language.reference import BEGIN, END, SECTIONS, render_reference
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RECIPES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
 
 
-def test_readme_reference_matches_the_schema():
-    text = README.read_text(encoding="utf-8")
+def test_the_recipes_page_reference_matches_the_schema():
+    text = RECIPES_PAGE.read_text(encoding="utf-8")
     block = text[text.index(BEGIN) : text.index(END) + len(END)]
     assert block == render_reference(), (
-        "run: python -m acdc_recipe.language.reference --write README.md"
+        "run: python -m acdc_recipe.language.reference --write docs/recipes.md"
     )
 
 
