@@ -159,7 +159,7 @@ def matrix(mode: Mode) -> list[Job]:
     configs += [("acdc", t, "global") for t in ACDC_TARGETS] + [("acdc", 0.9, "uniform")]
     configs += [(m, t, "global") for m in ("gmp", "oneshot") for t in BASELINE_TARGETS]
     jobs = [Job(a, m, 0, t, s) for a in mode.archs for m, t, s in configs]
-    if "cnn" in mode.archs:  # ERK keeps the small conv layers denser (see docs/benchmarks.md)
+    if "cnn" in mode.archs:  # ERK keeps the small conv layers denser (see docs/accuracy.md)
         jobs += [Job("cnn", m, 0, t, "erk") for m in ("acdc", "gmp") for t in (0.9, 0.95)]
     for arch in mode.archs:
         repeated = MULTI_SEED_MLP if arch == "mlp" else MULTI_SEED

@@ -131,8 +131,14 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[An
     return run
 
 
+E2E = Path(__file__).parent / "e2e"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A distributed test is a slow one too."""
+    """Whole CLI runs (tests/e2e) and distributed tests are slow ones too."""
     for item in items:
-        if item.get_closest_marker("distributed") and not item.get_closest_marker("slow"):
+        whole_runs = E2E in item.path.parents
+        if (whole_runs or item.get_closest_marker("distributed")) and not item.get_closest_marker(
+            "slow"
+        ):
             item.add_marker(pytest.mark.slow)

@@ -73,6 +73,11 @@ def application(module: str) -> str | None:
     return ".".join(module.split(".")[:2])
 
 
+@functools.cache
+def _parsed(source: str) -> ast.Module:
+    return ast.parse(source)
+
+
 def project_imports(source: str, known: set[str]) -> list[tuple[str, int, bool]]:
     """(imported acdc_recipe module, line, inside a function) for every import in `source`;
     `from acdc_recipe import X` names the module `acdc_recipe.X` when there is one, else the
@@ -91,7 +96,7 @@ def project_imports(source: str, known: set[str]) -> list[tuple[str, int, bool]]
                     found.append((named, child.lineno, in_function))
             visit(child, nested)
 
-    visit(ast.parse(source), False)
+    visit(_parsed(source), False)
     return [(name, line, inner) for name, line, inner in found if name.startswith("acdc_recipe")]
 
 
@@ -114,6 +119,7 @@ def violations(sources: dict[str, str], known: set[str]) -> list[str]:
     return wrong
 
 
+@functools.cache
 def package_sources() -> dict[str, str]:
     return {module: path.read_text(encoding="utf-8") for module, path in modules().items()}
 
@@ -166,6 +172,7 @@ def _loaded_after(statement: str) -> set[str]:
     return {name for name in result.stdout.split() if name.startswith("acdc_recipe")}
 
 
+@pytest.mark.slow
 def test_the_engine_loads_no_application_and_the_facade_loads_nothing_heavy():
     engine = _loaded_after("import acdc_recipe.runtime")
     assert {m for m in engine if layer(m) in ("shared", "application", "cli")} == set()

@@ -145,6 +145,12 @@ def _masks_by_name(
 def from_run_dir(run_dir: RunDir) -> SparseModel:
     """The finished run's sparse model and the masks written beside it."""
     origin = f"run {run_dir}"
+    parent = RunDir(run_dir.path.parent)
+    if not run_dir.recipe.is_file() and run_dir.path in parent.checkpoint_folders():
+        raise ExportError(
+            f"{run_dir} is a checkpoint folder of a sharded (FSDP2) run; export its run "
+            f"directory ({parent}), which holds the gathered sparse model and its masks"
+        )
     if not run_dir.recipe.is_file():
         raise ExportError(
             f"{run_dir} is not a run directory (it has no {run_dir.recipe.name}); give a folder "

@@ -119,16 +119,17 @@ def example_inputs(model: nn.Module, spec: ModelSpec) -> tuple[torch.Tensor, ...
 def compile_model(model: nn.Module, recipe: Recipe, inputs: Any = None) -> CompiledRecipe:
     """`recipe` compiled against `model`, on `inputs` or else one zero sample of the recipe's
     train.model.input_shape; a model that does not run on that sample is an error at that key."""
-    if inputs is None and recipe.train is not None:
-        try:
-            return compile(model, recipe, example_inputs(model, recipe.train.model))
-        except ExampleInputError as error:
-            raise CompileError(
-                f"{error}: set train.model.input_shape to one sample's shape (no batch "
-                "dimension) and train.model.input_dtype (int64 for token ids)",
-                INPUT_SHAPE,
-            ) from None
-    return compile(model, recipe, inputs)
+    spec = recipe.train.model if isinstance(recipe, Recipe) and recipe.train is not None else None
+    if inputs is not None or spec is None or not isinstance(model, nn.Module):
+        return compile(model, recipe, inputs)  # the compiler checks its arguments
+    try:
+        return compile(model, recipe, example_inputs(model, spec))
+    except ExampleInputError as error:
+        raise CompileError(
+            f"{error}: set train.model.input_shape to one sample's shape (no batch "
+            "dimension) and train.model.input_dtype (int64 for token ids)",
+            INPUT_SHAPE,
+        ) from None
 
 
 def compile_recipe_model(recipe: Recipe) -> CompiledRecipe:

@@ -96,7 +96,7 @@ def report_context(run_dir: RunDir) -> dict[str, Any]:
     if changes:
         charts.append(bar_chart("Mask entries changed at each re-pruning", "changed", changes))
     return {
-        "name": start.recipe if start else run_dir.name,
+        "name": start.recipe if start else run_dir.path.name,
         "summary": summary,
         "charts": charts,
         "repruning": masks,

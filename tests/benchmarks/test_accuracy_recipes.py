@@ -24,6 +24,7 @@ def _load(job: accuracy.Job, mode: accuracy.Mode):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode_name", sorted(accuracy.MODES))
 def test_every_run_loads_with_the_same_budget_and_training_setup(mode_name: str) -> None:
     mode = accuracy.MODES[mode_name]
@@ -74,6 +75,7 @@ def test_unknown_subset_name_is_an_attribute_error() -> None:
         accuracy.fashion_mnist_everything  # noqa: B018
 
 
+@pytest.mark.slow
 def test_smoke_run_of_the_harness(tmp_path: Path, fashion_like: Path, monkeypatch) -> None:
     monkeypatch.setenv(accuracy.DATA_ROOT_ENV, str(fashion_like))
     accuracy._fashion_mnist.cache_clear()

@@ -65,6 +65,7 @@ class SharedAndFunctional(nn.Module):
         return self.norm(x) * self.scale
 
 
+@pytest.mark.slow
 def test_swin_t_prunes_every_linear_and_conv_and_says_which_it_found_by_type() -> None:
     model = vision_model("swin_t")
     compiled = compile(model, make_recipe((3, 224, 224)))

@@ -30,6 +30,7 @@ def expected_weights(model: nn.Module) -> set[str]:
     return names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_b_16", "convnext_tiny"]
 )
@@ -120,6 +121,7 @@ def test_layers_inside_leaf_containers_are_found() -> None:
     }
 
 
+@pytest.mark.slow
 def test_names_are_the_same_under_wrappers() -> None:
     model = SmallCNN()
     plain = [c.name for c in discover(trace(model)).candidates]

@@ -25,6 +25,7 @@ def counter_flops(model, x: torch.Tensor) -> int:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "size"), [("resnet18", 64), ("vit_b_16", 224)])
 def test_dense_flops_match_flop_counter(name: str, size: int) -> None:
     model = vision_model(name)

@@ -69,6 +69,7 @@ class DDPLike(nn.Module):
         return self.module(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap", [DDPLike, torch.compile, lambda m: DDPLike(torch.compile(m))])
 def test_rules_match_through_wrappers(wrap) -> None:
     model = SmallCNN()

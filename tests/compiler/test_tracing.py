@@ -21,6 +21,7 @@ VISION = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VISION))
 def test_torchvision_forward_is_identical(name: str) -> None:
     torch.manual_seed(0)

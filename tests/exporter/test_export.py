@@ -191,6 +191,7 @@ MODELS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build,name", MODELS, ids=[name for _, name in MODELS])
 def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(build, name, tmp_path):
     model, size = build(name)
@@ -410,6 +411,7 @@ def encoder() -> nn.Module:
     return nn.Sequential(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False))
 
 
+@pytest.mark.slow
 def test_self_attention_exports_whole_on_csr_projections(tmp_path):
     model, runtime = masked(encoder(), target=0.98)
     exported = export(
@@ -433,6 +435,7 @@ def test_self_attention_exports_whole_on_csr_projections(tmp_path):
     assert not twin._dense  # it computed on its CSR projections
 
 
+@pytest.mark.slow
 def test_an_encoder_with_csr_layers_takes_padding_masks_without_nested_tensors(tmp_path):
     """A `TransformerEncoder`'s nested-tensor path (the default, with a padding mask) would read
     dense weights the CSR twins do not have."""

@@ -96,6 +96,7 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
 
 
+@pytest.mark.slow
 def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):
     code = (
         "import sys, torch\nfrom pathlib import Path\nfrom acdc_recipe.formats import checkpoint as c\n"
@@ -111,6 +112,7 @@ def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):
     assert ckpt.load_latest(RunDir(tmp_path), "h").state["step"] == 1
 
 
+@pytest.mark.slow
 def test_equal_models_give_byte_identical_safetensors_in_separate_processes(tmp_path):
     code = (
         "import sys, torch\nfrom pathlib import Path\n"

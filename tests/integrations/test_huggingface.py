@@ -158,6 +158,7 @@ TINY_MODELS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("build", "kind", "shape", "dtype"), TINY_MODELS)
 def test_every_sparse_step_is_exact(tmp_path, build, kind, shape, dtype) -> None:
     trainer, acdc, probe = train(tmp_path, build(), Samples(kind), recipe(shape=shape, dtype=dtype))
@@ -175,6 +176,7 @@ def test_every_sparse_step_is_exact(tmp_path, build, kind, shape, dtype) -> None
     )
 
 
+@pytest.mark.slow
 def test_gpt2_conv1d_weights_are_pruned_and_its_tied_embedding_is_not(tmp_path) -> None:
     model = tiny_gpt2()
     wte = model.transformer.wte.weight
@@ -193,6 +195,7 @@ def test_gpt2_conv1d_weights_are_pruned_and_its_tied_embedding_is_not(tmp_path) 
     assert "transformer.wte.weight" in acdc.compiled.plan.names
 
 
+@pytest.mark.slow
 def test_masks_are_applied_before_max_grad_norm_clips(tmp_path) -> None:
     """After the Trainer clipped, pruned gradients are already 0 and the gradient's norm is
     exactly max_grad_norm: the clipping norm was the masked gradient's."""
@@ -203,6 +206,7 @@ def test_masks_are_applied_before_max_grad_norm_clips(tmp_path) -> None:
         assert record["clipped_norm"] == pytest.approx(1e-3, rel=1e-4), record
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", [4, 10])
 def test_resume_from_a_trainer_checkpoint_mid_sparse_phase_is_bitwise_equal(tmp_path, checkpoint):
     data = Samples("lm")
@@ -226,6 +230,7 @@ def test_resume_from_a_trainer_checkpoint_mid_sparse_phase_is_bitwise_equal(tmp_
     assert kinds.count("MasksComputed") == 2  # the history came back with the state
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_acdc_state_is_refused(tmp_path) -> None:
     data = Samples("lm")
     plain = Trainer(
@@ -254,6 +259,7 @@ def phase_steps(acdc: AcdcCallback) -> tuple[list[int], list[int]]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [2, 3])
 def test_the_timeline_holds_under_gradient_accumulation(tmp_path, accumulation) -> None:
     """Epochs of 8 batches are ceil(8 / accumulation) optimizer steps, as the Trainer counts."""
@@ -276,6 +282,7 @@ def test_the_timeline_holds_under_gradient_accumulation(tmp_path, accumulation) 
     assert len(sparse) == 2 * per_epoch and all(r["pruned_all_zero"] for r in sparse)
 
 
+@pytest.mark.slow
 def test_max_steps_gives_the_same_timeline_as_epochs(tmp_path) -> None:
     epochs = [{"dense": 1}, {"sparse": 1}, {"dense": 1}, {"sparse": 1}]
     data = Samples("lm", size=16)  # 4 batches: 4 optimizer steps per epoch
@@ -300,6 +307,7 @@ def test_a_trainer_length_that_does_not_fit_the_schedule_is_refused(tmp_path) ->
         )
 
 
+@pytest.mark.slow
 def test_phase_switches_and_sparsity_are_logged_through_the_trainer(tmp_path) -> None:
     trainer, _, _ = train(tmp_path, tiny_gpt2(), Samples("lm"), recipe())
     logged = [h for h in trainer.state.log_history if "acdc/sparsity" in h]
@@ -335,6 +343,7 @@ def test_a_model_that_is_not_a_module_and_a_missing_optimizer_are_refused(tmp_pa
         acdc.on_train_begin(scaled, state, control, model=tiny_gpt2(), optimizer=None)
 
 
+@pytest.mark.slow
 def test_the_missing_extra_names_the_pip_command() -> None:
     code = (
         "import sys; sys.modules['transformers'] = None\n"
@@ -361,6 +370,7 @@ def test_importing_the_package_imports_neither_trainer_library() -> None:
     assert json.loads(out.stdout) == []
 
 
+@pytest.mark.slow
 def test_the_sparse_model_is_saved_before_the_trainer_loads_its_best_checkpoint(tmp_path):
     """load_best_model_at_end loads an earlier checkpoint into the model before on_train_end;
     the saved sparse model is the one the schedule ended with."""
@@ -386,6 +396,7 @@ class Stream(torch.utils.data.IterableDataset):
             yield from Samples("lm")
 
 
+@pytest.mark.slow
 def test_an_iterable_dataset_trains_a_schedule_written_in_steps(tmp_path):
     trainer, acdc, probe = train(tmp_path, tiny_gpt2(), Stream(), recipe())
     assert_exact_sparse_steps(acdc, probe)
@@ -393,6 +404,7 @@ def test_an_iterable_dataset_trains_a_schedule_written_in_steps(tmp_path):
         train(tmp_path / "epochs", tiny_gpt2(), Stream(), recipe(unit="epoch"))
 
 
+@pytest.mark.slow
 def test_resuming_another_runs_checkpoint_with_this_output_dirs_state_is_refused(tmp_path):
     """train(resume_from_checkpoint=A/checkpoint-6) with output_dir B holding checkpoint-6 of
     another run: the state found in B is not that of the weights loaded from A."""

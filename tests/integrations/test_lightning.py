@@ -109,6 +109,7 @@ def fit(
     return trainer, acdc, probe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("build", "kind", "shape", "dtype"), TINY_MODELS)
 def test_every_sparse_step_is_exact(tmp_path, build, kind, shape, dtype) -> None:
     the_recipe = recipe(PHASES, shape=shape, dtype=dtype)
@@ -130,6 +131,7 @@ def test_every_sparse_step_is_exact(tmp_path, build, kind, shape, dtype) -> None
     assert (tmp_path / "dense" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_gpt2_conv1d_is_pruned_not_its_tied_embedding(tmp_path) -> None:
     model = tiny_gpt2()
     _, acdc, _ = fit(tmp_path, model, Samples("lm", size=16), recipe(PHASES))
@@ -137,6 +139,7 @@ def test_gpt2_conv1d_is_pruned_not_its_tied_embedding(tmp_path) -> None:
     assert int((model.transformer.wte.weight == 0).sum()) == 0
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_mid_sparse_phase_is_bitwise_equal(tmp_path) -> None:
     data = Samples("lm", size=16)
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
@@ -152,6 +155,7 @@ def test_resume_from_a_checkpoint_mid_sparse_phase_is_bitwise_equal(tmp_path) ->
     assert [type(e).__name__ for e in acdc.runtime.history].count("MasksComputed") == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [2, 3])
 def test_the_timeline_holds_under_gradient_accumulation(tmp_path, accumulation) -> None:
     epochs = [{"dense": 1}, {"sparse": 1}, {"dense": 1}, {"sparse": 1}]
@@ -172,6 +176,7 @@ def test_the_timeline_holds_under_gradient_accumulation(tmp_path, accumulation) 
     assert len(sparse) == 2 * per_epoch and all(r["pruned_all_zero"] for r in sparse)
 
 
+@pytest.mark.slow
 def test_phase_switches_and_sparsity_reach_the_loggers(tmp_path) -> None:
     trainer, _, _ = fit(tmp_path, tiny_gpt2(), Samples("lm", size=16), recipe(PHASES))
     metrics = Path(trainer.logger.log_dir) / "metrics.csv"
@@ -207,6 +212,7 @@ def test_bad_setups_are_refused_with_one_message(tmp_path) -> None:
         AcdcCallback(recipe(PHASES)).on_train_start(scaled, HFModule(tiny_gpt2()))
 
 
+@pytest.mark.slow
 def test_the_missing_extra_names_the_pip_command() -> None:
     code = (
         "import sys; sys.modules['lightning'] = None\n"

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -86,6 +87,7 @@ def assert_loads_or_located(text):
             assert str(error).startswith("Recipe fuzz.yaml")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     st.sampled_from(ALL_PATHS),
@@ -108,6 +110,7 @@ def test_tree_mutations(path, value, action):
     assert_loads_or_located(yaml.safe_dump(tree, allow_unicode=True))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.data())
 def test_text_mutations(data):
@@ -120,6 +123,7 @@ def test_text_mutations(data):
     assert_loads_or_located(text)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     st.sampled_from(ALL_PATHS),

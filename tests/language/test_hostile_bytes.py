@@ -14,7 +14,6 @@ import random
 import re
 import resource
 import signal
-import time
 
 import pytest
 import yaml
@@ -24,7 +23,7 @@ from acdc_recipe.language.loading import decode_recipe, load_recipe_text, shippe
 
 SOURCE = "fuzz.yaml"
 LOCATED = re.compile(rf"^  - {re.escape(SOURCE)}:\d+:\d+", re.MULTILINE)
-PER_CASE_SECONDS = 2.0
+WATCHDOG_SECONDS = 10.0  # a hang, not a slow case (far above any case on a busy machine)
 HOSTILE = [
     "\x00", "\x01", "\x1b[31m", "\x7f", "\ufeff", "\u2028", "\t\t",
     "[" * 200, "{a: " * 80, "- " * 60, "9" * 5000, "-" + "7" * 60, "1e400", ".inf", ".nan",
@@ -135,24 +134,20 @@ def load_or_locate(data: bytes) -> None:
         assert len(LOCATED.findall(text)) == len(error.problems), text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_byte_string_loads_or_is_a_located_recipe_error(kind):
     previous = signal.signal(signal.SIGALRM, _timeout)
     memory_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    slowest = 0.0
     try:
         for index, data in enumerate(cases(kind)):
-            started = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, 4 * PER_CASE_SECONDS)
+            signal.setitimer(signal.ITIMER_REAL, WATCHDOG_SECONDS)
             try:
                 load_or_locate(data)
             except CaseTimeout:
-                pytest.fail(f"case {index} did not finish in {4 * PER_CASE_SECONDS} s: {data!r}")
+                pytest.fail(f"case {index} did not finish in {WATCHDOG_SECONDS} s: {data!r}")
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            took = time.perf_counter() - started
-            assert took < PER_CASE_SECONDS, (index, took, data)
-            slowest = max(slowest, took)
     finally:
         signal.signal(signal.SIGALRM, previous)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - memory_before) / 1024

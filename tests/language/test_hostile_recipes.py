@@ -1,9 +1,9 @@
 """Recipe text that once escaped the located-error path or hung: each is now a RecipeError
-at file:line:col that says what is wrong, in well under a second."""
+at file:line:col that says what is wrong (a watchdog fails a case that hangs)."""
 
 from __future__ import annotations
 
-import time
+import signal
 
 import pytest
 
@@ -13,12 +13,23 @@ from acdc_recipe.language.loading import decode_recipe, load_recipe, load_recipe
 TAIL = "schedule: {acdc: {epochs: 100}}\nsparsity: {target: 0.9}\n"
 
 
+WATCHDOG_SECONDS = 10.0  # a hang, not a slow parse (far above any case on a busy machine)
+
+
+def _hung(signum: int, frame: object) -> None:
+    raise TimeoutError(f"the recipe did not load or fail within {WATCHDOG_SECONDS} s")
+
+
 def problem_of(text: str | bytes) -> str:
-    started = time.perf_counter()
-    with pytest.raises(RecipeError) as error:
-        data = text if isinstance(text, str) else decode_recipe(text, "r.yaml")
-        load_recipe_text(data, "r.yaml")
-    assert time.perf_counter() - started < 1.0
+    previous = signal.signal(signal.SIGALRM, _hung)
+    signal.setitimer(signal.ITIMER_REAL, WATCHDOG_SECONDS)
+    try:
+        with pytest.raises(RecipeError) as error:
+            data = text if isinstance(text, str) else decode_recipe(text, "r.yaml")
+            load_recipe_text(data, "r.yaml")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     (problem,) = error.value.problems
     assert problem.line is not None and problem.column is not None
     return problem.render("r.yaml")

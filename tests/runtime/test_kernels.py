@@ -268,12 +268,14 @@ def choose_in(block: nn.Module):
     return sparse, choice
 
 
+@pytest.mark.slow
 def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so():
     sparse, choice = choose_in(SlowOnTransposed())
     assert choice.kernel == "csr" and choice.contiguous
     assert sparse[0].fc.contiguous
 
 
+@pytest.mark.slow
 def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense():
     sparse, choice = choose_in(Picky())
     assert choice.timing.sparse_wins  # the layer alone is faster on CSR

@@ -114,6 +114,7 @@ def test_n_m_rejects_a_wrong_count_and_accepts_zero():
         select_masks([torch.randn(4, 6)], [MaskGroup((0,), 12, "2:4")])
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(
     shape=st.sampled_from([(8, 16), (4, 2, 3, 3), (6, 4), (2, 8, 1, 1)]),

@@ -47,6 +47,7 @@ phases_strategy = st.lists(
 ).filter(lambda items: any(kind == "sparse" for kind, _ in items))
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     phases=phases_strategy,

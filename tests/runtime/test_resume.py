@@ -103,6 +103,7 @@ def assert_same(a, b, path="") -> None:
         assert a == b, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_resume_in_a_fresh_process_is_bitwise_identical(config, tmp_path):
     torch.set_num_threads(1)

@@ -283,6 +283,7 @@ def ranks(tmp_path_factory, two_ranks):
     return two_ranks(_rank, str(tmp_path_factory.mktemp("fsdp")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["global", "uniform", "erk", "patterns"])
 def test_every_mask_computation_equals_a_single_process_from_the_same_weights(ranks, scenario):
     for seen in (rank[scenario] for rank in ranks):

@@ -267,6 +267,7 @@ def test_closing_the_runtime_lets_other_weights_compute_densely():
     assert runtime.kernels == {} and not any(hasattr(m, "acdc_kernel") for m in model)
 
 
+@pytest.mark.slow
 def test_inductor_compiles_the_sparse_backward_of_a_transposed_input():
     torch._dynamo.reset()
     torch.manual_seed(0)

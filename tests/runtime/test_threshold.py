@@ -67,6 +67,7 @@ def weight_lists(draw):
     return tensors
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(tensors=weight_lists(), data=st.data())
 def test_threshold_matches_kthvalue(tensors, data):
@@ -77,6 +78,7 @@ def test_threshold_matches_kthvalue(tensors, data):
     assert torch.equal(got, reference_kth(tensors, k))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(tensors=weight_lists(), data=st.data())
 def test_unstructured_mask_prunes_exactly_the_stable_order(tensors, data):
@@ -204,6 +206,7 @@ def test_streamed_and_sync_free_paths_agree(monkeypatch, dtype):
     assert pruned_positions(masks) == reference_pruned_positions(tensors, 2500)
 
 
+@pytest.mark.slow
 def test_twenty_million_weights_exact():
     generator = torch.Generator().manual_seed(1)
     sizes = [2_359_296, 4_000_000, 1_048_576, 9_437_184, 3_154_944]  # 20M in five layers

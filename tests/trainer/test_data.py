@@ -187,6 +187,7 @@ def test_augmentation_is_a_function_of_seed_epoch_and_batch():
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.path.isdir(DEBIAN_FASHION_MNIST),
     reason="Debian's dataset-fashion-mnist is not installed; the IDX loader is tested above on "

@@ -157,6 +157,7 @@ def test_a_recipe_without_train_section_is_refused(tmp_path):
         train(recipe, tmp_path)
 
 
+@pytest.mark.slow
 def test_dense_twin_with_batch_norm_is_exactly_the_last_dense_epoch(tmp_path):
     cnn = {"train.model.name": "cnn", "train.model.kwargs": {"in_channels": 1, "width": 4}}
     summary = train(load_recipe(TINY, cnn), tmp_path, device="cpu")

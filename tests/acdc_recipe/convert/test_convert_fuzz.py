@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -70,6 +71,7 @@ def converts_or_explains(text, source, **options):
     assert load_recipe_text(conversion.text) == conversion.recipe
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     index=st.integers(0, len(MODIFIERS) - 1),
@@ -93,6 +95,7 @@ def test_mutated_sparseml_recipes_convert_or_raise_conversion_error(
     converts_or_explains(text, "fuzz.yaml", model="mlp")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     section=st.sampled_from(["pruners", "recyclers", "trainers"]),
