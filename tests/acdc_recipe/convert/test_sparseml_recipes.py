@@ -103,9 +103,15 @@ def test_a_variable_the_schedule_uses_is_not_left_as_a_template():
 @pytest.mark.parametrize(
     "expression, message",
     [
-        ("__import__('os').getcwd()", "variable `bad`: .* is not arithmetic"),
-        ("open('x')", "is not arithmetic"),
-        ("[1, 2][0]", "is not arithmetic"),
+        ("__import__('os').getcwd()", "variable `bad`: .* outside SparseML's eval .a call of"),
+        ("open('x')", "outside SparseML's eval .a call of open found"),
+        ("[1, 2][0]", "outside SparseML's eval .Subscript found"),
+        ("max(*[1, 2])", "outside SparseML's eval .Starred found"),
+        ("max(1, **a)", r"outside SparseML's eval .\*\* found"),
+        ("x.real", "outside SparseML's eval .Attribute found"),
+        ("2.0 ** 2000", "cannot evaluate: the value is too large"),
+        ("int(1e300) * int(1e300) ** 2", "cannot evaluate: the value is too large"),
+        ("round(1, 2, 3)", "cannot evaluate: round"),
         ("missing + 1", "uses missing, which the recipe does not define"),
         ("10 ** 10 ** 10", "cannot evaluate"),
         ("1 / 0", "cannot evaluate"),
@@ -210,3 +216,9 @@ def test_a_recipe_without_an_end_needs_epochs():
 def test_a_markdown_card_without_front_matter_is_an_error():
     with pytest.raises(ConversionError, match="without YAML front matter"):
         convert("# just a title\n", "card.md")
+
+
+def test_a_markdown_card_with_toml_style_fences_is_read_as_sparseml_reads_it():
+    card = convert("# AC/DC\n+++\n" + ACDC + "+++\nTrain it with ...\n", "card.md").recipe
+    plain = convert(ACDC).recipe
+    assert (card.schedule, card.sparsity) == (plain.schedule, plain.sparsity)
