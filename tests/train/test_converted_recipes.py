@@ -3,16 +3,21 @@ at exactly the source's epochs and drops them at exactly its restore epochs."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pytest
+from torch import nn
 
+from acdc_recipe import compile
 from acdc_recipe.compiler import CompileError
 from acdc_recipe.convert import convert_recipe, convert_text
 from acdc_recipe.loading import load_recipe_text
 from acdc_recipe.runtime.events import MasksComputed, PhaseStarted
 from acdc_recipe.runtime.train.loop import train
 from acdc_recipe.runtime.train.models import compile_recipe_model
+from acdc_recipe.runtime.train.optim import lr_factor
 from acdc_recipe.runtime.train.records import RunStarted, read_records
 
 DATA = Path(__file__).parents[1] / "acdc_recipe" / "convert" / "data"
@@ -65,9 +70,9 @@ def test_a_converted_reference_config_runs_its_prune_and_restore_epochs(tmp_path
 
 def test_a_converted_sparseml_recipe_runs_sparsemls_epochs(tmp_path):
     masks, dense, _ = run_converted(SPARSEML, "tiny_sparseml.yaml", tmp_path)
-    # Phases of one epoch from 0, dense first; end_epoch 6 moves back to 5, a sparse phase
-    # SparseML holds to the end of the run.
-    assert masks == [1, 3, 5]
+    # Phases of one epoch from 0, dense first; from end_epoch - 1 = 5 every update is
+    # compressed, and the mask SparseML chooses at end_epoch 6 is held to the end of the run.
+    assert masks == [1, 3, 5, 6]
     assert dense == [2, 4]
 
 
@@ -97,3 +102,102 @@ def test_module_names_the_model_lacks_are_a_compile_error_naming_them():
         CompileError, match=r"rule 1 \(match .layer1.0.conv1.weight.\) matches no layer"
     ):
         compile_recipe_model(load_recipe_text(text))
+
+
+def sparseml_selects(model, params):
+    """SparseML's pruned set: `get_named_layers_and_params_by_regex` with
+    `any_str_or_regex_matches_param_name` (sparseml/pytorch/utils/helpers.py): a parameter
+    whose full name equals an entry, or that `re.match`es a `re:` entry."""
+
+    def matches(name):
+        return any(re.match(p[3:], name) if p.startswith("re:") else name == p for p in params)
+
+    return {name for name, _ in model.named_parameters() if matches(name)}
+
+
+class InvertedResiduals(nn.Module):
+    """MobileNetV2-style names: `features.N.conv.M.weight` and `features.N.conv.M.K.weight`."""
+
+    def __init__(self):
+        super().__init__()
+        block = lambda: nn.Module()  # noqa: E731
+        self.features = nn.Sequential(*[block() for _ in range(3)])
+        for stage in self.features:
+            stage.conv = nn.Sequential(
+                nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)),
+                nn.Conv2d(8, 8, 1, bias=False),
+                nn.BatchNorm2d(8),
+            )
+        self.classifier = nn.Linear(8, 4)
+
+    def forward(self, x):
+        for stage in self.features:
+            x = stage.conv(x)
+        return self.classifier(x.mean((2, 3)))
+
+
+def test_overlapping_and_repeated_sparseml_params_prune_the_set_sparseml_prunes():
+    params = ["re:features.*.conv.*.weight", "re:features.*.conv.*.*.weight",
+              "classifier.weight", "classifier.weight"]  # fmt: skip
+    text = SPARSEML.replace("params: __ALL_PRUNABLE__", f"params: {params}")
+    recipe = convert_text(text, "overlap.yaml").recipe
+    model = InvertedResiduals()
+    compiled = compile(model, recipe)
+    pruned = {p.name for p in compiled.plan.params}
+    # BatchNorm weights match the patterns too, and SparseML prunes them as well.
+    assert pruned == sparseml_selects(model, params)
+    assert "features.0.conv.0.1.weight" in pruned and "features.0.conv.2.weight" in pruned
+
+
+def sparseml_lr(epoch):
+    """DOC_LR's learning rate at a (fractional) epoch, as SparseML's
+    LearningRateFunctionModifier computes it every step: linear from init_lr to final_lr
+    over [0, 5), then `final + (init - final) * (1 + cos(pi * x)) / 2` over [5, 20)."""
+    if epoch < 5:
+        return 0.0 + (0.256 - 0.0) * epoch / 5
+    x = (epoch - 5) / (20 - 5)
+    return 0.0 + 0.5 * (0.256 - 0.0) * (1 + math.cos(math.pi * x))
+
+
+DOC_LR = SPARSEML.replace("end_epoch: 7}", "end_epoch: 20}").replace(
+    "  - !SetLearningRateModifier {start_epoch: 0, learning_rate: 0.05}\n",
+    "  - !LearningRateFunctionModifier {start_epoch: 0, end_epoch: 5, lr_func: linear,\n"
+    "     init_lr: 0.0, final_lr: 0.256}\n"
+    "  - !LearningRateFunctionModifier {start_epoch: 5, end_epoch: 20, lr_func: cosine,\n"
+    "     init_lr: 0.256, final_lr: 0.0}\n",
+)
+
+
+def test_sparseml_warmup_and_cosine_give_sparsemls_learning_rate_step_by_step():
+    train = convert_text(DOC_LR, "lr.yaml", model="mlp").recipe.train
+    per_epoch, total = 7, 20 * 7
+    for step in range(total):
+        ours = train.optimizer.lr * lr_factor(step, train.lr_schedule, per_epoch, total,
+                                              train.optimizer.lr)  # fmt: skip
+        theirs = sparseml_lr(step / per_epoch)
+        # acdc's warm-up counts the step being taken: one step (0.256 / 35) ahead.
+        tolerance = 0.256 / 35 + 1e-12 if step < 35 else 1e-12
+        assert abs(ours - theirs) <= tolerance, step
+
+
+def reference_cosine_lr(epoch, base=0.256, warmup=5, end=100):
+    """The reference's CosineLR (optimization/lr_schedulers.py) during `epoch`, stepped once
+    when built and after every epoch of `epochs: [0, 1, 100]` (TrainingPolicy.on_epoch_end)."""
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (end - warmup))) * base
+
+
+def test_reference_cosine_lr_stays_within_the_gap_the_report_states():
+    conversion = convert_recipe(DATA / "resnet50_imagenet_s90.yaml", epochs=100,
+                                model="resnet50")  # fmt: skip
+    train = conversion.recipe.train
+    stated = next(i.text for i in conversion.report.approximated if "CosineLR" in i.text)
+    bound = float(re.search(r"at most ([0-9.]+)% of the peak", stated)[1]) / 100
+    per_epoch, total = 50, 100 * 50
+    worst = 0.0
+    for step in range(total):
+        ours = train.optimizer.lr * lr_factor(step, train.lr_schedule, per_epoch, total,
+                                              train.optimizer.lr)  # fmt: skip
+        worst = max(worst, abs(ours - reference_cosine_lr(step // per_epoch)) / 0.256)
+    assert 0.19 < worst <= bound + 1e-9  # the warm-up's first step: 1/5 apart at most
