@@ -8,9 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from torch import nn
 
 from acdc_recipe import compile
+from acdc_recipe.cli.main import main
 from acdc_recipe.compiler import CompileError
 from acdc_recipe.convert import convert_recipe, convert_text
 from acdc_recipe.loading import load_recipe_text
@@ -147,6 +149,42 @@ def test_overlapping_and_repeated_sparseml_params_prune_the_set_sparseml_prunes(
     # BatchNorm weights match the patterns too, and SparseML prunes them as well.
     assert pruned == sparseml_selects(model, params)
     assert "features.0.conv.0.1.weight" in pruned and "features.0.conv.2.weight" in pruned
+
+
+def test_a_reference_2_4_config_compiles_with_the_stem_kept_dense(tmp_path, capsys):
+    """The paper's iht_imagenet_resnet50_cosinelr_sp_2_4_ep100.yaml: MagnitudeNMPruner 2:4 on
+    every conv and fc of ResNet-50, conv1 (3 input channels) included."""
+    config = yaml.safe_load((DATA / "resnet50_imagenet_s90.yaml").read_text())
+    for pruner in config["pruners"].values():
+        for key in ("initial_sparsity", "target_sparsity", "keep_pruned"):
+            pruner.pop(key)
+        pruner.update({"class": "MagnitudeNMPruner", "N": 2, "M": 4})
+    source, out = tmp_path / "sp_2_4.yaml", tmp_path / "out.yaml"
+    source.write_text(yaml.safe_dump(config))
+    assert main(["convert", str(source), "--epochs", "100", "--model", "resnet50",
+                 "-o", str(out)]) == 0  # fmt: skip
+    assert "conv1: kept dense: layer 'conv1' (Conv2d, weight [64, 3, 7, 7]) has 3 input" in (
+        " ".join(capsys.readouterr().out.split())
+    )
+    compiled = compile_recipe_model(load_recipe_text(out.read_text()))
+    assert {p.pattern for p in compiled.plan.params} == {"2:4"}
+    listed = {f"{m}.weight" for m in config["pruners"]["pruner_1"]["modules"]}
+    assert {p.name for p in compiled.plan.params} == listed - {"conv1.weight"}
+    assert compiled.plan.timeline.compact().endswith("S70-74, D75-84, S85-99")
+
+
+def test_sparseml_block4_on_all_prunable_keeps_untileable_layers_dense(tmp_path, capsys):
+    source, out = tmp_path / "block4.yaml", tmp_path / "out.yaml"
+    source.write_text(SPARSEML + "    mask_type: block4\n")
+    assert main(["convert", str(source), "--model", "mobilenet_v1", "-o", str(out)]) == 0
+    compiled = compile_recipe_model(load_recipe_text(out.read_text()))
+    dense = {p.name for p in compiled.dense}
+    # The 3-channel stem ([32, 27] view) and the 13 depthwise convs ([C, 9]) do not tile.
+    assert dense == {"features.0.0.weight"} | {f"features.{2 * i - 1}.0.weight"
+                                               for i in range(1, 14)}  # fmt: skip
+    assert len(compiled.plan.params) == 14  # 13 pointwise convs and fc, in 1x4 blocks
+    report = " ".join(capsys.readouterr().out.split())
+    assert report.count("kept dense: layer") == 14 and "FourBlockMaskCreator" in report
 
 
 def sparseml_lr(epoch):
