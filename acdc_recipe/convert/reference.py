@@ -94,6 +94,8 @@ def convert_reference(data: dict[str, Any], source: str, options: ConvertOptions
     if epochs > MAX_EPOCHS:
         raise ConversionError(f"{source}: runs longer than {MAX_EPOCHS} epochs are not converted")
     report = ConversionReport(source, "reference")
+    if options.steps_per_epoch is not None:
+        report.map("--steps-per-epoch", "not needed: the reference acts at epoch starts only")
     for key in data:
         if key not in SECTIONS:
             report.lack(str(key), "this section has no equivalent")

@@ -98,6 +98,9 @@ def convert_sparseml(data: dict[str, Any], source: str, options: ConvertOptions)
     ]
     total = _run_length(options.epochs, ends, source, report)
     per_epoch = check_steps(pruners, options.steps_per_epoch, source)
+    if options.steps_per_epoch is not None and per_epoch == 1:
+        report.map("--steps-per-epoch", "not needed: every mask update falls on an epoch start, "
+                                        "so the schedule stays in epochs")  # fmt: skip
     if total * per_epoch > MAX_STEPS:
         raise ConversionError(f"{source}: runs longer than {MAX_STEPS} steps are not converted")
     changes = simulate(pruners, total, per_epoch, report) if pruners else []

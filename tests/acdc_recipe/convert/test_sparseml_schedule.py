@@ -361,6 +361,12 @@ def test_gmp_ramp_converts_to_one_sparse_phase_per_update_at_sparsemls_sparsity(
     )
 
 
+def test_steps_per_epoch_leaves_a_whole_epoch_schedule_in_epochs():
+    conversion = convert_text(GMP_RECIPE, "gmp.yaml", steps_per_epoch=7)
+    assert conversion.recipe == convert_text(GMP_RECIPE, "gmp.yaml").recipe
+    assert any(item.where == "--steps-per-epoch" for item in conversion.report.mapped)
+
+
 def test_masks_updated_inside_epochs_need_the_steps_per_epoch():
     text = GMP_RECIPE.replace("update_frequency: 2.0", "update_frequency: 0.5")
     with pytest.raises(ConversionError, match="give --steps-per-epoch N"):
