@@ -6,13 +6,16 @@ approximated and what has no equivalent.
     conversion.recipe        # the validated Recipe
     conversion.text          # the YAML to write (the report is its header comment)
     conversion.report.lines()
+    convert_recipe("config.yaml", epochs=100, model="resnet50")   # any `ConvertOptions` field
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from acdc_recipe.convert.options import ConvertOptions
 from acdc_recipe.convert.output import Conversion
 from acdc_recipe.convert.reference import convert_reference, is_reference
 from acdc_recipe.convert.report import (
@@ -31,15 +34,15 @@ RECOGNISERS = {"sparseml": is_sparseml, "reference": is_reference}
 def convert_recipe(
     source: str | Path,
     source_format: str | None = None,
-    *,
-    epochs: int | None = None,
-    model: str | None = None,
+    options: ConvertOptions | None = None,
+    **fields: Any,
 ) -> Conversion:
     """Convert the file `source` ("sparseml" or "reference"; detected when not given).
 
-    `epochs` sets the run's length (required for reference configs, which do not state it);
-    `model` names the model for a `train` section. Raises `ConversionError` (a `UserError`)
-    with one paragraph when the file cannot be converted.
+    `options` (or its fields given as keywords: `epochs`, the run's length, required for
+    reference configs; `model`, the model of a `train` section; see `ConvertOptions`) say
+    what the conversion may do. Raises `ConversionError` (a `UserError`) with one paragraph
+    when the file cannot be converted.
     """
     path = Path(source)
     try:
@@ -47,16 +50,15 @@ def convert_recipe(
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         raise ConversionError(f"cannot read {source}: {reason}") from None
-    return convert_text(text, str(source), source_format, epochs=epochs, model=model)
+    return convert_text(text, str(source), source_format, options, **fields)
 
 
 def convert_text(
     text: str,
     source: str,
     source_format: str | None = None,
-    *,
-    epochs: int | None = None,
-    model: str | None = None,
+    options: ConvertOptions | None = None,
+    **fields: Any,
 ) -> Conversion:
     """`convert_recipe` for text already in memory; `source` names it (a `.md` name means a
     markdown recipe card, whose YAML front matter is the recipe)."""
@@ -64,8 +66,7 @@ def convert_text(
         raise ConversionError(
             f"unknown source format {source_format!r}; choose {' or '.join(SOURCE_FORMATS)}"
         )
-    if epochs is not None and epochs < 1:
-        raise ConversionError(f"--epochs must be at least 1, got {epochs}")
+    options = replace(options or ConvertOptions(), **fields).check()
     data = parse_yaml(text, source)
     if source_format is None:
         source_format = detect_format(data)
@@ -74,7 +75,7 @@ def convert_text(
     elif not RECOGNISERS[source_format](data):
         expected = "a SparseML recipe" if source_format == "sparseml" else "a reference config"
         raise ConversionError(f"{source} is not {expected}: it is {_describe(data)}")
-    return CONVERTERS[source_format](data, source, epochs, model)
+    return CONVERTERS[source_format](data, source, options)
 
 
 def detect_format(data: Any) -> str | None:
@@ -103,6 +104,7 @@ def _describe(data: Any) -> str:
 
 __all__ = [
     "Conversion",
+    "ConvertOptions",
     "ConversionError",
     "ConversionReport",
     "ReportItem",

@@ -53,6 +53,23 @@ def train_section(model: str | None, train: dict[str, Any], report: ConversionRe
     return {"train": {"model": {"name": model}, **train}}
 
 
+def refuse_dense(pruning: list[str], allow_dense: bool, report: ConversionReport) -> None:
+    """Refuse a recipe that trains dense because the source's pruning parts (`pruning` names
+    them) were left out, unless `allow_dense`; either way the report says what was lost."""
+    if not pruning:
+        return
+    reasons = [item.render() for item in report.no_equivalent + report.mapped
+               if any(item.where.startswith(part) for part in pruning)]  # fmt: skip
+    reasons = reasons or [f"{part}: left out" for part in pruning]
+    lost = "; ".join(reasons[:4]) + (f"; and {len(reasons) - 4} more" if len(reasons) > 4 else "")
+    if not allow_dense:
+        raise ConversionError(
+            f"{report.source} prunes, but its pruning is left out ({lost}), so the converted "
+            "recipe would train dense; give --allow-dense to write that dense recipe anyway"
+        )
+    report.lack("", f"every pruning part of the source is lost, the recipe trains dense: {lost}")
+
+
 class _Dumper(yaml.SafeDumper):
     """Block style for sections, flow style for lists of scalars (`[10, 20]`) and short
     mappings of scalars (`{match: conv1}`, `{dense: 10}`)."""

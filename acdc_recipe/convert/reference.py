@@ -11,28 +11,34 @@ What the reference's training loop does with a config, epoch by epoch:
   (uniform), MagnitudeNMPruner keeps N of every M.
 - `recyclers`: RestoreWeights drops the masks (dense training, pruned weights restart at zero)
   at the epochs of its `range(start, end, freq)` that are not pruning epochs; with
-  `--reset_momentum_after_recycling` the momentum is zeroed before the next step.
+  `--reset_momentum_after_recycling` the momentum is zeroed before the next step. Restoring a
+  layer no pruner prunes sets an all-ones mask to all ones: nothing, so such modules are
+  ignored (the paper's `..._no_conv1_fc` configs list conv1 and fc in a recycler).
 - `trainers.default_trainer`: `optimizer` (SGD) and `lr_scheduler`, which is stepped at the end
-  of the epochs `start, start + freq, ... <= end` of its `epochs`.
+  of the epochs `start, start + freq, ... <= end` of its `epochs` (`TrainingPolicy.on_epoch_end`)
+  and once when it is built, so the lr of epoch e is its value after n(e) + 1 steps.
 
 The run's length is a command-line argument of the reference (`--epochs`), so it is one here.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from acdc_recipe.convert.options import ConvertOptions
 from acdc_recipe.convert.output import (
     REST_DENSE,
     REST_DENSE_TEXT,
     Conversion,
     finish,
     recipe_name,
+    refuse_dense,
     train_section,
 )
+from acdc_recipe.convert.reference_lr import lr_schedule
 from acdc_recipe.convert.report import ConversionError, ConversionReport, listed
 from acdc_recipe.convert.schedule import MaskChange, schedule_section
 
@@ -48,7 +54,6 @@ PRUNER_KEYS = {
 }  # fmt: skip
 RECYCLER_KEYS = {"class", "epochs", "weight_only", "modules"}
 SGD_KEYS = {"class", "lr", "momentum", "weight_decay", "nesterov", "dampening"}
-DECAYS = ("ExponentialLR", "StepLR", "MultiStepLR")
 MAX_EPOCHS = 100_000  # far beyond any real run; bounds the work a hostile config can ask for
 
 
@@ -78,10 +83,9 @@ def is_reference(data: Any) -> bool:
     return isinstance(data, dict) and any(key in data for key in SECTIONS)
 
 
-def convert_reference(
-    data: dict[str, Any], source: str, epochs: int | None, model: str | None
-) -> Conversion:
+def convert_reference(data: dict[str, Any], source: str, options: ConvertOptions) -> Conversion:
     """Convert a parsed reference config (see the module docstring)."""
+    epochs = options.epochs
     if epochs is None:
         raise ConversionError(
             f"{source} is a reference-code config, which does not state the run's length (its "
@@ -90,6 +94,8 @@ def convert_reference(
     if epochs > MAX_EPOCHS:
         raise ConversionError(f"{source}: runs longer than {MAX_EPOCHS} epochs are not converted")
     report = ConversionReport(source, "reference")
+    if options.steps_per_epoch is not None:
+        report.map("--steps-per-epoch", "not needed: the reference acts at epoch starts only")
     for key in data:
         if key not in SECTIONS:
             report.lack(str(key), "this section has no equivalent")
@@ -103,7 +109,12 @@ def convert_reference(
         "description": f"Converted from the AC/DC reference-code config {source}.",
     }
     if target is not None:
-        body["sparsity"] = _sparsity(pruners, recyclers, target, source, report)
+        body["sparsity"] = _sparsity(pruners, recyclers, target, options, report)
+    else:
+        named = data.get("pruners") if isinstance(data.get("pruners"), dict) else {}
+        converted = {p.where for p in pruners}
+        lost = [f"pruners.{name}" for name in named if f"pruners.{name}" not in converted]
+        refuse_dense(lost, options.allow_dense, report)
     body["schedule"] = schedule
     body["optimizer_state"] = {"on_decompress": "reset"}
     if recyclers:
@@ -113,7 +124,8 @@ def convert_reference(
             "the reference does when run with --reset_momentum_after_recycling (its launch "
             "scripts pass it); use `keep` for a run without it",
         )
-    body.update(train_section(model, _trainer(data.get("trainers"), epochs, report), report))
+    trainer = _trainer(data.get("trainers"), epochs, report, options)
+    body.update(train_section(options.model, trainer, report))
     return finish(body, report)
 
 
@@ -223,16 +235,33 @@ def _sparsity(
     pruners: list[Policy],
     recyclers: list[Policy],
     target: float,
-    source: str,
+    options: ConvertOptions,
     report: ConversionReport,
 ) -> dict[str, Any]:
+    source = report.source
     first = pruners[0]
-    for other in pruners[1:] + recyclers:
-        if set(other.modules) != set(first.modules):
+    pruned = set(first.modules)
+    for other in pruners[1:]:
+        if set(other.modules) != pruned:
             raise ConversionError(
                 f"{source}: `{first.where}` and `{other.where}` list different modules; an acdc "
-                "recipe has one schedule for every pruned weight, so every pruner and recycler "
-                "must list the same modules"
+                "recipe has one schedule for every pruned weight, so every pruner must list the "
+                "same modules"
+            )
+    for recycler in recyclers:
+        missing = [m for m in first.modules if m not in recycler.modules]
+        if missing:
+            raise ConversionError(
+                f"{source}: `{recycler.where}` does not restore {', '.join(missing[:4])}, which "
+                f"`{first.where}` prunes; an acdc recipe has one schedule for every pruned "
+                "weight, so every recycler must restore every pruned module"
+            )
+        extra = [m for m in recycler.modules if m not in pruned]
+        if extra:
+            report.map(
+                recycler.where,
+                f"also lists {listed(extra)}, which no pruner prunes: restoring them does nothing "
+                "in the reference (their masks are all ones), so they are ignored",
             )
     kinds = {PRUNERS[p.config["class"]] for p in pruners}
     if len(kinds) > 1:
@@ -246,17 +275,32 @@ def _sparsity(
     }
     if kind == "n:m":
         sparsity["pattern"] = f"{first.config['N']}:{first.config['M']}"
+    modules = _model_names(list(first.modules), options.model, report)
+    for layer, why in options.keep_dense.items():
+        report.approximate(
+            layer,
+            f"kept dense: {why}; the reference's MagnitudeNMPruner prunes it in groups of M "
+            "consecutive weights of its [out, kh, kw, in] layout, across kernel positions",
+        )
+    modules = [m for m in modules if m not in options.keep_dense]
     rules = [
         {"match": f"{name}.weight"} if first.weight_only else {"match": name, "include": True}
-        for name in first.modules
+        for name in modules
     ]
     sparsity["rules"] = [*rules, REST_DENSE]
     report.map(
         first.where,
-        f"{len(first.modules)} modules -> one rule each for "
+        f"{len(modules)} modules -> one rule each for "
         + ("its weight" if first.weight_only else "its weight and bias (weight_only: False)")
         + f" (each must name a layer of the model); {REST_DENSE_TEXT}",
     )
+    if kind == "n:m" and options.model is None:
+        report.ask(
+            f"a layer whose weight cannot hold {sparsity['pattern']} (fewer input channels "
+            "than M, as a 3-channel stem convolution; the reference groups such a layer across "
+            "kernel positions) fails `acdc compile`, naming it; convert with --model NAME to "
+            "find such layers and keep them dense"
+        )
     if kind != "n:m":
         report.approximate(
             first.where,
@@ -267,7 +311,43 @@ def _sparsity(
     return sparsity
 
 
-def _trainer(trainers: Any, epochs: int, report: ConversionReport) -> dict[str, Any]:
+_REFERENCE_MOBILENET = re.compile(r"^model\.(\d+)\.([03])$")
+
+
+def _model_names(modules: list[str], model: str | None, report: ConversionReport) -> list[str]:
+    """The modules as the named model calls them: the reference's MobileNetV1 (`model.0.0`,
+    then block i's depthwise `model.i.0` and pointwise `model.i.3`) as the built-in
+    `mobilenet_v1`'s (`features.0.0`, `features.{2i-1}.0`, `features.{2i}.0`)."""
+    ours = [m for m in modules if _REFERENCE_MOBILENET.match(m)]
+    if not ours or any(m != "fc" and m not in ours for m in modules):
+        return modules
+    if model != "mobilenet_v1":
+        report.ask(
+            "the modules are the reference MobileNetV1's (model.N.M); convert with --model "
+            "mobilenet_v1 to name them as acdc's built-in model does (features.K.0), or use "
+            "the reference's model through an import path"
+        )
+        return modules
+
+    def renamed(name: str) -> str:
+        match = _REFERENCE_MOBILENET.match(name)
+        if match is None:
+            return name
+        block, conv = int(match[1]), match[2]
+        return "features.0.0" if block == 0 else f"features.{2 * block - (conv == '0')}.0"
+
+    report.map(
+        "modules",
+        "the reference MobileNetV1's names -> the built-in mobilenet_v1's: model.0.0 -> "
+        "features.0.0, model.i.0 (depthwise) -> features.{2i-1}.0, model.i.3 (pointwise) -> "
+        "features.{2i}.0, fc -> fc",
+    )
+    return [renamed(m) for m in modules]
+
+
+def _trainer(
+    trainers: Any, epochs: int, report: ConversionReport, options: ConvertOptions
+) -> dict[str, Any]:
     if not isinstance(trainers, dict):
         return {}
     for name in trainers:
@@ -283,7 +363,8 @@ def _trainer(trainers: Any, epochs: int, report: ConversionReport) -> dict[str, 
     optimizer = _optimizer(trainer.get("optimizer"), report)
     if optimizer:
         train["optimizer"] = optimizer
-    schedule = _lr_schedule(trainer.get("lr_scheduler"), epochs, report)
+    approximate = None if options.model is None else options.allow_approximate_lr
+    schedule = lr_schedule(trainer.get("lr_scheduler"), epochs, report, approximate)
     if schedule:
         train["lr_schedule"] = schedule
     return train
@@ -310,76 +391,3 @@ def _optimizer(config: Any, report: ConversionReport) -> dict[str, Any]:
     }
     report.map(where, "SGD: lr, momentum, nesterov, weight_decay (on every parameter)")
     return optimizer
-
-
-def _lr_schedule(config: Any, epochs: int, report: ConversionReport) -> dict[str, Any]:
-    where = "trainers.default_trainer.lr_scheduler"
-    if not isinstance(config, dict):
-        return {}
-    kind = config.get("class")
-    steps = config.get("epochs")
-    if not (isinstance(steps, list) and len(steps) == 3 and all(isinstance(v, int) for v in steps)
-            and steps[1] >= 1):  # fmt: skip
-        raise ConversionError(f"{report.source}: `{where}.epochs` must be [start, freq, end]")
-    start, frequency, end = steps
-    if kind in DECAYS:
-        return _decay(config, kind, start, frequency, end, epochs, report)
-    if kind == "CosineLR":
-        warmup = config.get("warmup_length", 0)
-        report.approximate(
-            where,
-            f"CosineLR (warm-up {warmup} epochs, end_epoch {config.get('end_epoch')}) changes "
-            "the lr once per epoch; acdc's cosine changes it every step and ends with the run",
-        )
-        return {"name": "cosine", "warmup_epochs": warmup, "final_lr": 0.0}
-    report.lack(where, f"class {kind} has no equivalent; the lr stays constant")
-    return {}
-
-
-def _decay(
-    config: dict[str, Any],
-    kind: str,
-    start: int,
-    frequency: int,
-    end: int,
-    epochs: int,
-    report: ConversionReport,
-) -> dict[str, Any]:
-    """A torch scheduler stepped at the end of some epochs, as multistep milestones: the lr of
-    epoch y is the base lr times gamma to the power its scheduler reached in y's steps."""
-    gamma = config.get("gamma", 0.1)
-    step_size = config.get("step_size", 1)
-    marks = config.get("milestones", [])
-    if (
-        not _is_number(gamma)
-        or not (isinstance(step_size, int) and step_size >= 1)
-        or not (isinstance(marks, list) and all(isinstance(m, int) for m in marks))
-    ):
-        raise ConversionError(
-            f"{report.source}: `trainers.default_trainer.lr_scheduler` needs a numeric gamma, "
-            "a whole step_size >= 1 and whole milestones"
-        )
-    stepped = [e for e in range(start, min(end, epochs - 1) + 1, frequency)]
-
-    def power(calls: int) -> int:
-        if kind == "ExponentialLR":
-            return calls
-        if kind == "StepLR":
-            return calls // step_size
-        return sum(1 for m in marks if calls >= m)
-
-    milestones, previous = [], 0
-    for epoch in range(1, epochs):
-        now = power(bisect.bisect_left(stepped, epoch))  # the steps made before `epoch`
-        milestones += [epoch] * (now - previous)
-        previous = now
-    report.map(
-        "trainers.default_trainer.lr_scheduler",
-        f"{kind} (gamma {gamma}) stepped after epochs {listed(stepped)} -> multistep, the lr "
-        f"falls from the next epoch: milestones {listed(milestones)}",
-    )
-    return {"name": "multistep", "milestones": milestones, "gamma": gamma}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -16,17 +16,20 @@ from typing import Any
 
 @dataclass(frozen=True)
 class MaskChange:
-    """At the start of `epoch`: masks chosen at `target` sparsity, or none (dense) if None."""
+    """At the start of `epoch` (a step, in a schedule in steps): masks chosen at `target`
+    sparsity, or none (dense) if None."""
 
     epoch: int
     target: float | None
 
 
-def schedule_section(changes: list[MaskChange], epochs: int) -> tuple[dict[str, Any], float | None]:
+def schedule_section(
+    changes: list[MaskChange], epochs: int, unit: str = "epoch"
+) -> tuple[dict[str, Any], float | None]:
     """(the recipe's `schedule`, the `sparsity.target` it needs or None for a dense run).
 
-    `changes` must have distinct epochs inside [0, epochs). A dense change while training is
-    already dense is dropped (nothing happens there); every sparse change is kept.
+    `changes` must have distinct positions inside [0, epochs), in `unit`s. A dense change while
+    training is already dense is dropped (nothing happens there); every sparse change is kept.
     """
     kept, dense = [], True
     for change in sorted(changes, key=lambda c: c.epoch):
@@ -36,7 +39,7 @@ def schedule_section(changes: list[MaskChange], epochs: int) -> tuple[dict[str, 
         dense = change.target is None
     targets = [c.target for c in kept if c.target is not None]
     if not targets:
-        return {"unit": "epoch", "phases": [{"dense": epochs}]}, None
+        return {"unit": unit, "phases": [{"dense": epochs}]}, None
     final = targets[-1]
     if len(set(targets)) == 1:
         transitions = {
@@ -44,8 +47,8 @@ def schedule_section(changes: list[MaskChange], epochs: int) -> tuple[dict[str, 
             "sparse_at": positions([c.epoch for c in kept if c.target is not None]),
             "dense_at": positions([c.epoch for c in kept if c.target is None]),
         }
-        return {"unit": "epoch", "transitions": transitions}, final
-    return {"unit": "epoch", "phases": _phases(kept, epochs, final)}, final
+        return {"unit": unit, "transitions": transitions}, final
+    return {"unit": unit, "phases": _phases(kept, epochs, final)}, final
 
 
 def _phases(kept: list[MaskChange], epochs: int, final: float) -> list[dict[str, Any]]:

@@ -10,14 +10,16 @@ shape map to it:
   that warms up: cosine (with warmup_epochs). A `linear` warm-up alone: constant after it.
 - LearningRateModifier with lr_class MultiStepLR, StepLR or ExponentialLR: multistep or step.
 
-Anything else is reported as having no equivalent, and the first learning rate is kept.
+Anything else has no equivalent: the conversion stops (a `ConversionError`) unless
+`approximate` allows a constant learning rate at the source's peak instead. Each shape is
+decided before anything about it is reported, so a modifier is reported once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from acdc_recipe.convert.report import ConversionReport
+from acdc_recipe.convert.report import ConversionError, ConversionReport
 from acdc_recipe.convert.sparseml_yaml import Fields, Modifier, Number
 
 SET = "SetLearningRateModifier"
@@ -25,26 +27,44 @@ FUNCTION = "LearningRateFunctionModifier"
 SCHEDULER = "LearningRateModifier"
 LR_KINDS = (SET, FUNCTION, SCHEDULER)
 Templates = list[tuple[tuple[str, ...], Number]]
+Shape = tuple[dict[str, Any], Templates]
 LR = ("train", "optimizer", "lr")
 FINAL_LR = ("train", "lr_schedule", "final_lr")
+SHAPES = "constant, step, multistep, or cosine to the run's end, after an optional linear warm-up"
 
 
 def learning_rate(
-    modifiers: list[tuple[Modifier, Fields]], total: int, report: ConversionReport
-) -> tuple[dict[str, Any], Templates]:
-    """(the `optimizer`/`lr_schedule` part of `train`, the values that may stay templates)."""
+    modifiers: list[tuple[Modifier, Fields]],
+    total: int,
+    report: ConversionReport,
+    approximate: bool | None,
+) -> Shape:
+    """(the `optimizer`/`lr_schedule` part of `train`, the values that may stay templates).
+
+    A schedule without an equivalent is a `ConversionError` when `approximate` is False, a
+    constant at the source's peak when True, and only reported when None (no train section
+    is written)."""
     if not modifiers:
         return {}, []
     ordered = sorted(modifiers, key=lambda item: _start(item[1]))
     sets = [item for item in ordered if item[0].kind == SET]
     others = [item for item in ordered if item[0].kind != SET]
     if not others:
-        return _sets(sets, report)
-    for modifier, fields in sets:
-        if _start(fields) > 0:
-            return _no_equivalent(ordered, report)
-        fields.number("learning_rate")
-        report.map(modifier.where, "superseded by the init_lr of the modifier that follows")
+        shape = _sets(sets, report)
+    elif any(_start(fields) > 0 for _, fields in sets):
+        shape = None
+    else:
+        shape = _shape(others, total, report)
+        if shape is not None:
+            for modifier, fields in sets:
+                fields.number("learning_rate")
+                report.map(modifier.where, "superseded by the init_lr of the modifier that follows")
+    return shape if shape is not None else _no_equivalent(ordered, report, approximate)
+
+
+def _shape(
+    others: list[tuple[Modifier, Fields]], total: int, report: ConversionReport
+) -> Shape | None:
     kinds = [(m.kind, _function(f) if m.kind == FUNCTION else None) for m, f in others]
     if kinds == [(FUNCTION, "cosine")]:
         return _cosine(others[0], None, total, report)
@@ -54,7 +74,7 @@ def learning_rate(
         return _warmup_only(others[0], report)
     if kinds == [(SCHEDULER, None)]:
         return _scheduler(others[0], report)
-    return _no_equivalent(ordered, report)
+    return None
 
 
 def _start(fields: Fields) -> float:
@@ -75,27 +95,26 @@ def _function(fields: Fields) -> str:
     return str(fields.value("lr_func"))
 
 
-def _sets(
-    sets: list[tuple[Modifier, Fields]], report: ConversionReport
-) -> tuple[dict[str, Any], Templates]:
+def _sets(sets: list[tuple[Modifier, Fields]], report: ConversionReport) -> Shape | None:
     rates = [fields.number("learning_rate", freeze=False) for _, fields in sets]
     starts = [_start(fields) for _, fields in sets]
     if starts[0] > 0:
-        return _no_equivalent(sets, report)
+        return None
+    train: dict[str, Any] = {"optimizer": {"lr": rates[0].value}}
+    if len(sets) > 1:
+        gammas = [b.value / a.value for a, b in zip(rates, rates[1:]) if a.value]
+        whole = all(s == int(s) for s in starts)
+        if (
+            len(gammas) != len(rates) - 1
+            or not whole
+            or max(gammas) - min(gammas) > 1e-12 * max(gammas)
+        ):
+            return None
+        milestones = [int(s) for s in starts[1:]]
+        train["lr_schedule"] = {"name": "multistep", "milestones": milestones, "gamma": gammas[0]}
     for modifier, _ in sets:
         report.map(modifier.where, "a learning rate from its start_epoch")
-    if len(sets) == 1:
-        return {"optimizer": {"lr": rates[0].value}}, [(LR, rates[0])]
-    gammas = [b.value / a.value for a, b in zip(rates, rates[1:]) if a.value]
-    whole = all(s == int(s) for s in starts)
-    if (
-        len(gammas) != len(rates) - 1
-        or not whole
-        or max(gammas) - min(gammas) > 1e-12 * max(gammas)
-    ):
-        return _no_equivalent(sets, report)
-    schedule = {"name": "multistep", "milestones": [int(s) for s in starts[1:]], "gamma": gammas[0]}
-    return {"optimizer": {"lr": rates[0].value}, "lr_schedule": schedule}, [(LR, rates[0])]
+    return train, [(LR, rates[0])]
 
 
 def _cosine(
@@ -103,10 +122,14 @@ def _cosine(
     warmup: tuple[Modifier, Fields] | None,
     total: int,
     report: ConversionReport,
-) -> tuple[dict[str, Any], Templates]:
+) -> Shape | None:
+    """SparseML's cosine (`final + (init - final) * (1 + cos(pi * x)) / 2`, x the progress
+    from start_epoch to end_epoch, every step) is acdc's cosine when it ends with the run."""
     modifier, fields = cosine
     peak, final = fields.number("init_lr", freeze=False), fields.number("final_lr", freeze=False)
     start, end = _start(fields), fields.number("end_epoch").value
+    if end != total:
+        return None
     schedule: dict[str, Any] = {"name": "cosine", "final_lr": final.value}
     if warmup is not None:
         w_modifier, w_fields = warmup
@@ -114,35 +137,28 @@ def _cosine(
         w_initial = w_fields.number("init_lr").value
         w_final = w_fields.number("final_lr").value
         if w_start > 0 or w_end != start or w_final != peak.value or w_final <= w_initial:
-            return _no_equivalent([warmup, cosine], report)
+            return None
         schedule["warmup_epochs"] = w_end
         report.approximate(
             w_modifier.where,
             f"linear warm-up to {w_final:g} over {w_end:g} epochs -> warmup_epochs {w_end:g}: "
-            f"acdc's warm-up starts near 0, SparseML's at init_lr {w_initial:g}",
+            f"acdc's warm-up rises from lr/steps (near 0), SparseML's from init_lr "
+            f"{w_initial:g}, so acdc's lr is lower by at most {w_initial:g} at the first step, "
+            "the gap closing linearly to 0 at the peak",
         )
     elif start > 0:
-        return _no_equivalent([cosine], report)
-    if end == total:
-        report.map(modifier.where, f"cosine {peak.value:g} -> {final.value:g} to the run's end")
-    else:
-        report.approximate(
-            modifier.where,
-            f"cosine to {final.value:g} ends at epoch {end:g}; acdc's cosine ends with the run "
-            f"({total})",
-        )
+        return None
+    report.map(modifier.where, f"cosine {peak.value:g} -> {final.value:g} to the run's end")
     train = {"optimizer": {"lr": peak.value}, "lr_schedule": schedule}
     return train, [(LR, peak), (FINAL_LR, final)]
 
 
-def _warmup_only(
-    warmup: tuple[Modifier, Fields], report: ConversionReport
-) -> tuple[dict[str, Any], Templates]:
+def _warmup_only(warmup: tuple[Modifier, Fields], report: ConversionReport) -> Shape | None:
     modifier, fields = warmup
     initial, peak = fields.number("init_lr"), fields.number("final_lr", freeze=False)
     end = fields.number("end_epoch").value
     if _start(fields) > 0 or peak.value <= initial.value:
-        return _no_equivalent([warmup], report)
+        return None
     report.approximate(
         modifier.where,
         f"linear warm-up to {peak.value:g} over {end:g} epochs, then constant -> warmup_epochs "
@@ -155,9 +171,7 @@ def _warmup_only(
     return train, [(LR, peak)]
 
 
-def _scheduler(
-    item: tuple[Modifier, Fields], report: ConversionReport
-) -> tuple[dict[str, Any], Templates]:
+def _scheduler(item: tuple[Modifier, Fields], report: ConversionReport) -> Shape | None:
     modifier, fields = item
     kind = fields.value("lr_class")
     arguments = fields.value("lr_kwargs", {})
@@ -165,22 +179,22 @@ def _scheduler(
     fields.number("end_epoch", -1)
     _unused_frequency(fields)
     if _start(fields) > 0 or not isinstance(arguments, dict):
-        return _no_equivalent([item], report)
+        return None
     known = {"MultiStepLR": {"milestones", "gamma"}, "StepLR": {"step_size", "gamma"},
              "ExponentialLR": {"gamma"}}  # fmt: skip
     if kind not in known or set(arguments) - known[kind]:
-        return _no_equivalent([item], report)
+        return None
     gamma = _plain(arguments.get("gamma", 0.1))
     if kind == "MultiStepLR":
         milestones = [_plain(m) for m in arguments.get("milestones", [])]
         schedule = {"name": "multistep", "milestones": [int(m) for m in milestones]}
-        if any(m != int(m) for m in milestones):
-            return _no_equivalent([item], report)
+        if any(not isinstance(m, (int, float)) or m != int(m) for m in milestones):
+            return None
         report.map(modifier.where, f"MultiStepLR at epochs {milestones}, gamma {gamma:g}")
     elif kind == "StepLR":
         step = _plain(arguments.get("step_size"))
         if not isinstance(step, (int, float)) or step != int(step) or step < 1:
-            return _no_equivalent([item], report)
+            return None
         schedule = {"name": "step", "step_size": int(step)}
         report.map(modifier.where, f"StepLR every {step:g} epochs, gamma {gamma:g}")
     else:
@@ -197,21 +211,30 @@ def _plain(value: Any) -> Any:
 
 
 def _no_equivalent(
-    items: list[tuple[Modifier, Fields]], report: ConversionReport
-) -> tuple[dict[str, Any], Templates]:
-    first = None
-    for modifier, fields in items:
-        for key in ("learning_rate", "init_lr"):
-            if first is None and key in fields:
-                first = fields.number(key).value
+    items: list[tuple[Modifier, Fields]], report: ConversionReport, approximate: bool | None
+) -> Shape:
+    """The source's peak learning rate as a constant (when `approximate`), or the error."""
+    rates = []
+    for _, fields in items:
+        for key in ("learning_rate", "init_lr", "final_lr"):
+            if key in fields and isinstance(fields.value(key), Number):
+                rates.append(fields.number(key).value)
         for key in fields.unread():  # read them all: the whole modifier is reported here
             fields.value(key)
-        report.lack(
-            modifier.where,
-            "this learning-rate schedule has no acdc equivalent (constant, step, multistep or "
-            "cosine, after an optional linear warm-up)",
+    where = ", ".join(modifier.where for modifier, _ in items)
+    peak = max(rates, default=None)
+    if approximate is False:
+        instead = f" at a constant {peak:g}, its peak," if peak is not None else ""
+        raise ConversionError(
+            f"{report.source}: the learning-rate schedule of {where} has no acdc equivalent "
+            f"({SHAPES}); give --allow-approximate-lr to train{instead} instead, or leave "
+            "--model out and set train.lr_schedule yourself"
         )
-    if first is None:
+    for modifier, _ in items:
+        report.lack(
+            modifier.where, f"this learning-rate schedule has no acdc equivalent ({SHAPES})"
+        )
+    if peak is None or approximate is None:
         return {}, []
-    report.approximate("", f"the learning rate is a constant {first:g} instead")
-    return {"optimizer": {"lr": first}}, []
+    report.approximate("", f"the learning rate is a constant {peak:g} (the source's peak) instead")
+    return {"optimizer": {"lr": peak}}, []

@@ -1,37 +1,34 @@
 """Reading a SparseML recipe safely: YAML (or a markdown card's front matter) whose `!Modifier`
 tags become plain `Modifier` records, and variables whose `eval(...)` expressions are checked
-to be arithmetic and translated to jinja2, the language of acdc recipe variables.
+against SparseML's eval subset (`sparseml_eval`) and, where arithmetic, translated to jinja2,
+the language of acdc recipe variables.
 
 Nothing in the file is executed: the loader is a `yaml.SafeLoader` that knows one more kind of
-tag, and an expression is parsed with `ast` and evaluated here, node by node, only when every
-node is a number, a variable or one of + - * / // % ** and parentheses.
+tag, and an expression is parsed with `ast` and evaluated node by node.
 """
 
 from __future__ import annotations
 
 import ast
 import math
-import operator
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from acdc_recipe.convert.report import ConversionError
+from acdc_recipe.convert.sparseml_eval import (
+    evaluate,
+    has_call,
+    is_number,
+    names_in,
+    parse_expression,
+)
 
-_FRONT_MATTER = re.compile(r"^---[ \t]*\n(.*?)^---[ \t]*$", re.DOTALL | re.MULTILINE)
-_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+# SparseML's front matter (load_recipe_yaml_str): the text between the first two `---` or
+# `+++` delimiters (Jekyll's YAML and Hugo's TOML-style fences), the first at a line start.
+_FRONT_MATTER = re.compile(r"^\s*(?:---|\+\+\+)(.*?)(?:---|\+\+\+)", re.DOTALL | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,7 @@ def parse_yaml(text: str, source: str) -> Any:
         if match is None:
             raise ConversionError(
                 f"{source} is a markdown file without YAML front matter (a recipe between two "
-                "`---` lines), so there is no recipe to convert"
+                "`---` or `+++` lines), so there is no recipe to convert"
             )
         text = match[1]
     loader = None
@@ -119,7 +116,9 @@ def _check_size(root: yaml.Node, source: str) -> None:
 @dataclass(frozen=True)
 class Number:
     """A numeric field: its value, and when the source computed it from variables, the
-    jinja2 expression and every variable it depends on (directly or through others)."""
+    jinja2 expression and every variable it depends on (directly or through others). An
+    expression that calls one of eval's functions has no jinja2 `expression`: it is evaluated
+    into the recipe, and so are the variables it reads (`names`)."""
 
     value: int | float
     expression: str | None = None
@@ -140,10 +139,6 @@ def is_eval(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("eval(") and value.endswith(")")
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def evaluate_variables(top: dict[str, Any], source: str) -> dict[str, Variable]:
     """The recipe's variables, in an order where each uses only those before it (SparseML
     lets a variable use any other; acdc's jinja2 variables use the ones declared before)."""
@@ -153,8 +148,8 @@ def evaluate_variables(top: dict[str, Any], source: str) -> dict[str, Variable]:
         progressed = False
         for name, value in list(pending.items()):
             if is_eval(value):
-                tree = _arithmetic(value[5:-1], f"variable `{name}`", source)
-                used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+                tree = parse_expression(value[5:-1], f"variable `{name}`", source)
+                used = names_in(tree)
                 if used - known.keys() - {name} - pending.keys():
                     missing = sorted(used - known.keys() - pending.keys())
                     raise ConversionError(
@@ -163,9 +158,8 @@ def evaluate_variables(top: dict[str, Any], source: str) -> dict[str, Variable]:
                     )
                 if used - known.keys():
                     continue
-                number = _evaluate(tree, known, f"variable `{name}`", source)
-                names = frozenset(used).union(*(known[n].names for n in used))
-                known[name] = Variable(name, number.value, number.expression, names)
+                number = _number(tree, known, f"variable `{name}`", source)
+                known[name] = Variable(name, number.value, number.expression, number.names)
             else:
                 known[name] = Variable(name, value, None, frozenset())
             del pending[name]
@@ -185,7 +179,7 @@ def resolve(value: Any, variables: dict[str, Variable], where: str, source: str)
         inner = value[5:-1].strip()
         if inner in variables and not is_number(variables[inner].value):
             return variables[inner].value
-        return _evaluate(_arithmetic(inner, where, source), variables, where, source)
+        return _number(parse_expression(inner, where, source), variables, where, source)
     if is_number(value):
         try:
             finite = math.isfinite(value)
@@ -201,59 +195,17 @@ def resolve(value: Any, variables: dict[str, Variable], where: str, source: str)
     return value
 
 
-def _arithmetic(text: str, what: str, source: str) -> ast.Expression:
-    """`text` parsed as an expression of numbers, names and arithmetic, else an error."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, RecursionError, MemoryError):
-        raise ConversionError(f"{source}: {what}: eval({text}) is not a valid expression") from None
-    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, *_OPERATORS, *_UNARY)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and is_number(node.value):
-            continue
-        if not isinstance(node, allowed):
-            raise ConversionError(
-                f"{source}: {what}: eval({text}) is not arithmetic ({type(node).__name__} "
-                "found); only numbers, variables, + - * / // % ** and parentheses convert "
-                "to recipe variables"
-            )
-    return tree
-
-
-def _evaluate(
-    tree: ast.Expression, variables: dict[str, Variable], what: str, source: str
-) -> Number:
-    def value(node: ast.AST) -> int | float:
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            variable = variables.get(node.id)
-            if variable is None or not is_number(variable.value):
-                kind = "not defined" if variable is None else "not a number"
-                raise ConversionError(f"{source}: {what}: `{node.id}` is {kind}")
-            return variable.value
-        if isinstance(node, ast.UnaryOp):
-            return _UNARY[type(node.op)](value(node.operand))
-        left, right = value(node.left), value(node.right)
-        if isinstance(node.op, ast.Pow):
-            result = float(left) ** float(right)  # floats: a huge power overflows at once
-            if isinstance(left, int) and isinstance(right, int) and right >= 0:
-                return int(result) if abs(result) < 2**53 else result
-            return result
-        return _OPERATORS[type(node.op)](left, right)
-
-    try:
-        result = value(tree.body)
-        finite = not isinstance(result, complex) and math.isfinite(result)
-    except (ZeroDivisionError, OverflowError, RecursionError, TypeError) as error:
-        raise ConversionError(f"{source}: {what}: cannot evaluate: {error}") from None
-    if not finite:
-        raise ConversionError(f"{source}: {what}: the expression has no finite real value")
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+def _number(tree: ast.Expression, variables: dict[str, Variable], what: str, source: str) -> Number:
+    """A parsed expression's `Number`: its value and, for arithmetic over variables, the
+    jinja2 expression (Python's arithmetic syntax is jinja2's) and the variables behind it."""
+    value = evaluate(tree, {n: v.value for n, v in variables.items()}, what, source)
+    names = names_in(tree)
     if not names:
-        return Number(result)
+        return Number(value)
     closure = frozenset(names).union(*(variables[n].names for n in names))
-    return Number(result, ast.unparse(tree.body), closure)
+    if has_call(tree) or any(variables[n].expression is None and variables[n].names for n in names):
+        return Number(value, None, closure)
+    return Number(value, ast.unparse(tree.body), closure)
 
 
 class Fields:
@@ -269,6 +221,9 @@ class Fields:
             for key, value in modifier.fields.items()
         }
         self._read: set[str] = set()
+        for value in self._values.values():
+            if isinstance(value, Number) and value.expression is None:
+                frozen.update(value.names)  # evaluated into the recipe, with what it reads
 
     def __contains__(self, key: str) -> bool:
         return key in self._values

@@ -44,7 +44,7 @@ def test_without_o_the_recipe_goes_to_stdout_and_the_report_to_stderr(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Converted from" in result.stderr and "mapped:" in result.stderr
     recipe = load_recipe_text(result.stdout)
-    assert recipe.schedule.transitions.sparse_at == (2, 6, 10, 14)
+    assert recipe.schedule.transitions.sparse_at == (2, 6, 10, 14, 16)
 
 
 def test_an_existing_output_is_kept_unless_overwrite(tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from acdc_recipe.convert import ConversionError, convert_recipe, convert_text
 from acdc_recipe.language.timeline import lower
@@ -190,3 +191,115 @@ def test_a_file_that_is_neither_format_says_what_it_is(text, message):
 def test_a_format_given_that_does_not_match_is_an_error():
     with pytest.raises(ConversionError, match="is not a SparseML recipe"):
         convert_recipe(WRN, "sparseml", epochs=200)
+
+
+def resnet50_config(edit=None) -> str:
+    """The ResNet-50 config as YAML text, after `edit(config)` changes the parsed mapping."""
+    config = yaml.safe_load(RESNET50.read_text())
+    if edit is not None:
+        edit(config)
+    return yaml.safe_dump(config)
+
+
+def without_conv1_fc_in_pruners(config):
+    """The paper's `iht_imagenet_resnet50_insta_cosinelr_s90_ep100_no_conv1_fc.yaml`: its
+    pruners and first recycler leave conv1 and fc out, its second recycler lists them."""
+    for section, name in (("pruners", "pruner_1"), ("pruners", "pruner_2"),
+                          ("recyclers", "recycler_1")):  # fmt: skip
+        config[section][name]["modules"].remove("conv1")
+        config[section][name]["modules"].remove("fc")
+
+
+def test_a_recycler_listing_modules_no_pruner_prunes_ignores_them_and_says_so():
+    """RestoreWeights.on_epoch_begin (policies/recyclers.py) sets an all-ones mask and zeroes
+    what the mask held at zero: for a layer no pruner pruned, nothing."""
+    conversion = convert_text(resnet50_config(without_conv1_fc_in_pruners), "no_conv1_fc.yaml",
+                              epochs=100)  # fmt: skip
+    recipe = conversion.recipe
+    matches = [rule.match for rule in recipe.sparsity.rules]
+    assert "conv1.weight" not in matches and "fc.weight" not in matches and len(matches) == 53
+    assert lower(recipe.schedule).compact().endswith("S70-74, D75-84, S85-99")
+    mapped = " ".join(item.render() for item in conversion.report.mapped)
+    assert "recyclers.recycler_2: also lists ['conv1', 'fc'], which no pruner prunes" in mapped
+
+
+def test_a_recycler_that_leaves_out_a_pruned_module_is_an_error():
+    def edit(config):
+        config["recyclers"]["recycler_2"]["modules"].remove("layer1.0.conv1")
+
+    with pytest.raises(ConversionError, match="recycler_2. does not restore layer1.0.conv1"):
+        convert_text(resnet50_config(edit), "x.yaml", epochs=100)
+
+
+def test_layers_kept_dense_leave_the_rules_and_are_reported():
+    conversion = convert_recipe(RESNET50, epochs=100, keep_dense={"conv1": "3 input channels"})
+    matches = [rule.match for rule in conversion.recipe.sparsity.rules]
+    assert "conv1.weight" not in matches and "fc.weight" in matches
+    approximated = [item.render() for item in conversion.report.approximated]
+    assert any(line.startswith("conv1: kept dense: 3 input channels;") for line in approximated)
+
+
+MOBILENET = """\
+pruners:
+  pruner_1: {class: UnstructuredMagnitudePruner, epochs: [10, 10, 71], initial_sparsity: 0.9,
+             target_sparsity: 0.9, weight_only: True,
+             modules: [model.0.0, model.1.0, model.1.3, model.13.0, model.13.3, fc]}
+recyclers:
+  recycler_1: {class: RestoreWeights, weight_only: True, epochs: [15, 10, 66],
+               modules: [model.0.0, model.1.0, model.1.3, model.13.0, model.13.3, fc]}
+"""
+
+
+def test_reference_mobilenet_names_map_to_the_builtin_mobilenet_v1():
+    recipe = convert_text(MOBILENET, "mobilenet.yaml", epochs=100, model="mobilenet_v1").recipe
+    assert [rule.match for rule in recipe.sparsity.rules][:-1] == [
+        "features.0.0.weight", "features.1.0.weight", "features.2.0.weight",
+        "features.25.0.weight", "features.26.0.weight", "fc.weight",
+    ]  # fmt: skip
+    todo = convert_text(MOBILENET, "mobilenet.yaml", epochs=100).report.todo
+    assert any("--model mobilenet_v1" in item.text for item in todo)
+
+
+def cosine_config(end_epoch=100, epochs=(0, 1, 100)):
+    def edit(config):
+        config["trainers"]["default_trainer"]["lr_scheduler"].update(
+            end_epoch=end_epoch, epochs=list(epochs)
+        )
+
+    return resnet50_config(edit)
+
+
+def test_cosine_lr_ending_with_the_run_is_the_same_curve_with_its_largest_gap_stated():
+    conversion = convert_text(cosine_config(), "r50.yaml", epochs=100, model="resnet50")
+    schedule = conversion.recipe.train.lr_schedule
+    assert (schedule.name, schedule.warmup_epochs, schedule.final_lr) == ("cosine", 5, 0.0)
+    approximated = " ".join(item.text for item in conversion.report.approximated)
+    # In the warm-up the reference's epoch e runs at (e + 1) / 5 of the peak from its first
+    # step, acdc rises to it step by step: 20% apart at most.
+    assert "at most 20.0% of the peak apart (epoch 0)" in approximated
+
+
+@pytest.mark.parametrize(
+    "end_epoch, epochs, run",
+    [(100, (0, 1, 100), 80), (120, (0, 1, 120), 100), (100, (0, 2, 100), 100)],
+)
+def test_cosine_lr_that_does_not_end_with_the_run_needs_allow_approximate_lr(
+    end_epoch, epochs, run
+):
+    text = cosine_config(end_epoch, epochs)
+    with pytest.raises(ConversionError, match="--allow-approximate-lr"):
+        convert_text(text, "r50.yaml", epochs=run, model="resnet50")
+    conversion = convert_text(text, "r50.yaml", epochs=run, model="resnet50",
+                              allow_approximate_lr=True)  # fmt: skip
+    assert conversion.recipe.train.lr_schedule.name == "cosine"
+    assert "of the peak apart" in " ".join(i.text for i in conversion.report.approximated)
+
+
+def test_a_config_whose_pruners_are_all_left_out_is_refused_unless_dense_is_allowed():
+    text = """\
+pruners:
+  pruner_1: {class: FisherPruner, epochs: [0, 2, 10], modules: [fc1]}
+"""
+    with pytest.raises(ConversionError, match="pruners.pruner_1: class FisherPruner"):
+        convert_text(text, "fisher.yaml", epochs=12)
+    assert convert_text(text, "fisher.yaml", epochs=12, allow_dense=True).recipe.sparsity is None

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from acdc_recipe.convert import convert_text
+from acdc_recipe.convert import ConversionError, convert_text
 from acdc_recipe.language.timeline import lower
 
 DOC_RECIPE = """\
@@ -103,7 +103,13 @@ modifiers:
 
 
 class SimulatedModifier:
-    """A SparseML scheduled update modifier, stepped as its training loop steps it."""
+    """A SparseML scheduled update modifier, stepped as its training loop steps it.
+
+    Transliterated from sparseml/pytorch/sparsification/modifier.py (`ScheduledModifier.
+    start_pending`, `end_pending`, `scheduled_update`; `ScheduledUpdateModifier.update_ready`,
+    `update`) and pruning/modifier_pruning_base.py (`BasePruningModifier.check_mask_update`:
+    masks at `get_applied_sparsity_for_epoch`, then `pruning_end(leave_enabled)` when the end
+    is pending with the modifier already started)."""
 
     def __init__(self, start, end, frequency, sparsity_at, leave_enabled=True):
         self.start, self.end, self.frequency = start, end, frequency
@@ -112,57 +118,76 @@ class SimulatedModifier:
         self.last_update = -1.0
         self.mask = None  # sparsity of the masks in force, None before any
 
-    def step(self, epoch: float) -> float | None:
-        """Run the modifier's checks at `epoch`; the sparsity it chose masks at, if it did."""
-        start_pending = not self.started and not self.ended and epoch >= self.start
-        end_pending = not self.ended and (self.started or start_pending) and epoch >= self.end
+    def start_pending(self, epoch):
+        return not self.started and not self.ended and epoch >= self.start
+
+    def end_pending(self, epoch):
+        return not self.ended and self.started and epoch >= self.end
+
+    def update_ready(self, epoch):
         periodic = (
             self.started
             and epoch > self.start
             and not self.ended
-            and self.last_update >= 0
-            and epoch >= self.last_update + self.frequency
-        )
-        if not (start_pending or end_pending or periodic):
+            and (self.frequency == -1 or (self.last_update >= 0
+                                          and epoch >= self.last_update + self.frequency))
+        )  # fmt: skip
+        return self.start_pending(epoch) or self.end_pending(epoch) or periodic
+
+    def step(self, epoch: float) -> float | None:
+        """Run the modifier's checks at `epoch`; the sparsity it chose masks at, if it did."""
+        if not self.update_ready(epoch):
             return None
-        self.last_update = epoch
-        self.started = True
-        self.mask = self.sparsity_at(epoch)
-        chosen = self.mask
-        if end_pending:
+        self.last_update = epoch  # ScheduledUpdateModifier.update
+        chosen = self.mask = self.sparsity_at(epoch)  # check_mask_update
+        if self.end_pending(epoch) and not self.leave_enabled:
+            self.mask = None  # pruning_end(leave_enabled=False)
+        if self.start_pending(epoch):  # scheduled_update, after update
+            self.started = True
+        if self.end_pending(epoch):
             self.ended = True
-            if not self.leave_enabled:
-                self.mask = None
         return chosen
 
 
-def acdc_modifier(start, end, frequency, sparsity):
-    """SparseML's ACDCPruningModifier: its end moved back to just after the last epoch of
-    [start, end) whose floor(epoch / frequency) is even (to start if there is none), then
-    phase floor((epoch - start) / frequency), decompressed (dense) when even."""
-    even = [epoch for epoch in range(start, end) if math.floor(epoch / frequency) % 2 == 0]
-    end = even[-1] + 1 if even else min(start, end)
+def acdc_modifier(start, end, frequency, sparsity, version="latest", leave_enabled=True):
+    """SparseML's ACDCPruningModifier (modifier_pruning_acdc.py). From 0.12 on,
+    `get_applied_sparsity_for_epoch` is dense iff phase floor((epoch - start) / frequency)
+    is even and `end_epoch - update_frequency > epoch`. In 0.11, `_finish_on_compression`
+    first moved the end back to just after the last epoch of [start, end) whose
+    floor(epoch / frequency) is even (to start if there is none), and a phase was dense iff
+    it was even."""
+    if version == "0.11":
+        even = [epoch for epoch in range(start, end) if math.floor(epoch / frequency) % 2 == 0]
+        end = even[-1] + 1 if even else min(start, end)
 
     def sparsity_at(epoch):
-        return 0.0 if math.floor((epoch - start) / frequency) % 2 == 0 else sparsity
+        even = math.floor((epoch - start) / frequency) % 2 == 0
+        dense = even if version == "0.11" else even and end - frequency > epoch
+        return 0.0 if dense else sparsity
 
-    return SimulatedModifier(start, end, frequency, sparsity_at)
+    return SimulatedModifier(start, end, frequency, sparsity_at, leave_enabled)
 
 
-def simulate(modifiers, epochs, steps_per_epoch=3):
-    """Per epoch: (sparsity in force during it, whether masks were chosen at its start)."""
+def simulate(modifiers, epochs, steps_per_epoch=3, per_step=False):
+    """Per epoch (per step with `per_step`): (sparsity in force, whether masks were chosen
+    at its start); the epoch of a step is `epoch + batch / steps_per_epoch`."""
     timeline = []
     for epoch in range(epochs):
         chosen = False
         for batch in range(steps_per_epoch):
             now = epoch + batch / steps_per_epoch
             picks = [m.step(now) for m in modifiers]
-            if any(p is not None for p in picks):
+            updated = any(p is not None for p in picks)
+            held = [m.mask for m in modifiers if m.mask]
+            if per_step:
+                timeline.append((max(held) if held else 0.0, updated and bool(held)))
+                continue
+            if updated:
                 assert batch == 0, "whole-epoch recipes change masks only at epoch starts"
-                held = [m.mask for m in modifiers if m.mask]
                 chosen = bool(held)  # a mask at sparsity 0 is no mask
         held = [m.mask for m in modifiers if m.mask]
-        timeline.append((max(held) if held else 0.0, chosen))
+        if not per_step:
+            timeline.append((max(held) if held else 0.0, chosen))
     return timeline
 
 
@@ -195,17 +220,91 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("version", ["latest", "0.11"])
 @pytest.mark.parametrize("start,frequency,end", CASES)
-def test_acdc_modifier_converts_to_sparsemls_timeline_epoch_by_epoch(start, frequency, end):
+def test_acdc_modifier_converts_to_sparsemls_timeline_epoch_by_epoch(
+    start, frequency, end, version
+):
     epochs = end + 2 * frequency + 1
-    expected = simulate([acdc_modifier(start, end, frequency, 0.75)], epochs)
-    rows, _ = converted(acdc_text(start, end, frequency, epochs))
+    expected = simulate([acdc_modifier(start, end, frequency, 0.75, version)], epochs)
+    rows, _ = converted(acdc_text(start, end, frequency, epochs), sparseml_version=version)
     assert rows == expected
 
 
-def test_the_run_lasts_until_the_last_modifier_ends_as_in_sparseml():
-    _, timeline = converted(acdc_text(2, 30, 3, 14))  # EpochRangeModifier ends at 14
-    assert timeline.length == 27  # the ACDC modifier's end, 30 moved back to 27
+@pytest.mark.parametrize("leave_enabled", [True, False])
+@pytest.mark.parametrize("start,frequency,end", [(0, 2, 10), (5, 5, 75), (3, 2, 12), (0, 1, 1)])
+def test_leave_enabled_false_drops_the_mask_chosen_at_the_end_and_keeps_every_sparse_phase(
+    start, frequency, end, leave_enabled
+):
+    epochs = end + 2 * frequency + 3
+    text = acdc_text(start, end, frequency, epochs) + f"    leave_enabled: {leave_enabled}\n"
+    expected = simulate([acdc_modifier(start, end, frequency, 0.75, "latest", leave_enabled)],
+                        epochs)  # fmt: skip
+    rows, _ = converted(text)
+    assert rows == expected
+    # From end - frequency the modifier is compressed (SparseML's own lifecycle test asserts
+    # it ends on compression); without leave_enabled the masks go at end_epoch.
+    assert rows[end - 1][0] == 0.75
+    assert rows[end][0] == (0.75 if leave_enabled else 0.0)
+
+
+def test_sparsemls_documented_acdc_example_ends_compressed_after_all_its_epochs():
+    """The ACDCPruningModifier example of SparseML's docs (docs/.../recipes.md): 0 -> 20,
+    update_frequency 1, compression 0.8, no EpochRangeModifier, so the run is 20 epochs."""
+    text = """\
+num_pruning_epochs: 20.0
+pruning_modifiers:
+  - !ACDCPruningModifier
+    start_epoch: 0.0
+    params: __ALL_PRUNABLE__
+    end_epoch: eval(num_pruning_epochs)
+    update_frequency: 1.0
+    mask_type: unstructured
+    global_sparsity: True
+    leave_enabled: True
+    compression_sparsity: 0.8
+"""
+    rows, timeline = converted(text)
+    assert rows == simulate([acdc_modifier(0, 20, 1, 0.8)], 20)
+    assert timeline.length == 20 and timeline.phases[-1].kind == "sparse"
+    assert timeline.compact().startswith("D0-0, S1-1, D2-2") and timeline.compact().endswith(
+        "D18-18, S19-19"
+    )
+    # 0.11 moved end_epoch back to 19, so SparseML 0.11's run was one epoch shorter and its
+    # last epoch, 18, dense.
+    rows, timeline = converted(text, sparseml_version="0.11")
+    assert rows == simulate([acdc_modifier(0, 20, 1, 0.8, "0.11")], 19)
+    assert timeline.length == 19 and timeline.phases[-1].kind == "dense"
+
+
+def test_a_one_epoch_layerwise_acdc_recipe_prunes_from_its_first_epoch():
+    """0 -> 1 with update_frequency 1: epoch 0 is within the last update_frequency epochs
+    before end_epoch, so it is compressed (the rule from 0.12 on); 0.11 pruned nothing."""
+    text = """\
+modifiers:
+  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 1.0}
+  - !ACDCPruningModifier
+    compression_sparsity: 0.9
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 1.0
+    params: ['re:.*weight']
+    global_sparsity: False
+"""
+    recipe = convert_text(text, "recipe.yaml").recipe
+    rows, _ = converted(text)
+    assert rows == simulate([acdc_modifier(0, 1, 1, 0.9)], 1) == [(0.9, True)]
+    assert (recipe.sparsity.target, recipe.sparsity.scope) == (0.9, "uniform")
+    legacy = convert_text(text, "recipe.yaml", sparseml_version="0.11")
+    assert legacy.recipe.sparsity is None
+    assert "choose no mask within the run" in " ".join(i.text for i in legacy.report.mapped)
+
+
+@pytest.mark.parametrize("version", ["latest", "0.11"])
+def test_the_run_lasts_until_the_last_modifier_ends_as_in_sparseml(version):
+    _, timeline = converted(acdc_text(2, 30, 3, 14), sparseml_version=version)  # EpochRange: 14
+    # 0.11 moved the ACDC modifier's end, 30, back to 27; later releases keep it.
+    assert timeline.length == (27 if version == "0.11" else 30)
 
 
 def test_epochs_option_cuts_the_run_and_keeps_its_first_epochs():
@@ -219,8 +318,8 @@ def test_sparsemls_ac_dc_recipe_card_keeps_its_timeline_phase_by_phase():
     acdc = acdc_modifier(5, 85, 5, 0.9)
     gmp = SimulatedModifier(85, 100, 1, lambda epoch: 0.9)
     assert rows == simulate([acdc, gmp], 100)
-    # D0-9, then 5-epoch blocks S10-14 ... S80-84; at 85 the ACDC modifier ends on a dense
-    # phase while the GMP modifier takes over at 0.9, recomputing the mask every epoch.
+    # D0-9, then 5-epoch blocks S10-14 ... S80-84 (80 is within the last 5 epochs before 85,
+    # so compressed); at 85 both modifiers choose 0.9 masks, the GMP one again every epoch.
     assert timeline.compact() == (
         "D0-9, " + ", ".join(
             f"S{s}-{s + 4}, D{s + 5}-{s + 9}" for s in range(10, 71, 10)
@@ -228,13 +327,17 @@ def test_sparsemls_ac_dc_recipe_card_keeps_its_timeline_phase_by_phase():
     )  # fmt: skip
 
 
-def test_the_second_recipe_card_has_the_papers_last_dense_phase():
-    rows, timeline = converted(DOC_RECIPE_V2, "ac_dc_recipy.md")
-    acdc = acdc_modifier(5, 75, 5, 0.9)
+@pytest.mark.parametrize("version", ["latest", "0.11"])
+def test_the_second_recipe_card_holds_the_mask_where_0_11_had_a_last_dense_phase(version):
+    rows, timeline = converted(DOC_RECIPE_V2, "ac_dc_recipy.md", sparseml_version=version)
+    acdc = acdc_modifier(5, 75, 5, 0.9, version)
     gmp = SimulatedModifier(85, 100, 1, lambda epoch: 0.9)
     assert rows == simulate([gmp, acdc], 100)
     assert timeline.compact().startswith("D0-9, S10-14, D15-19")
-    assert "S70-74, D75-84, S85-85, S86-86" in timeline.compact()
+    if version == "0.11":  # at 75 (its end) 0.11 applies phase 14, dense, and holds it
+        assert "S60-64, D65-69, S70-74, D75-84, S85-85, S86-86" in timeline.compact()
+    else:  # from 70 = 75 - 5 every update is compressed, and the 0.9 mask chosen at 75 held
+        assert "S60-64, D65-69, S70-74, S75-84, S85-85, S86-86" in timeline.compact()
 
 
 def interpolate_cubic(epoch, start, end, initial, final):
@@ -258,13 +361,34 @@ def test_gmp_ramp_converts_to_one_sparse_phase_per_update_at_sparsemls_sparsity(
     )
 
 
-def test_fractional_update_frequency_is_moved_to_whole_epochs_and_reported():
+def test_steps_per_epoch_leaves_a_whole_epoch_schedule_in_epochs():
+    conversion = convert_text(GMP_RECIPE, "gmp.yaml", steps_per_epoch=7)
+    assert conversion.recipe == convert_text(GMP_RECIPE, "gmp.yaml").recipe
+    assert any(item.where == "--steps-per-epoch" for item in conversion.report.mapped)
+
+
+def test_masks_updated_inside_epochs_need_the_steps_per_epoch():
     text = GMP_RECIPE.replace("update_frequency: 2.0", "update_frequency: 0.5")
-    conversion = convert_text(text, "gmp.yaml")
-    timeline = lower(conversion.recipe.schedule)
-    starts = [p.start for p in timeline.phases if p.kind != "dense"]
-    assert starts == list(range(1, 10))
-    assert any("nearest whole epoch" in item.text for item in conversion.report.approximated)
+    with pytest.raises(ConversionError, match="give --steps-per-epoch N"):
+        convert_text(text, "gmp.yaml")
+
+
+@pytest.mark.parametrize("frequency, per_epoch", [(0.5, 3), (0.5, 4), (0.375, 8), (-1, 2)])
+def test_a_fractional_update_frequency_converts_step_by_step_in_steps(frequency, per_epoch):
+    """SparseML updates a GMP modifier at the first step whose epoch (`e + batch / steps`)
+    reaches the last update + update_frequency (every step for -1), at the sparsity
+    `interpolate` gives for that fractional epoch."""
+    text = GMP_RECIPE.replace("update_frequency: 2.0", f"update_frequency: {frequency}")
+    conversion = convert_text(text, "gmp.yaml", steps_per_epoch=per_epoch)
+    rows, timeline = converted(text, "gmp.yaml", steps_per_epoch=per_epoch)
+    gmp = SimulatedModifier(
+        1, 9, frequency, lambda epoch: interpolate_cubic(min(epoch, 9), 1, 9, 0.05, 0.8)
+    )
+    expected = simulate([gmp], 12, steps_per_epoch=per_epoch, per_step=True)
+    assert conversion.recipe.schedule.unit == "step" and timeline.length == 12 * per_epoch
+    assert [chosen for _, chosen in rows] == [chosen for _, chosen in expected]
+    assert [s for s, _ in rows] == pytest.approx([s for s, _ in expected], abs=1e-12)
+    assert any("steps per epoch" in item.text for item in conversion.report.mapped)
 
 
 GMP_CARD = """\
