@@ -11,7 +11,7 @@ from acdc_recipe.cli.main import main
 from acdc_recipe.language.loading import load_recipe, load_recipe_text
 
 ROOT = Path(__file__).resolve().parents[2]
-WRN = ROOT / "tests/acdc_recipe/convert/data/wrn28_10_cifar100_s90.yaml"
+WRN = ROOT / "tests/convert/data/wrn28_10_cifar100_s90.yaml"
 SPARSEML = """\
 modifiers:
   - !EpochRangeModifier {start_epoch: 0, end_epoch: 20}

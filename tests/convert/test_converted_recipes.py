@@ -22,7 +22,7 @@ from acdc_recipe.runtime.events import MasksComputed, PhaseStarted
 from acdc_recipe.trainer.loop import train
 from acdc_recipe.trainer.optim import lr_factor
 
-DATA = Path(__file__).parents[1] / "acdc_recipe" / "convert" / "data"
+DATA = Path(__file__).parent / "data"
 # The digits MLP (Flatten, Linear "1", ReLU, Linear "3"): 7 epochs of 3 steps.
 SMALL_RUN = {"train.batch_size": 512, "train.device": "cpu", "train.data.source": "digits"}
 REFERENCE = """\
