@@ -12,6 +12,8 @@ import acdc_recipe
 from acdc_recipe.cli.main import main
 from acdc_recipe.language.loading import dump_recipe, load_recipe
 
+from .shell import one_line
+
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 
@@ -249,7 +251,3 @@ def test_a_mistake_in_the_training_section_is_a_located_user_error(
     assert main(args) == 2
     err = one_line(capfd.readouterr().err)
     assert message in err and "Traceback" not in err and "training failed" not in err
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())

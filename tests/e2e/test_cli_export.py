@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,15 +14,9 @@ from acdc_recipe.formats.run_dir import RunDir
 from acdc_recipe.language.loading import load_recipe
 from acdc_recipe.models import build_model
 
-HERE = Path(__file__).parent
-TINY = HERE / "data" / "tiny.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from .shell import TINY, acdc
+
 PER_EPOCH = ["--set", "train.checkpoint_every_steps=null"]
-
-
-def acdc(*args):
-    command = [sys.executable, "-m", "acdc_recipe.cli.main", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ does the stopping."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -16,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
-TINY = HERE / "data" / "tiny.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+from .shell import ENV, TINY
+
 RUN = [sys.executable, "-m", "acdc_recipe.cli.main", "run", str(TINY), "--device", "cpu",
        "--threads", "1"]  # fmt: skip
 MODELS = ("dense.safetensors", "sparse.safetensors")

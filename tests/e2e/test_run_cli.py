@@ -1,7 +1,6 @@
 """`acdc run` and `acdc report` as a user runs them: outputs, kill -9 and resume, errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,15 +21,9 @@ from acdc_recipe.formats.records import (
 from acdc_recipe.formats.run_dir import RunDir
 from acdc_recipe.runtime.events import KernelsChosen
 
-HERE = Path(__file__).parent
-TINY = HERE / "data" / "tiny.yaml"
+from .shell import ENV, TINY, acdc
+
 SLOW = ["--set", "train.data.source=callable", "--set", "train.data.callable=slow_data:slow_digits"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-
-
-def acdc(*args, env=ENV, timeout=120):
-    command = [sys.executable, "-m", "acdc_recipe.cli.main", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def same_weights(first: Path, second: Path) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,23 +24,11 @@ from acdc_recipe.formats.records import (
 from acdc_recipe.formats.run_dir import RunDir
 from acdc_recipe.language.loading import dump_recipe, load_recipe
 
-HERE = Path(__file__).parent
-TINY = HERE / "data" / "tiny.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+from .shell import ENV, TINY, acdc, one_line
+
 # A quickstart whose learning rate jumps 1e12-fold at epoch 3: it diverges in epoch 3.
 DIVERGES = ["--set", "epochs=12", "--set", "train.lr_schedule.name=multistep",
             "--set", "train.lr_schedule.milestones=[3]", "--set", "train.lr_schedule.gamma=1e12"]  # fmt: skip
-
-
-def acdc(*args, timeout=180, **kwargs):
-    command = [sys.executable, "-m", "acdc_recipe.cli.main", *map(str, args)]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=ENV, timeout=timeout, **kwargs
-    )
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 @pytest.mark.parametrize("state", ["does not exist", "is empty"])

@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from acdc_recipe.cli.main import main
 
-HERE = Path(__file__).parent
-TINY = HERE / "data" / "tiny.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+from .shell import TINY, acdc, one_line
+
 # A quickstart whose learning rate jumps 1e12-fold at epoch 3: it diverges in epoch 3.
 DIVERGES = ["--set", "epochs=12", "--set", "train.lr_schedule.name=multistep",
             "--set", "train.lr_schedule.milestones=[3]", "--set", "train.lr_schedule.gamma=1e12"]  # fmt: skip
-
-
-def acdc(*args, timeout=180, **kwargs):
-    command = [sys.executable, "-m", "acdc_recipe.cli.main", *map(str, args)]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=ENV, timeout=timeout, **kwargs
-    )
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def test_the_terminal_counts_epochs_as_the_schedule_does(tmp_path, capfd):

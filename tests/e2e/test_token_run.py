@@ -4,9 +4,6 @@ Python standard library (the shipped recipe, shortened)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -15,15 +12,11 @@ from acdc_recipe.formats.checkpoint import load_safetensors
 from acdc_recipe.language.train_config import ModelSpec
 from acdc_recipe.models import build_model
 
+from .shell import acdc
+
 RECIPE = "tiny_gpt2_python_source"
 SHORT = ["--set", "train.data.max_tokens=12000", "--set", "train.data.sequence_length=32",
          "--set", "train.model.input_shape=[32]", "--set", "train.batch_size=16"]  # fmt: skip
-
-
-def acdc(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "acdc_recipe.cli.main", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_acdc_run_trains_a_language_model_on_token_ids(tmp_path) -> None:
