@@ -11,6 +11,10 @@ output of the earlier run (its exports too). `--resume` needs something to resum
 empty folder is an error, and a folder where a run started but never checkpointed starts again
 from step 0. `RunDir.plan_start` decides which of these applies without touching a file (and
 without torch); `StartPlan.carry_out` then does it.
+
+A checkpoint file is finished when its digest is beside it (the digest is written after the
+file): one without is a write a stop interrupted, never resumed from, removed when the run
+continues from the checkpoint before it (or from step 0, when it was the first).
 """
 
 from __future__ import annotations
@@ -134,8 +138,14 @@ class RunDir:
         return list(self.path.glob(".checkpoint-*.tmp")) if self.path.is_dir() else []
 
     def checkpoint_files(self) -> list[Path]:
-        """Checkpoint files, newest (highest step) first."""
-        return _by_step(self.path, _CHECKPOINT_FILE, is_dir=False)
+        """Finished checkpoint files (their digest beside them), newest (highest step) first."""
+        found = _by_step(self.path, _CHECKPOINT_FILE, is_dir=False)
+        return [path for path in found if digest_path(path).exists()]
+
+    def unfinished_checkpoint_files(self) -> list[Path]:
+        """Checkpoint files without their digest: writes a stop interrupted, newest first."""
+        found = _by_step(self.path, _CHECKPOINT_FILE, is_dir=False)
+        return [path for path in found if not digest_path(path).exists()]
 
     def checkpoint_folders(self) -> list[Path]:
         """Checkpoint folders of a sharded run, newest first."""
@@ -166,15 +176,16 @@ class RunDir:
         masks, metrics, summary, report, TensorBoard logs and exports. recipe.yaml alone is no
         run (`acdc compile -o` writes one too)."""
         found = self.checkpoint_files()
-        found += [digest_path(p) for p in found if digest_path(p).exists()]
-        found += self.checkpoint_folders()
+        found += [digest_path(p) for p in found]
+        found += self.unfinished_checkpoint_files() + self.checkpoint_folders()
         return found + [p for p in self._named_outputs() if p.exists()] + self.exports()
 
     def leftovers(self) -> list[Path]:
-        """Temporary files of atomic writes a stop interrupted (`.<name>.tmp-<pid>`): ours."""
+        """What writes a stop interrupted left: temporary files of atomic writes
+        (`.<name>.tmp-<pid>`, ours only) and checkpoint files without their digest."""
         ours = (RECIPE, "checkpoint-", *(p.name for p in self._named_outputs()))
         found = self.path.glob(".*.tmp-*") if self.path.is_dir() else ()
-        return [p for p in found if p.name[1:].startswith(ours)]
+        return [p for p in found if p.name[1:].startswith(ours)] + self.unfinished_checkpoint_files()
 
     def plan_start(
         self, resolved: str, *, resume: bool, overwrite: bool, source: str | None = None
@@ -199,7 +210,14 @@ class RunDir:
             note = f"started fresh (--overwrite): removed {removed}" if previous else None
             return StartPlan("fresh", tuple(previous), note)
         if self.checkpoint_files() or self.checkpoint_folders():
-            return StartPlan("resume", tuple(self.leftovers()))
+            unfinished = self.unfinished_checkpoint_files()
+            note = (
+                f"{_names(unfinished)} had no digest (the stop came while it was written), so "
+                "the run continued from the checkpoint before it"
+                if unfinished
+                else None
+            )
+            return StartPlan("resume", tuple(self.leftovers()), note)
         return self._plan_restart(resolved)
 
     def _plan_restart(self, resolved: str) -> StartPlan:
@@ -216,8 +234,8 @@ class RunDir:
             )
         recipe = self.recipe
         written = recipe.read_text(encoding="utf-8", errors="replace") if recipe.is_file() else None
-        ours = self.outputs()
         interrupted = self.leftovers()
+        ours = [p for p in self.outputs() if p not in interrupted]
         only_start_up = all(p == self.metrics for p in ours)  # what a run writes first
         started = written == resolved or bool(ours) or bool(interrupted)
         if not (started and only_start_up and written in (None, resolved)):
@@ -226,11 +244,14 @@ class RunDir:
                 f"{self.path} has no checkpoint to resume from ({found}); replace it with "
                 "--overwrite, or choose another --out"
             )
-        return StartPlan(
-            "restart",
-            tuple(ours + interrupted),
-            "no checkpoint was written before the run stopped, so it started again from step 0",
+        unfinished = self.unfinished_checkpoint_files()
+        why = (
+            f"the first checkpoint ({_names(unfinished)}) was still being written when the run "
+            "stopped (it has no digest)"
+            if unfinished
+            else "no checkpoint was written before the run stopped"
         )
+        return StartPlan("restart", tuple(ours + interrupted), f"{why}, so it started again from step 0")
 
 
 @dataclass(frozen=True)

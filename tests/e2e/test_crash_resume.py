@@ -28,7 +28,6 @@ STOPS = [
     ("before_rename", r"^recipe\.yaml$", 1),
     ("mid_write", r"^metrics\.jsonl$", 3),
     ("before_rename", r"^checkpoint-\d+\.pt$", 1),
-    ("after_rename", r"^checkpoint-\d+\.pt$", 2),
     ("before_rename", r"\.sha256$", 3),
     ("before_rename", r"^dense\.safetensors$", 1),
     ("after_rename", r"^dense\.safetensors$", 1),
@@ -71,6 +70,28 @@ def test_stopped_while_writing_then_resumed_ends_with_the_same_bytes(
     assert "Traceback" not in resumed.stderr
     assert_same_models(reference, tmp_path)
     assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "n, said",
+    [
+        (1, "(checkpoint-000000005.pt) was still being written when the run stopped (it has no "
+            "digest), so it started again from step 0"),
+        (2, "checkpoint-000000010.pt had no digest (the stop came while it was written), so the "
+            "run continued from the checkpoint before it"),
+    ],
+)  # fmt: skip
+def test_killed_between_a_checkpoint_and_its_digest_then_resumed(reference, tmp_path, n, said):
+    """The checkpoint file is in place and its digest is not: an unfinished write, so the run
+    continues from the checkpoint before it, or from step 0 when it was the first."""
+    stop = f"after_rename:^checkpoint-\\d+\\.pt$:{n}:kill"
+    stopped = run(tmp_path, env={**ENV, "ACDC_TEST_STOP_AT": stop})
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr
+    assert not (tmp_path / f"checkpoint-{5 * n:09d}.pt.sha256").exists()
+    resumed = run(tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert said in " ".join(resumed.stdout.split())
+    assert_same_models(reference, tmp_path)
 
 
 def test_killed_at_random_moments_and_resumed_until_done_ends_with_the_same_bytes(

@@ -62,11 +62,14 @@ def test_the_digest_file_is_sha256sum_format(tmp_path):
 
 def test_foreign_files_and_other_recipes_are_refused(tmp_path):
     ckpt.save_checkpoint(RunDir(tmp_path), 5, state(5), "other-recipe")
-    torch.save({"weights": torch.ones(2)}, tmp_path / "checkpoint-000000009.pt")
+    foreign = tmp_path / "checkpoint-000000009.pt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    digest = hashlib.sha256(foreign.read_bytes()).hexdigest()
+    ckpt.digest_path(foreign).write_text(f"{digest}  {foreign.name}\n")
     with pytest.raises(ckpt.CheckpointError) as error:
         ckpt.load_latest(RunDir(tmp_path), "mine")
     message = str(error.value)
-    assert "checkpoint-000000009.pt has no readable digest file" in message
+    assert "checkpoint-000000009.pt is not an acdc-recipe checkpoint" in message
     assert "checkpoint-000000005.pt was written for a different recipe" in message
     assert "weights_only" not in message
     assert ckpt.load_latest(RunDir(tmp_path / "empty"), "mine") is None
@@ -80,7 +83,7 @@ def test_pickled_code_is_not_executed_even_with_a_matching_digest(tmp_path):
     path = tmp_path / "checkpoint-000000001.pt"
     torch.save({"format": ckpt.FORMAT, "x": Evil()}, path)
     with pytest.raises(ckpt.CheckpointError, match="cannot be verified"):
-        ckpt.load_latest(RunDir(tmp_path), "h")
+        ckpt.read_checkpoint(path, "h")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     ckpt.digest_path(path).write_text(f"{digest}  {path.name}\n")
     with pytest.raises(ckpt.CheckpointError) as error:
@@ -94,6 +97,19 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     expected = (torch.rand(3), random.random())
     ckpt.restore_rng_state(ckpt.load_latest(RunDir(tmp_path), "h").state["rng"])
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_a_checkpoint_file_without_its_digest_is_an_unfinished_write(tmp_path):
+    """The file is renamed into place before its digest is written: a stop between the two
+    leaves a checkpoint no resume may use; the one before it is the newest."""
+    run = RunDir(tmp_path)
+    ckpt.save_checkpoint(run, 1, state(1), "h")
+    unfinished = ckpt.save_checkpoint(run, 2, state(2), "h")
+    ckpt.digest_path(unfinished).unlink()
+    assert run.checkpoint_files() == [run.checkpoint_file(1)]
+    assert run.unfinished_checkpoint_files() == [unfinished]
+    loaded = ckpt.load_latest(run, "h")
+    assert loaded.state["step"] == 1 and loaded.refused == ()
 
 
 def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):

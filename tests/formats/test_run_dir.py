@@ -109,14 +109,48 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path):
         run.plan_start(RESOLVED, resume=True, overwrite=False)
 
 
+def finished_checkpoint(run: RunDir, step: int) -> Path:
+    path = run.checkpoint_file(step)
+    path.write_bytes(b"x")
+    digest_path(path).write_text(f"0  {path.name}\n")
+    return path
+
+
 def test_resume_with_checkpoints_removes_only_interrupted_writes(tmp_path):
     run = RunDir(tmp_path)
-    run.checkpoint_file(3).write_bytes(b"x")
+    finished_checkpoint(run, 3)
     interrupted = tmp_path / f".{run.checkpoint_file(4).name}.tmp-123"
     interrupted.write_bytes(b"half")
     (tmp_path / ".other.tmp-1").write_bytes(b"not ours")
     plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
-    assert plan.kind == "resume" and plan.remove == (interrupted,)
+    assert plan.kind == "resume" and plan.remove == (interrupted,) and plan.note is None
+
+
+def test_a_checkpoint_without_its_digest_is_not_resumed_from(tmp_path):
+    """The digest is written after its checkpoint: a stop between the two leaves an unfinished
+    write, which a resume removes, continuing from the checkpoint before it."""
+    run = RunDir(tmp_path)
+    run.recipe.write_text(RESOLVED)
+    finished_checkpoint(run, 3)
+    run.checkpoint_file(6).write_bytes(b"half a run")
+    plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
+    assert plan.kind == "resume" and plan.remove == (run.checkpoint_file(6),)
+    assert "checkpoint-000000006.pt had no digest" in plan.note
+    assert "continued from the checkpoint before it" in plan.note
+
+
+def test_a_first_checkpoint_without_its_digest_starts_the_run_again(tmp_path):
+    run = RunDir(tmp_path)
+    run.recipe.write_text(RESOLVED)
+    run.metrics.write_text("{}\n")
+    run.checkpoint_file(4).write_bytes(b"half a run")
+    plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
+    assert plan.kind == "restart"
+    assert set(plan.remove) == {run.metrics, run.checkpoint_file(4)}
+    assert "checkpoint-000000004.pt) was still being written" in plan.note
+    assert "started again from step 0" in plan.note
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
+        run.plan_start(RESOLVED, resume=False, overwrite=False)
 
 
 def test_the_recipe_being_read_is_never_replaced(tmp_path):
@@ -129,7 +163,7 @@ def test_the_recipe_being_read_is_never_replaced(tmp_path):
 def test_checkpoints_are_listed_newest_first_files_and_folders_apart(tmp_path):
     run = RunDir(tmp_path)
     for step in (5, 12, 9):
-        run.checkpoint_file(step).write_bytes(b"x")
+        finished_checkpoint(run, step)
     run.checkpoint_folder(20).mkdir()
     assert [p.name for p in run.checkpoint_files()] == [
         "checkpoint-000000012.pt",
