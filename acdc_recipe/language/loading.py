@@ -23,6 +23,7 @@ from acdc_recipe.language.timeline import ScheduleError, lower
 from acdc_recipe.language.validation_messages import describe_error
 
 Marks = dict[KeyPath, tuple[int, int]]
+Origins = dict[KeyPath, str]  # keys set by `--set` (or a keyword argument) -> how they were set
 
 
 def shipped_recipes() -> dict[str, str]:
@@ -110,16 +111,27 @@ def load_recipe_text(
     labels = {key: f"--set {key}" for key in overrides or {}}
     labels.update({key: f"load_recipe(..., {key}=...)" for key in variables})
     data = _apply_overrides(data, {**(overrides or {}), **variables}, labels, marks, source)
-    data = _render_templates(data, marks, source)
+    origins = {tuple(key.split(".")): label for key, label in labels.items() if "." in key}
+    data = _render_templates(data, marks, source, origins)
+    return validate_recipe(data, source, marks, origins)
+
+
+def validate_recipe(
+    data: Any, source: str, marks: Marks | None = None, origins: Origins | None = None
+) -> Recipe:
+    """`data` (a recipe as plain values) validated into a `Recipe` whose schedule lowers;
+    every problem raised as one `RecipeError`, located by `marks` and `origins` when given."""
+    marks, origins = marks or {}, origins or {}
     try:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as error:
-        problems = [_locate(describe_error(e, data), marks) for e in error.errors()]
+        problems = [_locate(describe_error(e, data), marks, origins) for e in error.errors()]
         raise RecipeError(problems, source) from None
     try:
         lower(recipe.schedule)
     except ScheduleError as error:
-        raise RecipeError([_locate(Problem(str(error), error.path), marks)], source) from None
+        problem = _locate(Problem(str(error), error.path), marks, origins)
+        raise RecipeError([problem], source) from None
     return recipe
 
 
@@ -342,11 +354,11 @@ def _apply_overrides(
     return data
 
 
-def _render_templates(data: dict, marks: Marks, source: str) -> dict:
+def _render_templates(data: dict, marks: Marks, source: str, origins: Origins) -> dict:
     problems: list[Problem] = []
 
     def report(path: tuple, message: str) -> None:
-        problems.append(_locate(Problem(message, path), marks))
+        problems.append(_locate(Problem(message, path), marks, origins))
 
     def report_variable(path: tuple, message: str) -> None:
         if "is undefined" in message:
@@ -368,8 +380,15 @@ def _render_templates(data: dict, marks: Marks, source: str) -> dict:
     return {"variables": variables, **rendered} if "variables" in data else rendered
 
 
-def _locate(problem: Problem, marks: Marks) -> Problem:
+def _locate(problem: Problem, marks: Marks, origins: Origins | None = None) -> Problem:
+    """`problem` at its key's line and column; or, for a value set by `--set` (or a key that
+    such a value added), at that `--set`."""
     path = problem.path
+    for key, label in (origins or {}).items():
+        inside = path[: len(key)] == key
+        added = bool(path) and key[: len(path)] == path and path not in marks
+        if inside or added:
+            return Problem(problem.message, path, suggestion=problem.suggestion, origin=label)
     for end in range(len(path), -1, -1):
         if path[:end] in marks:
             line, column = marks[path[:end]]
@@ -384,4 +403,5 @@ __all__ = [
     "load_recipe_text",
     "parse_set_args",
     "shipped_recipes",
+    "validate_recipe",
 ]
