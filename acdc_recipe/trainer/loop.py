@@ -28,7 +28,7 @@ from acdc_recipe.formats.records import (
     RunStarted,
 )
 from acdc_recipe.formats.run_dir import RunDir, StartPlan
-from acdc_recipe.formats.summary import RunSummary, evaluate, exact_sparsity, write_summary
+from acdc_recipe.formats.summary import RunSummary, write_summary
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.models.objective import cross_entropy
 from acdc_recipe.runtime.events import emptied_layers_note
@@ -47,6 +47,7 @@ from acdc_recipe.trainer.interrupt import (
     TrainingInterrupted,
     stop_at_step_boundary,
 )
+from acdc_recipe.trainer.measure import evaluate, exact_sparsity
 from acdc_recipe.trainer.optim import clip_gradients
 from acdc_recipe.trainer.resume import write_checkpoint
 from acdc_recipe.trainer.session import TrainingSession
