@@ -151,6 +151,16 @@ class RunDir:
         """Checkpoint folders of a sharded run, newest first."""
         return _by_step(self.path, _CHECKPOINT_FOLDER, is_dir=True)
 
+    def checkpoints_held(self) -> str:
+        """The checkpoints this folder holds, as a phrase for a message."""
+        found = [str(p) for p in self.checkpoint_files() + self.checkpoint_folders()]
+        if not found:
+            return f"{self.path} holds no finished checkpoint"
+        return (
+            f"{self.path} holds {', '.join(found)} (a run removes older checkpoints as it "
+            "writes new ones)"
+        )
+
     def export(self, format_name: str) -> Path:
         """The default folder of an export in `format_name`."""
         return self.path / f"{_EXPORT}{format_name}"
@@ -185,7 +195,9 @@ class RunDir:
         (`.<name>.tmp-<pid>`, ours only) and checkpoint files without their digest."""
         ours = (RECIPE, "checkpoint-", *(p.name for p in self._named_outputs()))
         found = self.path.glob(".*.tmp-*") if self.path.is_dir() else ()
-        return [p for p in found if p.name[1:].startswith(ours)] + self.unfinished_checkpoint_files()
+        return [
+            p for p in found if p.name[1:].startswith(ours)
+        ] + self.unfinished_checkpoint_files()
 
     def plan_start(
         self, resolved: str, *, resume: bool, overwrite: bool, source: str | None = None
@@ -251,7 +263,9 @@ class RunDir:
             if unfinished
             else "no checkpoint was written before the run stopped"
         )
-        return StartPlan("restart", tuple(ours + interrupted), f"{why}, so it started again from step 0")
+        return StartPlan(
+            "restart", tuple(ours + interrupted), f"{why}, so it started again from step 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -315,6 +329,44 @@ class TrainerDir:
     def runtime_state(checkpoint_folder: Path) -> Path:
         """The engine's state beside a trainer checkpoint."""
         return checkpoint_folder / "acdc_runtime.safetensors"
+
+
+class ExportSourceError(UserError, ValueError):
+    """What `acdc export` was given cannot be exported (checked before the model is read)."""
+
+
+def check_export_source(source: Path) -> None:
+    """Refuse, from the file names alone, a source `acdc export` cannot read: a path that does
+    not exist (naming the checkpoints its folder does hold), or a folder that is no run
+    directory or holds no finished sparse model."""
+    if source.is_file():
+        return
+    if source.is_dir():
+        run = RunDir(source)
+        if not run.recipe.is_file():
+            raise ExportSourceError(
+                f"{source} is not a run directory (it has no {RECIPE}); give a folder written by "
+                "`acdc run` or one of its checkpoint-*.pt files"
+            )
+        if not run.sparse_model.is_file():
+            raise ExportSourceError(
+                f"{source} has no sparse model ({run.sparse_model.name}): the run has not "
+                "finished, or its schedule ends with a dense phase; export one of its "
+                f"checkpoints of a sparse phase instead ({run.checkpoints_held()})"
+            )
+        return
+    run = RunDir(source.parent)
+    if run.path.is_dir() and (run.recipe.is_file() or run.checkpoint_files()):
+        finished = (
+            f"; `acdc export {run}` exports the finished run's sparse model"
+            if run.sparse_model.is_file()
+            else ""
+        )
+        raise ExportSourceError(f"{source} does not exist; {run.checkpoints_held()}{finished}")
+    raise ExportSourceError(
+        f"{source} does not exist; give a run directory written by `acdc run` or one of its "
+        "checkpoint-*.pt files"
+    )
 
 
 def _names(paths: list[Path]) -> str:
