@@ -25,5 +25,7 @@ def test_bad_arguments_are_a_recipe_error_naming_the_key():
     rendered = str(error.value)
     assert "acdc(...) at `sparsity.rules[0].match`: invalid regular expression" in rendered
     assert "acdc(...) at `sparsity.scope`" in rendered
-    with pytest.raises(RecipeError, match="at `schedule.acdc.epochs`: the acdc macro cannot fill 7"):
+    with pytest.raises(
+        RecipeError, match="at `schedule.acdc.epochs`: the acdc macro cannot fill 7"
+    ):
         acdc(0.9, epochs=7)
