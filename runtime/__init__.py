@@ -17,7 +17,8 @@ from typing import Any
 _LAZY = {
     **dict.fromkeys(
         ("DenseSnapshot", "EmptiedLayerWarning", "LayersEmptied", "MasksComputed",
-         "PhaseStarted", "RuntimeEvent", "event_from_dict", "event_to_dict"),
+         "PhaseStarted", "RuntimeEvent", "ScheduleEndedWarning", "event_from_dict",
+         "event_to_dict"),
         "acdc_recipe.runtime.events",
     ),
     "MaskMismatchError": "acdc_recipe.runtime.mask_sync",
@@ -54,6 +55,7 @@ __all__ = [
     "PhaseStarted",
     "RuntimeEvent",
     "RuntimeStateError",
+    "ScheduleEndedWarning",
     "SparsityRuntime",
     "apply_masks_",
     "attach",
