@@ -18,10 +18,30 @@ from acdc_recipe.errors import UserError
 VERBS = ("validate", "schedule", "compile", "run", "report", "convert", "export")
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed distribution's version (and torch's, read without importing
+    it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "not installed"
+
+        print(f"acdc-recipe {installed('acdc-recipe')} (torch {installed('torch')})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acdc",
         description="AC/DC sparsity recipes for PyTorch: validate, inspect, compile, run and convert.",
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the version of acdc-recipe and exit"
     )
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
