@@ -302,7 +302,7 @@ def _setup_sinks(session: TrainingSession, log_every: float) -> None:
     board = tensorboard_sink(session.run_dir.tensorboard)
     if board is not None:
         session.sinks.append(board)
-    write_text_atomic(session.run_dir.recipe, dump_recipe(session.recipe))
+    write_text_atomic(session.run_dir.recipe, session.resolved_recipe)
 
 
 def _on_runtime_event(session: TrainingSession, event: RuntimeEvent) -> None:
