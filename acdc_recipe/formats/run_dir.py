@@ -12,9 +12,11 @@ empty folder is an error, and a folder where a run started but never checkpointe
 from step 0. `RunDir.plan_start` decides which of these applies without touching a file (and
 without torch); `StartPlan.carry_out` then does it.
 
-A checkpoint file is finished when its digest is beside it (the digest is written after the
-file): one without is a write a stop interrupted, never resumed from, removed when the run
-continues from the checkpoint before it (or from step 0, when it was the first).
+A checkpoint's digest is written before the checkpoint file (each atomically), so a stop
+between the two leaves a digest without its file: an unfinished write, removed when the run
+continues from the checkpoint before it (or from step 0, when it was the first), and said so.
+A checkpoint file is never left without its digest by a stop; one that has none was copied
+alone, or is not ours, and resuming refuses it by name.
 """
 
 from __future__ import annotations
@@ -138,14 +140,21 @@ class RunDir:
         return list(self.path.glob(".checkpoint-*.tmp")) if self.path.is_dir() else []
 
     def checkpoint_files(self) -> list[Path]:
-        """Finished checkpoint files (their digest beside them), newest (highest step) first."""
-        found = _by_step(self.path, _CHECKPOINT_FILE, is_dir=False)
-        return [path for path in found if digest_path(path).exists()]
+        """Checkpoint files, newest (highest step) first."""
+        return _by_step(self.path, _CHECKPOINT_FILE, is_dir=False)
 
-    def unfinished_checkpoint_files(self) -> list[Path]:
-        """Checkpoint files without their digest: writes a stop interrupted, newest first."""
-        found = _by_step(self.path, _CHECKPOINT_FILE, is_dir=False)
-        return [path for path in found if not digest_path(path).exists()]
+    def unfinished_checkpoints(self) -> list[Path]:
+        """The checkpoint files whose digest was written and which were not: writes a stop
+        interrupted (the digest comes first), newest first. Their digests are the leftovers."""
+        if not self.path.is_dir():
+            return []
+        found = [
+            self.path / p.name.removesuffix(DIGEST_SUFFIX)
+            for p in self.path.iterdir()
+            if p.name.endswith(DIGEST_SUFFIX)
+        ]
+        found = [p for p in found if _CHECKPOINT_FILE.match(p.name) and not p.exists()]
+        return sorted(found, key=_step_of, reverse=True)
 
     def checkpoint_folders(self) -> list[Path]:
         """Checkpoint folders of a sharded run, newest first."""
@@ -186,18 +195,18 @@ class RunDir:
         masks, metrics, summary, report, TensorBoard logs and exports. recipe.yaml alone is no
         run (`acdc compile -o` writes one too)."""
         found = self.checkpoint_files()
-        found += [digest_path(p) for p in found]
-        found += self.unfinished_checkpoint_files() + self.checkpoint_folders()
+        found += [digest_path(p) for p in found if digest_path(p).exists()]
+        found += [digest_path(p) for p in self.unfinished_checkpoints()]
+        found += self.checkpoint_folders()
         return found + [p for p in self._named_outputs() if p.exists()] + self.exports()
 
     def leftovers(self) -> list[Path]:
         """What writes a stop interrupted left: temporary files of atomic writes
-        (`.<name>.tmp-<pid>`, ours only) and checkpoint files without their digest."""
+        (`.<name>.tmp-<pid>`, ours only) and the digests of checkpoints never written."""
         ours = (RECIPE, "checkpoint-", *(p.name for p in self._named_outputs()))
         found = self.path.glob(".*.tmp-*") if self.path.is_dir() else ()
-        return [
-            p for p in found if p.name[1:].startswith(ours)
-        ] + self.unfinished_checkpoint_files()
+        digests = [digest_path(p) for p in self.unfinished_checkpoints()]
+        return [p for p in found if p.name[1:].startswith(ours)] + digests
 
     def plan_start(
         self, resolved: str, *, resume: bool, overwrite: bool, source: str | None = None
@@ -222,10 +231,13 @@ class RunDir:
             note = f"started fresh (--overwrite): removed {removed}" if previous else None
             return StartPlan("fresh", tuple(previous), note)
         if self.checkpoint_files() or self.checkpoint_folders():
-            unfinished = self.unfinished_checkpoint_files()
+            newest = (self.checkpoint_files() + self.checkpoint_folders())[0]
+            unfinished = [  # older ones: a stop while older checkpoints were being removed
+                p for p in self.unfinished_checkpoints() if _step_of(p) > _step_of(newest)
+            ]
             note = (
-                f"{_names(unfinished)} had no digest (the stop came while it was written), so "
-                "the run continued from the checkpoint before it"
+                f"the run stopped while it wrote {_names(unfinished)}, so it continued from "
+                "the checkpoint before it"
                 if unfinished
                 else None
             )
@@ -256,10 +268,9 @@ class RunDir:
                 f"{self.path} has no checkpoint to resume from ({found}); replace it with "
                 "--overwrite, or choose another --out"
             )
-        unfinished = self.unfinished_checkpoint_files()
+        unfinished = self.unfinished_checkpoints()
         why = (
-            f"the first checkpoint ({_names(unfinished)}) was still being written when the run "
-            "stopped (it has no digest)"
+            f"the run stopped while it wrote its first checkpoint ({_names(unfinished)})"
             if unfinished
             else "no checkpoint was written before the run stopped"
         )
@@ -343,6 +354,11 @@ def check_export_source(source: Path) -> None:
         return
     if source.is_dir():
         run = RunDir(source)
+        if not run.recipe.is_file() and _CHECKPOINT_FOLDER.match(source.name):
+            raise ExportSourceError(
+                f"{source} is a checkpoint folder of a sharded (FSDP2) run; export its run "
+                f"directory ({source.parent}), which holds the gathered sparse model"
+            )
         if not run.recipe.is_file():
             raise ExportSourceError(
                 f"{source} is not a run directory (it has no {RECIPE}); give a folder written by "
@@ -366,6 +382,13 @@ def check_export_source(source: Path) -> None:
     raise ExportSourceError(
         f"{source} does not exist; give a run directory written by `acdc run` or one of its "
         "checkpoint-*.pt files"
+    )
+
+
+def _step_of(checkpoint: Path) -> int:
+    """The step of a checkpoint file or folder, from its name."""
+    return int(
+        (_CHECKPOINT_FILE.match(checkpoint.name) or _CHECKPOINT_FOLDER.match(checkpoint.name))[1]
     )
 
 

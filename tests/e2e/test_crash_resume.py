@@ -28,6 +28,7 @@ STOPS = [
     ("before_rename", r"^recipe\.yaml$", 1),
     ("mid_write", r"^metrics\.jsonl$", 3),
     ("before_rename", r"^checkpoint-\d+\.pt$", 1),
+    ("after_rename", r"^checkpoint-\d+\.pt$", 2),
     ("before_rename", r"\.sha256$", 3),
     ("before_rename", r"^dense\.safetensors$", 1),
     ("after_rename", r"^dense\.safetensors$", 1),
@@ -75,19 +76,21 @@ def test_stopped_while_writing_then_resumed_ends_with_the_same_bytes(
 @pytest.mark.parametrize(
     "n, said",
     [
-        (1, "(checkpoint-000000005.pt) was still being written when the run stopped (it has no "
-            "digest), so it started again from step 0"),
-        (2, "checkpoint-000000010.pt had no digest (the stop came while it was written), so the "
-            "run continued from the checkpoint before it"),
+        (1, "the run stopped while it wrote its first checkpoint (checkpoint-000000005.pt), so "
+            "it started again from step 0"),
+        (2, "the run stopped while it wrote checkpoint-000000010.pt, so it continued from the "
+            "checkpoint before it"),
     ],
 )  # fmt: skip
-def test_killed_between_a_checkpoint_and_its_digest_then_resumed(reference, tmp_path, n, said):
-    """The checkpoint file is in place and its digest is not: an unfinished write, so the run
+def test_killed_between_a_checkpoints_digest_and_the_checkpoint_then_resumed(
+    reference, tmp_path, n, said
+):
+    """The digest is in place and the checkpoint is not: an unfinished write, so the run
     continues from the checkpoint before it, or from step 0 when it was the first."""
-    stop = f"after_rename:^checkpoint-\\d+\\.pt$:{n}:kill"
+    stop = f"after_rename:^checkpoint-\\d+\\.pt\\.sha256$:{n}:kill"
     stopped = run(tmp_path, env={**ENV, "ACDC_TEST_STOP_AT": stop})
     assert stopped.returncode == -signal.SIGKILL, stopped.stderr
-    assert not (tmp_path / f"checkpoint-{5 * n:09d}.pt.sha256").exists()
+    assert not (tmp_path / f"checkpoint-{5 * n:09d}.pt").exists()
     resumed = run(tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert said in " ".join(resumed.stdout.split())

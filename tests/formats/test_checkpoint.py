@@ -62,14 +62,11 @@ def test_the_digest_file_is_sha256sum_format(tmp_path):
 
 def test_foreign_files_and_other_recipes_are_refused(tmp_path):
     ckpt.save_checkpoint(RunDir(tmp_path), 5, state(5), "other-recipe")
-    foreign = tmp_path / "checkpoint-000000009.pt"
-    torch.save({"weights": torch.ones(2)}, foreign)
-    digest = hashlib.sha256(foreign.read_bytes()).hexdigest()
-    ckpt.digest_path(foreign).write_text(f"{digest}  {foreign.name}\n")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "checkpoint-000000009.pt")
     with pytest.raises(ckpt.CheckpointError) as error:
         ckpt.load_latest(RunDir(tmp_path), "mine")
     message = str(error.value)
-    assert "checkpoint-000000009.pt is not an acdc-recipe checkpoint" in message
+    assert "checkpoint-000000009.pt has no readable digest file" in message
     assert "checkpoint-000000005.pt was written for a different recipe" in message
     assert "weights_only" not in message
     assert ckpt.load_latest(RunDir(tmp_path / "empty"), "mine") is None
@@ -83,7 +80,7 @@ def test_pickled_code_is_not_executed_even_with_a_matching_digest(tmp_path):
     path = tmp_path / "checkpoint-000000001.pt"
     torch.save({"format": ckpt.FORMAT, "x": Evil()}, path)
     with pytest.raises(ckpt.CheckpointError, match="cannot be verified"):
-        ckpt.read_checkpoint(path, "h")
+        ckpt.load_latest(RunDir(tmp_path), "h")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     ckpt.digest_path(path).write_text(f"{digest}  {path.name}\n")
     with pytest.raises(ckpt.CheckpointError) as error:
@@ -99,17 +96,24 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
 
 
-def test_a_checkpoint_file_without_its_digest_is_an_unfinished_write(tmp_path):
-    """The file is renamed into place before its digest is written: a stop between the two
-    leaves a checkpoint no resume may use; the one before it is the newest."""
+def test_the_digest_is_written_before_the_checkpoint(tmp_path):
+    """A stop between the two leaves a digest without a checkpoint (an unfinished write the
+    run directory removes), never a checkpoint that cannot be verified."""
+    code = (
+        "import sys, torch\nfrom pathlib import Path\nfrom acdc_recipe.formats import checkpoint as c\n"
+        "from acdc_recipe.formats.run_dir import RunDir\n"
+        "folder = RunDir(Path(sys.argv[1]))\n"
+        "for step in (1, 2):\n    c.save_checkpoint(folder, step, {'w': torch.full((2,), step)}, 'h')\n"
+    )
+    hooks = str(Path(__file__).parents[1] / "e2e")  # sitecustomize.py: stop at a rename
+    env = {**os.environ, "PYTHONPATH": hooks, "ACDC_TEST_STOP_AT": r"after_rename:\.sha256$:2"}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, timeout=120)
+    assert result.returncode == 17
     run = RunDir(tmp_path)
-    ckpt.save_checkpoint(run, 1, state(1), "h")
-    unfinished = ckpt.save_checkpoint(run, 2, state(2), "h")
-    ckpt.digest_path(unfinished).unlink()
     assert run.checkpoint_files() == [run.checkpoint_file(1)]
-    assert run.unfinished_checkpoint_files() == [unfinished]
-    loaded = ckpt.load_latest(run, "h")
-    assert loaded.state["step"] == 1 and loaded.refused == ()
+    assert run.unfinished_checkpoints() == [run.checkpoint_file(2)]
+    assert run.leftovers() == [ckpt.digest_path(run.checkpoint_file(2))]
+    assert ckpt.load_latest(run, "h").state["step"] == 1
 
 
 def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):

@@ -116,6 +116,13 @@ def finished_checkpoint(run: RunDir, step: int) -> Path:
     return path
 
 
+def unfinished_checkpoint(run: RunDir, step: int) -> Path:
+    """What a stop between writing a checkpoint's digest and the checkpoint leaves."""
+    digest = digest_path(run.checkpoint_file(step))
+    digest.write_text(f"0  {run.checkpoint_file(step).name}\n")
+    return digest
+
+
 def test_resume_with_checkpoints_removes_only_interrupted_writes(tmp_path):
     run = RunDir(tmp_path)
     finished_checkpoint(run, 3)
@@ -126,31 +133,43 @@ def test_resume_with_checkpoints_removes_only_interrupted_writes(tmp_path):
     assert plan.kind == "resume" and plan.remove == (interrupted,) and plan.note is None
 
 
-def test_a_checkpoint_without_its_digest_is_not_resumed_from(tmp_path):
-    """The digest is written after its checkpoint: a stop between the two leaves an unfinished
-    write, which a resume removes, continuing from the checkpoint before it."""
+def test_a_stop_before_a_checkpoint_was_written_resumes_from_the_one_before(tmp_path):
+    """Its digest is written first: a digest without its checkpoint is an unfinished write,
+    removed, and the run continues from the newest checkpoint there is."""
     run = RunDir(tmp_path)
     run.recipe.write_text(RESOLVED)
     finished_checkpoint(run, 3)
-    run.checkpoint_file(6).write_bytes(b"half a run")
+    digest = unfinished_checkpoint(run, 6)
+    stale = unfinished_checkpoint(run, 1)  # a stop while older checkpoints were removed
     plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
-    assert plan.kind == "resume" and plan.remove == (run.checkpoint_file(6),)
-    assert "checkpoint-000000006.pt had no digest" in plan.note
-    assert "continued from the checkpoint before it" in plan.note
+    assert plan.kind == "resume" and set(plan.remove) == {digest, stale}
+    assert plan.note == (
+        "the run stopped while it wrote checkpoint-000000006.pt, so it continued from the "
+        "checkpoint before it"
+    )
 
 
-def test_a_first_checkpoint_without_its_digest_starts_the_run_again(tmp_path):
+def test_a_stop_while_writing_the_first_checkpoint_starts_the_run_again(tmp_path):
     run = RunDir(tmp_path)
     run.recipe.write_text(RESOLVED)
     run.metrics.write_text("{}\n")
-    run.checkpoint_file(4).write_bytes(b"half a run")
+    digest = unfinished_checkpoint(run, 4)
     plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
-    assert plan.kind == "restart"
-    assert set(plan.remove) == {run.metrics, run.checkpoint_file(4)}
-    assert "checkpoint-000000004.pt) was still being written" in plan.note
-    assert "started again from step 0" in plan.note
+    assert plan.kind == "restart" and set(plan.remove) == {run.metrics, digest}
+    assert plan.note == (
+        "the run stopped while it wrote its first checkpoint (checkpoint-000000004.pt), so it "
+        "started again from step 0"
+    )
     with pytest.raises(RunDirectoryError, match="already holds a run"):
         run.plan_start(RESOLVED, resume=False, overwrite=False)
+
+
+def test_a_checkpoint_without_its_digest_is_left_for_the_resume_to_refuse(tmp_path):
+    """A stop never leaves one, so it was copied alone or is not ours: not removed."""
+    run = RunDir(tmp_path)
+    run.checkpoint_file(5).write_bytes(b"copied alone")
+    plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
+    assert plan.kind == "resume" and plan.remove == () and plan.note is None
 
 
 def test_the_recipe_being_read_is_never_replaced(tmp_path):
