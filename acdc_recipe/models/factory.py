@@ -118,8 +118,10 @@ def example_inputs(model: nn.Module, spec: ModelSpec) -> tuple[torch.Tensor, ...
 
 def compile_model(model: nn.Module, recipe: Recipe, inputs: Any = None) -> CompiledRecipe:
     """`recipe` compiled against `model`, on `inputs` or else one zero sample of the recipe's
-    train.model.input_shape; a model that does not run on that sample is an error at that key."""
-    if inputs is None and recipe.train is not None:
+    train.model.input_shape; a model that does not run on that sample is an error at that key
+    (arguments of the wrong kind are `compile`'s TypeError)."""
+    typed = isinstance(recipe, Recipe) and isinstance(model, nn.Module)
+    if inputs is None and typed and recipe.train is not None:
         try:
             return compile(model, recipe, example_inputs(model, recipe.train.model))
         except ExampleInputError as error:
