@@ -29,6 +29,7 @@ def finished_run(folder: Path) -> RunDir:
 def test_common_mistakes_fail_fast_without_importing_torch(tmp_path):
     run = finished_run(tmp_path / "q")
     run.export("compressed").mkdir()
+    run.checkpoint_folder(144).mkdir()
     (run.export("compressed") / "model.safetensors").write_bytes(b"x")
     cases = [
         (["run", "quickstart", "--set", "train.optimzer.lr=0.1"],
@@ -44,6 +45,8 @@ def test_common_mistakes_fail_fast_without_importing_torch(tmp_path):
          f"{run.checkpoint_file(240)} does not exist; {run.path} holds "
          f"{run.checkpoint_file(460)}, {run.checkpoint_file(437)}"),
         (["export", str(tmp_path)], f"{tmp_path} is not a run directory"),
+        (["export", str(run.checkpoint_folder(144))],
+         f"is a checkpoint folder of a sharded (FSDP2) run; export its run directory ({run})"),
         (["export", str(run), "--threads", "2"], "--threads steer the torch-sparse format"),
         (["export", str(run)], f"{run.export('compressed')} already exists"),
     ]  # fmt: skip
