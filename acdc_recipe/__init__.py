@@ -1,9 +1,11 @@
 """acdc-recipe: declarative AC/DC sparsity recipes for PyTorch.
 
+    torch.set_num_threads(acdc_recipe.default_threads())  # all cores but one, as `acdc run`
     recipe = acdc_recipe.load_recipe("recipes/quickstart.yaml", sparsity=0.95)
     compiled = acdc_recipe.compile(model, recipe)
     runtime = acdc_recipe.attach(compiled, optimizer, steps_per_epoch=len(loader))
-    # ... your own loop: runtime.begin_step(); loss.backward(); optimizer.step()
+    # ... your own loop, while not runtime.finished:
+    #     runtime.begin_step(); loss.backward(); optimizer.step()
 
     conversion = acdc_recipe.convert_recipe("sparseml_recipe.md")  # or a reference config
     conversion.recipe, conversion.text, conversion.report.lines()
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from acdc_recipe.language.schema import Recipe
     from acdc_recipe.language.timeline import Timeline, lower
     from acdc_recipe.runtime import SparsityRuntime
+    from acdc_recipe.trainer.session import default_threads
 
 # Names this module hands out on first use, and the module that defines each.
 _LAZY = {
@@ -53,6 +56,7 @@ _LAZY = {
     "Recipe": "acdc_recipe.language.schema",
     "Timeline": "acdc_recipe.language.timeline",
     "lower": "acdc_recipe.language.timeline",
+    "default_threads": "acdc_recipe.trainer.session",
 }
 
 
@@ -139,6 +143,7 @@ __all__ = [
     "attach",
     "compile",
     "convert_recipe",
+    "default_threads",
     "dump_recipe",
     "export",
     "load_recipe",

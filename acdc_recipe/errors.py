@@ -18,10 +18,13 @@ class Problem:
     line: int | None = None  # 1-based
     column: int | None = None  # 1-based
     suggestion: str | None = None
+    origin: str | None = None  # where the value came from when not the file: "--set train.seed"
 
     def render(self, source: str) -> str:
         where = source
-        if self.line is not None:
+        if self.origin is not None:
+            where = self.origin
+        elif self.line is not None:
             where += f":{self.line}:{self.column or 1}"
         key = f" at `{format_path(self.path)}`" if self.path else ""
         hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""

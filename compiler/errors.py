@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from acdc_recipe.errors import KeyPath, UserError, format_path
 
 
@@ -17,6 +19,18 @@ class CompileError(UserError, ValueError):
         self.layer = layer
         where = f"recipe key `{format_path(path)}`: " if path else ""
         super().__init__(where + message)
+
+    @classmethod
+    def of_all(cls, problems: Sequence[tuple[str, KeyPath]]) -> CompileError:
+        """One error for every (message, recipe key) problem found: a single one as it is,
+        several as a list (like a recipe's problems); `path` is the first one's key."""
+        if len(problems) == 1:
+            return cls(*problems[0])
+        lines = [f"the recipe has {len(problems)} problems with this model:"]
+        lines += [f"  - recipe key `{format_path(path)}`: {message}" for message, path in problems]
+        error = cls("\n".join(lines))
+        error.path = problems[0][1]
+        return error
 
 
 class ExampleInputError(CompileError):

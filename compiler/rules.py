@@ -68,7 +68,8 @@ def is_default_prunable(candidate: Candidate, prunable: Sequence[str]) -> bool:
 def resolve_rules(
     rules: Sequence[Rule], candidates: Sequence[Candidate], prunable: Sequence[str]
 ) -> Resolution:
-    """Apply `rules` (first match wins) to `candidates`; raise `CompileError` for a rule that claims nothing."""
+    """Apply `rules` (first match wins) to `candidates`; raise one `CompileError` naming every
+    rule that claims nothing."""
     matchers = [compile_match(rule.match, i) for i, rule in enumerate(rules)]
     pruned: dict[str, int | None] = {}
     dense: dict[str, int] = {}
@@ -90,12 +91,16 @@ def resolve_rules(
         else:
             pruned[candidate.name] = index
     claiming = set(claimed_by.values())
-    for index, rule in enumerate(rules):
-        if index not in claiming:
-            raise CompileError(
-                _unclaimed_message(index, rule, matchers, candidates, claimed_by, prunable),
-                _match_path(index),
-            )
+    unclaimed = [
+        (
+            _unclaimed_message(index, rule, matchers, candidates, claimed_by, prunable),
+            _match_path(index),
+        )
+        for index, rule in enumerate(rules)
+        if index not in claiming
+    ]
+    if unclaimed:
+        raise CompileError.of_all(unclaimed)
     return Resolution(pruned, dense)
 
 

@@ -47,6 +47,10 @@ class Markers(torch.utils.data.Dataset):
 
 
 def main(output: str) -> None:
+    # All cores but one, as `acdc run` sets it: torch's default (every core) makes each op wait
+    # for every thread, 10-23x slower whenever anything else uses a core.
+    torch.set_num_threads(acdc_recipe.default_threads())  # acdc
+    print(f"torch threads: {torch.get_num_threads()}")
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     config = BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,

@@ -38,6 +38,10 @@ class PythonBytes(torch.utils.data.Dataset):
 
 
 def main(output: str) -> None:
+    # All cores but one, as `acdc run` sets it: torch's default (every core) makes each op wait
+    # for every thread, 10-23x slower whenever anything else uses a core.
+    torch.set_num_threads(acdc_recipe.default_threads())  # acdc
+    print(f"torch threads: {torch.get_num_threads()}")
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=256,

@@ -52,6 +52,10 @@ def images(count: int = 512) -> torch.utils.data.TensorDataset:
 
 
 def main(output: str) -> None:
+    # All cores but one, as `acdc run` sets it: torch's default (every core) makes each op wait
+    # for every thread, 10-23x slower whenever anything else uses a core.
+    torch.set_num_threads(acdc_recipe.default_threads())  # acdc
+    print(f"torch threads: {torch.get_num_threads()}")
     lightning.seed_everything(0, verbose=False)
     # 12 epochs: D0-1, S2-3, D4-5, S6-7, D8-9, S10-11 (the first conv, 1 input channel, kept dense)
     recipe = acdc_recipe.acdc(0.9, epochs=12, warmup=2, sparse=2, dense=2, last_dense=2,

@@ -7,21 +7,43 @@
 docs/runtime.md. The `acdc run` application lives apart, in `acdc_recipe.trainer`.
 """
 
-from acdc_recipe.runtime.events import (
-    DenseSnapshot,
-    EmptiedLayerWarning,
-    LayersEmptied,
-    MasksComputed,
-    PhaseStarted,
-    RuntimeEvent,
-    event_from_dict,
-    event_to_dict,
-)
-from acdc_recipe.runtime.mask_sync import MaskMismatchError
-from acdc_recipe.runtime.masks import apply_masks_, select_masks
-from acdc_recipe.runtime.optimizer_state import reset_optimizer_state_, zero_state_where_pruned_
-from acdc_recipe.runtime.state import RuntimeStateError, SparsityRuntime, attach
-from acdc_recipe.runtime.threshold import NonFiniteWeightError
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Names this package hands out on first use, and the module that defines each: importing the
+# package (or `acdc_recipe.runtime.events`, whose records `acdc report` reads) loads no torch.
+_LAZY = {
+    **dict.fromkeys(
+        ("DenseSnapshot", "EmptiedLayerWarning", "LayersEmptied", "MasksComputed",
+         "PhaseStarted", "RuntimeEvent", "ScheduleEndedWarning", "event_from_dict",
+         "event_to_dict"),
+        "acdc_recipe.runtime.events",
+    ),
+    "MaskMismatchError": "acdc_recipe.runtime.mask_sync",
+    "apply_masks_": "acdc_recipe.runtime.masks",
+    "select_masks": "acdc_recipe.runtime.masks",
+    "reset_optimizer_state_": "acdc_recipe.runtime.optimizer_state",
+    "zero_state_where_pruned_": "acdc_recipe.runtime.optimizer_state",
+    "RuntimeStateError": "acdc_recipe.runtime.state",
+    "SparsityRuntime": "acdc_recipe.runtime.state",
+    "attach": "acdc_recipe.runtime.state",
+    "NonFiniteWeightError": "acdc_recipe.runtime.threshold",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'acdc_recipe.runtime' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "DenseSnapshot",
@@ -33,6 +55,7 @@ __all__ = [
     "PhaseStarted",
     "RuntimeEvent",
     "RuntimeStateError",
+    "ScheduleEndedWarning",
     "SparsityRuntime",
     "apply_masks_",
     "attach",

@@ -117,6 +117,10 @@ class EmptiedLayerWarning(UserWarning):
     """A mask left a layer without any weight."""
 
 
+class ScheduleEndedWarning(UserWarning):
+    """A training step began after the last step of the recipe's schedule (warned once)."""
+
+
 def emptied_layers_note(names: Sequence[str]) -> str:
     """What to tell a person about layers whose every weight is pruned."""
     return (

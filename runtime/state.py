@@ -40,6 +40,7 @@ from acdc_recipe.runtime.events import (
     LayersEmptied,
     PhaseStarted,
     RuntimeEvent,
+    ScheduleEndedWarning,
     emptied_layers_note,
     event_from_dict,
     event_to_dict,
@@ -92,8 +93,9 @@ def _companion_parameters(compiled: CompiledRecipe) -> tuple[list[Tensor], list[
 
 
 def _action_positions(timeline: Timeline, snapshot_step: int | None) -> list[int]:
-    """Sorted steps at which the pre-step hook has something to do."""
-    positions = {phase.start for phase in timeline.phases}
+    """Sorted steps at which the pre-step hook has something to do (the step after the
+    schedule's end included: it warns that training runs past it)."""
+    positions = {phase.start for phase in timeline.phases} | {timeline.length}
     for phase in timeline.phases:
         positions.update(phase.mask_updates())
     if snapshot_step is not None:
@@ -159,6 +161,12 @@ class SparsityRuntime:
     def step(self) -> int:
         """Optimizer steps completed (steps skipped by a GradScaler are not counted)."""
         return self._step
+
+    @property
+    def finished(self) -> bool:
+        """Whether every step of the schedule has run (`timeline.length` steps): a loop over
+        the schedule runs `while not runtime.finished`."""
+        return self._step >= self.timeline.length
 
     @property
     def phase_index(self) -> int:
@@ -233,6 +241,8 @@ class SparsityRuntime:
             emptied = self._run_actions(self._step)
             if emptied:  # here, so the warning points at the caller's line
                 warnings.warn(emptied_layers_note(emptied), EmptiedLayerWarning, stacklevel=2)
+            if self._step == self.timeline.length:
+                warnings.warn(self._past_the_end(), ScheduleEndedWarning, stacklevel=2)
 
     def mask_gradients(self) -> None:
         """Run this step's phase actions and mask the gradients now, e.g. before clipping.
@@ -252,6 +262,22 @@ class SparsityRuntime:
         for listener in self._step_listeners:
             listener(self._step)
         self._step += 1
+
+    def _past_the_end(self) -> str:
+        last = self.timeline.phases[-1] if self.timeline.phases else None
+        held = (
+            f"the last phase ({last.kind}) holds from here on"
+            if last is not None
+            else "the schedule is empty"
+        )
+        per_epoch = f", {self.steps_per_epoch} per epoch" if self.steps_per_epoch else ""
+        return (
+            f"training continues past the end of the recipe's schedule: it has "
+            f"{self.timeline.length} optimizer steps{per_epoch} "
+            f"({self.plan.timeline.compact()} {self.plan.timeline.unit}s), and step "
+            f"{self._step} is about to run; {held}. Stop the loop when runtime.finished is "
+            "True (after runtime.timeline.length steps)"
+        )
 
     # -- phase actions (rare) --------------------------------------------------------------
     def _run_actions(self, step: int) -> tuple[str, ...]:

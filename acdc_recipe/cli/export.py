@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from acdc_recipe.cli.common import console
 from acdc_recipe.errors import UserError
+from acdc_recipe.formats.run_dir import RunDir, check_export_source
 from acdc_recipe.language.train_config import INPUT_DTYPES
 
 FORMAT_CHOICES = ("compressed", "torch-sparse")  # acdc_recipe.exporter.FORMATS
@@ -81,24 +83,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def format_config(args: argparse.Namespace) -> Any:
-    """The export format's config from the flags; a torch-sparse flag with the compressed
-    format is refused (that format stores the weights as they are)."""
+    """The export format's config from the flags (checked by `check_before_loading`)."""
     from acdc_recipe.exporter import Compressed, TorchSparse
 
+    given = torch_sparse_flags(args)
+    return TorchSparse(**given) if args.format == TorchSparse.name else Compressed()
+
+
+def torch_sparse_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The torch-sparse flags given; refused with another format (which stores the weights
+    as they are)."""
     given = {name: getattr(args, name) for name in TORCH_SPARSE_FLAGS}
     given = {name: value for name, value in given.items() if value is not None}
-    if args.format == TorchSparse.name:
-        return TorchSparse(**given)
-    if given:
+    if args.format != "torch-sparse" and given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UserError(
             f"{flags} steer the torch-sparse format's timing; the {args.format} format stores "
             "the weights as they are (add --format torch-sparse, or leave them out)"
         )
-    return Compressed()
+    return given
+
+
+def check_before_loading(args: argparse.Namespace) -> None:
+    """The mistakes found from the arguments and file names alone, before torch loads: a flag
+    of the other format, a source that does not exist or holds no sparse model, an output
+    folder that exists."""
+    torch_sparse_flags(args)
+    source = Path(args.source)
+    check_export_source(source)
+    folder = source if source.is_dir() else source.parent
+    target = Path(args.output) if args.output else RunDir(folder).export(args.format)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(
+            f"{target} already exists; export into a new folder (-o DIR), or remove it first"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
+    check_before_loading(args)
     from acdc_recipe.exporter import export
 
     config = format_config(args)
@@ -117,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = exported.manifest
     console.print(
         f"[green]wrote[/] {exported.path} ({manifest['format']}, sparsity "
-        f"{100 * manifest['sparsity']:.2f}% over {len(manifest['pruned'])} pruned weights)"
+        f"{100 * manifest['sparsity']:.2f}% over {_count(len(manifest['pruned']), 'pruned weight tensor')})"
     )
     if "pruned_bytes" in manifest:
         sizes = manifest["pruned_bytes"]
@@ -132,14 +154,21 @@ def run(args: argparse.Namespace) -> int:
         console.print(
             f"{kernels.count('csr')} of {len(layers)} pruned layers on CSR kernels"
             + (f", {semi} on 2:4 kernels" if semi else "")
-            + f" (batch {manifest['batch_size']}, {manifest['threads']} threads, "
+            + f" (batch {manifest['batch_size']}, {_count(manifest['threads'], 'thread')}, "
             f"{manifest['device']}); outputs within {manifest['max_abs_diff']:.2g} of the "
             "dense model"
         )
         uncovered = manifest["no_kernel"]
         if uncovered:
             kinds = ", ".join(sorted(set(uncovered.values())))
+            one = len(uncovered) == 1
             console.print(
-                f"{len(uncovered)} pruned layers have no CSR kernel ({kinds}) and stay dense"
+                f"{_count(len(uncovered), 'pruned layer')} {'has' if one else 'have'} no CSR "
+                f"kernel ({kinds}) and {'stays' if one else 'stay'} dense"
             )
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

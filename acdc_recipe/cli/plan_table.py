@@ -94,9 +94,11 @@ def _print_account(plan: dict[str, Any], console: Console) -> None:
     account = plan.get("parameters")
     if account is None:
         return
-    parts = [f"{account['pruned']} pruned"]
-    parts += [f"{n} {account['reasons'][key]}" for key, n in account["not_pruned"].items()]
-    console.print("parameters: " + "; ".join(parts), markup=False)
+    line = f"parameters: {account['pruned']} pruned"
+    if account["not_pruned"]:
+        reasons = [f"{account['reasons'][key]} ({n})" for key, n in account["not_pruned"].items()]
+        line += "; not pruned: " + ", ".join(reasons)
+    console.print(line, markup=False)
     for group in plan.get("tied", []):
         decision = group["decision"]
         said = {

@@ -12,6 +12,7 @@ from pathlib import Path
 from acdc_recipe.cli.common import add_recipe_arguments, errors
 from acdc_recipe.errors import UserError
 from acdc_recipe.formats.run_dir import BuildDir, RunDir
+from acdc_recipe.trainer.data_paths import check_data_paths
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -146,6 +147,8 @@ def _train_or_launch(args: argparse.Namespace) -> int:
     start = run_dir.plan_start(
         dump_recipe(recipe), resume=args.resume, overwrite=args.overwrite, source=source
     )
+    if recipe.train is not None:
+        check_data_paths(recipe.train.data)  # before torch: a wrong path fails in a moment
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
     from acdc_recipe.trainer.interrupt import TrainingInterrupted

@@ -1,9 +1,11 @@
 """Atomic, verified training checkpoints and safetensors model files.
 
 A checkpoint is one `torch.save`d dict of tensors and plain containers (loadable with
-`weights_only=True`), written to a temporary file, fsynced and renamed into place; then its
-sha256 goes beside it, in `sha256sum` format (`checkpoint-<step>.pt.sha256`, so
-`sha256sum -c` checks it too). Reading verifies the digest before `torch.load` sees a byte, so
+`weights_only=True`) with its sha256 beside it, in `sha256sum` format
+(`checkpoint-<step>.pt.sha256`, so `sha256sum -c` checks it too). The digest is written first,
+then the checkpoint, each to a temporary file, fsynced and renamed into place: a stop between
+the two leaves a digest without a checkpoint, which the run directory knows as an unfinished
+write, never a checkpoint without its digest. Reading verifies the digest before `torch.load` sees a byte, so
 a file damaged anywhere (torch does not check the zip's CRCs) is refused by name, and resuming
 takes the newest checkpoint that verifies, loads and belongs to this recipe. The newest two
 are kept. Runs sharded with FSDP2 write checkpoint folders instead (`sharded_checkpoint`).
@@ -82,17 +84,17 @@ def _python_state_to_plain(state: tuple) -> list:
 
 
 def save_checkpoint(run_dir: RunDir, step: int, state: dict[str, Any], recipe_hash: str) -> Path:
-    """Write `state` for `step` atomically, then its digest, and delete all but the newest
-    `KEEP` checkpoints."""
+    """Write the digest of `state` for `step`, then `state` (each atomically), and delete all
+    but the newest `KEEP` checkpoints."""
     path = run_dir.checkpoint_file(step)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe_hash": recipe_hash}
     payload.update(step=step, **state)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getbuffer()
-    files.write_atomic(path, lambda temporary: temporary.write_bytes(data))
     line = f"{hashlib.sha256(data).hexdigest()}  {path.name}\n"
     files.write_text_atomic(digest_path(path), line)
+    files.write_atomic(path, lambda temporary: temporary.write_bytes(data))
     for old in run_dir.checkpoint_files()[KEEP:]:
         old.unlink(missing_ok=True)
         digest_path(old).unlink(missing_ok=True)
@@ -116,8 +118,8 @@ def verified_bytes(path: Path) -> bytes:
         expected = digest_path(path).read_text(encoding="utf-8").split()[0]
     except (OSError, UnicodeDecodeError, IndexError):
         raise CheckpointError(
-            f"{path.name} has no readable digest file {digest_path(path).name} (the run was "
-            "stopped while writing it, or the file was copied alone), so it cannot be verified"
+            f"{path.name} has no readable digest file {digest_path(path).name} (it was copied "
+            "alone, or written by another tool or an earlier version), so it cannot be verified"
         ) from None
     if hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(

@@ -11,6 +11,12 @@ output of the earlier run (its exports too). `--resume` needs something to resum
 empty folder is an error, and a folder where a run started but never checkpointed starts again
 from step 0. `RunDir.plan_start` decides which of these applies without touching a file (and
 without torch); `StartPlan.carry_out` then does it.
+
+A checkpoint's digest is written before the checkpoint file (each atomically), so a stop
+between the two leaves a digest without its file: an unfinished write, removed when the run
+continues from the checkpoint before it (or from step 0, when it was the first), and said so.
+A checkpoint file is never left without its digest by a stop; one that has none was copied
+alone, or is not ours, and resuming refuses it by name.
 """
 
 from __future__ import annotations
@@ -137,9 +143,32 @@ class RunDir:
         """Checkpoint files, newest (highest step) first."""
         return _by_step(self.path, _CHECKPOINT_FILE, is_dir=False)
 
+    def unfinished_checkpoints(self) -> list[Path]:
+        """The checkpoint files whose digest was written and which were not: writes a stop
+        interrupted (the digest comes first), newest first. Their digests are the leftovers."""
+        if not self.path.is_dir():
+            return []
+        found = [
+            self.path / p.name.removesuffix(DIGEST_SUFFIX)
+            for p in self.path.iterdir()
+            if p.name.endswith(DIGEST_SUFFIX)
+        ]
+        found = [p for p in found if _CHECKPOINT_FILE.match(p.name) and not p.exists()]
+        return sorted(found, key=_step_of, reverse=True)
+
     def checkpoint_folders(self) -> list[Path]:
         """Checkpoint folders of a sharded run, newest first."""
         return _by_step(self.path, _CHECKPOINT_FOLDER, is_dir=True)
+
+    def checkpoints_held(self) -> str:
+        """The checkpoints this folder holds, as a phrase for a message."""
+        found = [str(p) for p in self.checkpoint_files() + self.checkpoint_folders()]
+        if not found:
+            return f"{self.path} holds no finished checkpoint"
+        return (
+            f"{self.path} holds {', '.join(found)} (a run removes older checkpoints as it "
+            "writes new ones)"
+        )
 
     def export(self, format_name: str) -> Path:
         """The default folder of an export in `format_name`."""
@@ -167,14 +196,17 @@ class RunDir:
         run (`acdc compile -o` writes one too)."""
         found = self.checkpoint_files()
         found += [digest_path(p) for p in found if digest_path(p).exists()]
+        found += [digest_path(p) for p in self.unfinished_checkpoints()]
         found += self.checkpoint_folders()
         return found + [p for p in self._named_outputs() if p.exists()] + self.exports()
 
     def leftovers(self) -> list[Path]:
-        """Temporary files of atomic writes a stop interrupted (`.<name>.tmp-<pid>`): ours."""
+        """What writes a stop interrupted left: temporary files of atomic writes
+        (`.<name>.tmp-<pid>`, ours only) and the digests of checkpoints never written."""
         ours = (RECIPE, "checkpoint-", *(p.name for p in self._named_outputs()))
         found = self.path.glob(".*.tmp-*") if self.path.is_dir() else ()
-        return [p for p in found if p.name[1:].startswith(ours)]
+        digests = [digest_path(p) for p in self.unfinished_checkpoints()]
+        return [p for p in found if p.name[1:].startswith(ours)] + digests
 
     def plan_start(
         self, resolved: str, *, resume: bool, overwrite: bool, source: str | None = None
@@ -199,7 +231,17 @@ class RunDir:
             note = f"started fresh (--overwrite): removed {removed}" if previous else None
             return StartPlan("fresh", tuple(previous), note)
         if self.checkpoint_files() or self.checkpoint_folders():
-            return StartPlan("resume", tuple(self.leftovers()))
+            newest = (self.checkpoint_files() + self.checkpoint_folders())[0]
+            unfinished = [  # older ones: a stop while older checkpoints were being removed
+                p for p in self.unfinished_checkpoints() if _step_of(p) > _step_of(newest)
+            ]
+            note = (
+                f"the run stopped while it wrote {_names(unfinished)}, so it continued from "
+                "the checkpoint before it"
+                if unfinished
+                else None
+            )
+            return StartPlan("resume", tuple(self.leftovers()), note)
         return self._plan_restart(resolved)
 
     def _plan_restart(self, resolved: str) -> StartPlan:
@@ -216,8 +258,8 @@ class RunDir:
             )
         recipe = self.recipe
         written = recipe.read_text(encoding="utf-8", errors="replace") if recipe.is_file() else None
-        ours = self.outputs()
         interrupted = self.leftovers()
+        ours = [p for p in self.outputs() if p not in interrupted]
         only_start_up = all(p == self.metrics for p in ours)  # what a run writes first
         started = written == resolved or bool(ours) or bool(interrupted)
         if not (started and only_start_up and written in (None, resolved)):
@@ -226,10 +268,14 @@ class RunDir:
                 f"{self.path} has no checkpoint to resume from ({found}); replace it with "
                 "--overwrite, or choose another --out"
             )
+        unfinished = self.unfinished_checkpoints()
+        why = (
+            f"the run stopped while it wrote its first checkpoint ({_names(unfinished)})"
+            if unfinished
+            else "no checkpoint was written before the run stopped"
+        )
         return StartPlan(
-            "restart",
-            tuple(ours + interrupted),
-            "no checkpoint was written before the run stopped, so it started again from step 0",
+            "restart", tuple(ours + interrupted), f"{why}, so it started again from step 0"
         )
 
 
@@ -294,6 +340,56 @@ class TrainerDir:
     def runtime_state(checkpoint_folder: Path) -> Path:
         """The engine's state beside a trainer checkpoint."""
         return checkpoint_folder / "acdc_runtime.safetensors"
+
+
+class ExportSourceError(UserError, ValueError):
+    """What `acdc export` was given cannot be exported (checked before the model is read)."""
+
+
+def check_export_source(source: Path) -> None:
+    """Refuse, from the file names alone, a source `acdc export` cannot read: a path that does
+    not exist (naming the checkpoints its folder does hold), or a folder that is no run
+    directory or holds no finished sparse model."""
+    if source.is_file():
+        return
+    if source.is_dir():
+        run = RunDir(source)
+        if not run.recipe.is_file() and _CHECKPOINT_FOLDER.match(source.name):
+            raise ExportSourceError(
+                f"{source} is a checkpoint folder of a sharded (FSDP2) run; export its run "
+                f"directory ({source.parent}), which holds the gathered sparse model"
+            )
+        if not run.recipe.is_file():
+            raise ExportSourceError(
+                f"{source} is not a run directory (it has no {RECIPE}); give a folder written by "
+                "`acdc run` or one of its checkpoint-*.pt files"
+            )
+        if not run.sparse_model.is_file():
+            raise ExportSourceError(
+                f"{source} has no sparse model ({run.sparse_model.name}): the run has not "
+                "finished, or its schedule ends with a dense phase; export one of its "
+                f"checkpoints of a sparse phase instead ({run.checkpoints_held()})"
+            )
+        return
+    run = RunDir(source.parent)
+    if run.path.is_dir() and (run.recipe.is_file() or run.checkpoint_files()):
+        finished = (
+            f"; `acdc export {run}` exports the finished run's sparse model"
+            if run.sparse_model.is_file()
+            else ""
+        )
+        raise ExportSourceError(f"{source} does not exist; {run.checkpoints_held()}{finished}")
+    raise ExportSourceError(
+        f"{source} does not exist; give a run directory written by `acdc run` or one of its "
+        "checkpoint-*.pt files"
+    )
+
+
+def _step_of(checkpoint: Path) -> int:
+    """The step of a checkpoint file or folder, from its name."""
+    return int(
+        (_CHECKPOINT_FILE.match(checkpoint.name) or _CHECKPOINT_FOLDER.match(checkpoint.name))[1]
+    )
 
 
 def _names(paths: list[Path]) -> str:

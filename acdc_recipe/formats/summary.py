@@ -1,5 +1,6 @@
-"""summary.json: what a finished run measured (accuracies, exact sparsity, FLOPs as multiples
-of dense, counted by the compiler's `FlopsMeter`, the paper's accounting, step by step)."""
+"""What a finished run measured (summary.json): accuracies, exact sparsity, and FLOPs as
+multiples of dense (counted by the compiler's `FlopsMeter`, the paper's accounting, step by
+step). Plain data: `acdc report` reads it without torch."""
 
 from __future__ import annotations
 

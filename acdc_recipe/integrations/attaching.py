@@ -137,17 +137,24 @@ def attach_runtime(
 
 
 def event_metrics(event: RuntimeEvent) -> dict[str, float]:
-    """The scalars a trainer's loggers get for one engine event (none for the others)."""
+    """The scalars a trainer's loggers get for one engine event (none for the others): the
+    phase at its start (with the target 0 of a dense phase), the target and the achieved
+    sparsity, overall and per pruned weight (``acdc/sparsity/<name>``), at each mask
+    computation."""
     if isinstance(event, PhaseStarted):
-        return {
+        metrics = {
             "acdc/phase": float(event.phase_index),
             "acdc/sparse_phase": float(event.kind != "dense"),
-            "acdc/target": float(event.target),
         }
+        if event.kind == "dense":  # a sparse phase's target comes with its masks
+            metrics["acdc/target"] = 0.0
+        return metrics
     if isinstance(event, MasksComputed):
         metrics = {"acdc/sparsity": event.achieved_sparsity, "acdc/target": event.target}
         if event.changed_fraction is not None:
             metrics["acdc/mask_changed"] = event.changed_fraction
+        for name, sparsity in event.per_layer_sparsity.items():
+            metrics[f"acdc/sparsity/{name}"] = sparsity
         return metrics
     if isinstance(event, LayersEmptied):
         return {"acdc/emptied_layers": float(len(event.names))}
@@ -184,10 +191,22 @@ class AttachedRecipe:
     saves: bool
     log: Callable[[dict[str, float]], None]
     _saved_final: bool = field(default=False, init=False)
+    _pending: dict[str, float] | None = field(default=None, init=False)
 
     def listen(self) -> None:
         """From now on: the dense half when the last dense phase ends, metrics for events."""
         self.runtime.add_listener(self._on_event)
+
+    def begin_step(self) -> None:
+        """The phase actions due at this step (`runtime.begin_step()`), their metrics logged
+        together, once."""
+        self._pending = {}
+        try:
+            self.runtime.begin_step()
+        finally:
+            pending, self._pending = self._pending, None
+        if pending:
+            self.log(pending)
 
     def after_step(self) -> None:
         """Save the final model (the sparse half, or the dense one for a schedule ending
@@ -207,7 +226,9 @@ class AttachedRecipe:
         if isinstance(event, DenseSnapshot):
             self._save("dense")
         metrics = event_metrics(event)
-        if metrics:
+        if metrics and self._pending is not None:
+            self._pending.update(metrics)
+        elif metrics:
             self.log(metrics)
 
     def _save(self, name: str) -> None:
@@ -237,7 +258,9 @@ def summary_line(compiled: CompiledRecipe) -> str:
         else f"module tree walked ({compiled.tracer}: {compiled.trace_error})"
     )
     weights = sum(p.numel for p in compiled.params)
+    tensors = len(compiled.params)
     return (
-        f"acdc: recipe {compiled.recipe.name!r}, {how}; {len(compiled.params)} prunable tensors "
-        f"({weights:,} weights), schedule {compiled.timeline.compact()} {compiled.timeline.unit}s"
+        f"acdc: recipe {compiled.recipe.name!r}, {how}; {tensors} prunable "
+        f"tensor{'s' if tensors != 1 else ''} ({weights:,} weights), schedule "
+        f"{compiled.timeline.compact()} {compiled.timeline.unit}s"
     )

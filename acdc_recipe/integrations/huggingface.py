@@ -20,10 +20,14 @@ accumulation does not move a phase; an epoch is the Trainer's optimizer steps pe
 Trainer must run exactly the recipe's schedule (``max_steps``, or ``num_train_epochs`` for an
 epoch schedule); anything else is refused when training begins, with the value to set.
 
-Phase switches and sparsity go through ``trainer.log`` (so they reach every ``report_to``
-target) as ``acdc/*`` scalars. The engine's state is written into each Trainer checkpoint
-(``acdc_runtime.safetensors`` and its sha256) and restored on resume, so a resumed run ends
-bitwise equal to an uninterrupted one on CPU. The dense half of the pair is saved with
+What was compiled (the prunable tensors and the schedule) is printed once, by the main
+process, when training begins. Phase switches and, at each mask computation, the target and
+the achieved sparsity (overall and per pruned weight) go through ``trainer.log`` (so they
+reach every ``report_to`` target) as ``acdc/*`` scalars, one entry per step. The engine's
+state is written into each Trainer checkpoint (``acdc_runtime.safetensors`` and its sha256)
+and restored on resume from the folder given to ``trainer.train(resume_from_checkpoint=...)``
+(the callback wraps the trainer's ``train`` to see it), so a resumed run ends bitwise equal to
+an uninterrupted one on CPU. The dense half of the pair is saved with
 ``save_pretrained`` into ``<output_dir>/dense`` when the last dense phase ends (a schedule
 ending dense: when training ends), the sparse model into ``<output_dir>/sparse`` when the
 schedule ends.
@@ -31,7 +35,9 @@ schedule ends.
 
 from __future__ import annotations
 
-import logging
+import functools
+import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +64,6 @@ from acdc_recipe.runtime import SparsityRuntime
 transformers = require("transformers", "hf", "acdc_recipe.integrations.huggingface")
 trainer_utils = require("transformers.trainer_utils", "hf", "acdc_recipe.integrations.huggingface")
 
-logger = logging.getLogger(__name__)
 OWNER = "AcdcCallback (transformers Trainer)"
 
 
@@ -111,6 +116,8 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
         self.example_inputs = example_inputs
         self.attached: AttachedRecipe | None = None
         self._masking: GradientMasking | None = None
+        self._resume_argument: Any = None
+        self._see_resume_argument(trainer)
 
     # -- Trainer events ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -142,14 +149,15 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
             self._restore(args, output, state.global_step)
         self.attached.listen()
         self._masking = GradientMasking(runtime, compiled.parameters)
-        logger.info(summary_line(compiled))
-        for note in compiled.warnings:
-            logger.info("acdc: %s", note)
+        if state.is_world_process_zero:  # the Trainer's logger stays quiet at info level
+            print(summary_line(compiled), flush=True)
+            for note in compiled.warnings:
+                print(f"acdc: warning: {note}", flush=True)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.attached is not None:
             self._masking.restart()
-            self.attached.runtime.begin_step()
+            self.attached.begin_step()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.attached is not None:
@@ -172,13 +180,30 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
         self._close()
 
     # -- helpers -------------------------------------------------------------------------------
+    def _see_resume_argument(self, trainer: Any) -> None:
+        """Wrap `trainer.train` to keep its `resume_from_checkpoint` argument: callbacks are
+        not told which checkpoint folder the Trainer resumed from."""
+        train = trainer.train
+        signature = inspect.signature(train)
+
+        @functools.wraps(train)
+        def train_seen(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind_partial(*args, **kwargs).arguments
+            self._resume_argument = bound.get("resume_from_checkpoint")
+            return train(*args, **kwargs)
+
+        trainer.train = train_seen
+
+    def _resume_folder(self, args: Any, output: Path, step: int) -> Path:
+        """The checkpoint folder the Trainer resumed from: the one given to `train()` (or in
+        the arguments), else (`True`) the newest in `output_dir`, which is step's."""
+        for given in (self._resume_argument, getattr(args, "resume_from_checkpoint", None)):
+            if isinstance(given, (str, os.PathLike)) and str(given):
+                return Path(given)
+        return output / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{step}"
+
     def _restore(self, args: Any, output: Path, step: int) -> None:
-        given = getattr(args, "resume_from_checkpoint", None)
-        folder = (
-            Path(given)
-            if isinstance(given, str) and given
-            else output / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{step}"
-        )
+        folder = self._resume_folder(args, output, step)
         load_runtime_state(self.attached.runtime, folder)
         masks = self.attached.runtime.masks
         weights = self.attached.compiled.parameters
@@ -187,15 +212,15 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
         ):
             raise IntegrationError(
                 f"the acdc state in {folder} does not belong to the weights the Trainer resumed "
-                "with: they are not zero where its masks prune. The callback reads the state "
-                "from args.output_dir/checkpoint-<step>, so resume from a checkpoint folder "
-                "inside output_dir (or name it in TrainingArguments(resume_from_checkpoint=...))"
+                "with: they are not zero where its masks prune (the folder's files come from "
+                "different runs); resume from a checkpoint folder written whole by one run "
+                "with this callback"
             )
         if self.attached.runtime.step != step:
             raise IntegrationError(
                 f"{folder} holds the acdc state of step {self.attached.runtime.step}, but the "
-                f"Trainer resumed at step {step}; resume from a checkpoint folder the Trainer "
-                "wrote in args.output_dir, or name it in TrainingArguments(resume_from_checkpoint=...)"
+                f"Trainer resumed at step {step}; resume from a checkpoint folder written whole "
+                "by one run with this callback"
             )
 
     def _close(self) -> None:

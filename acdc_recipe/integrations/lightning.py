@@ -114,7 +114,7 @@ class AcdcCallback(AttachedViews, lightning.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.attached is not None:
-            self.attached.runtime.begin_step()
+            self.attached.begin_step()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.attached is not None:

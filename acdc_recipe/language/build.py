@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from acdc_recipe.language.loading import validate_recipe
 from acdc_recipe.language.schema import Recipe
 
 
@@ -27,11 +28,12 @@ def acdc(
     train: Mapping[str, Any] | None = None,
 ) -> Recipe:
     """An AC/DC recipe; the defaults are the paper's ImageNet schedule (100 epochs, 50 sparse).
+    Bad arguments raise `RecipeError` naming the key, as a recipe file's would.
 
     >>> acdc(0.95).schedule.acdc.final_sparse
     15
     """
-    return Recipe.model_validate(
+    return validate_recipe(
         {
             "name": name or f"acdc{round(target * 100)}",
             "sparsity": {
@@ -54,5 +56,6 @@ def acdc(
             },
             "optimizer_state": {"on_decompress": on_decompress},
             **({"train": dict(train)} if train is not None else {}),
-        }
+        },
+        "acdc(...)",
     )

@@ -1,8 +1,9 @@
 """Recipe text -> validated `Recipe`, with every problem located in the source.
 
-The pipeline: read -> YAML nodes (safe loader, positions kept) -> `--set` overrides ->
-variables -> templates -> pydantic validation -> schedule lowering. Every failure becomes a
-`RecipeError` listing all problems found at that stage, each with file, line and key.
+The pipeline: read -> YAML nodes (safe loader, positions kept, size bounded: `yaml_tree`) ->
+`--set` overrides -> variables -> templates -> pydantic validation -> schedule lowering. Every
+failure becomes a `RecipeError` listing all problems found at that stage, each with file, line
+and key (or the `--set` that set it).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from acdc_recipe.language import templating
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.language.timeline import ScheduleError, lower
 from acdc_recipe.language.validation_messages import describe_error
+from acdc_recipe.language.yaml_tree import Marks, parse_yaml
 
-Marks = dict[KeyPath, tuple[int, int]]
+Origins = dict[KeyPath, str]  # keys set by `--set` (or a keyword argument) -> how they were set
 
 
 def shipped_recipes() -> dict[str, str]:
@@ -106,20 +108,31 @@ def load_recipe_text(
     **variables: Any,
 ) -> Recipe:
     """Like `load_recipe`, from text already in memory."""
-    data, marks = _parse_yaml(text, source)
+    data, marks = parse_yaml(text, source)
     labels = {key: f"--set {key}" for key in overrides or {}}
     labels.update({key: f"load_recipe(..., {key}=...)" for key in variables})
     data = _apply_overrides(data, {**(overrides or {}), **variables}, labels, marks, source)
-    data = _render_templates(data, marks, source)
+    origins = {tuple(key.split(".")): label for key, label in labels.items() if "." in key}
+    data = _render_templates(data, marks, source, origins)
+    return validate_recipe(data, source, marks, origins)
+
+
+def validate_recipe(
+    data: Any, source: str, marks: Marks | None = None, origins: Origins | None = None
+) -> Recipe:
+    """`data` (a recipe as plain values) validated into a `Recipe` whose schedule lowers;
+    every problem raised as one `RecipeError`, located by `marks` and `origins` when given."""
+    marks, origins = marks or {}, origins or {}
     try:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as error:
-        problems = [_locate(describe_error(e, data), marks) for e in error.errors()]
+        problems = [_locate(describe_error(e, data), marks, origins) for e in error.errors()]
         raise RecipeError(problems, source) from None
     try:
         lower(recipe.schedule)
     except ScheduleError as error:
-        raise RecipeError([_locate(Problem(str(error), error.path), marks)], source) from None
+        problem = _locate(Problem(str(error), error.path), marks, origins)
+        raise RecipeError([problem], source) from None
     return recipe
 
 
@@ -141,151 +154,6 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
             )
         result[key.strip()] = templating.parse_typed(value)
     return result
-
-
-MAX_DEPTH = 32  # lists and mappings inside each other; a recipe needs fewer than ten
-MAX_INT_DIGITS = 40  # an integer literal of more digits is a mistake (and slow to convert)
-_OPENING = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
-            yaml.BlockMappingStartToken)  # fmt: skip
-_CLOSING = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
-
-
-def _parse_yaml(text: str, source: str) -> tuple[dict, Marks]:
-    marks: Marks = {}
-    problems: list[Problem] = []
-    try:
-        _check_depth(text)
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            if node is not None:
-                _index_marks(node, (), marks, problems)
-            data = None if node is None or problems else loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except _TooDeep as error:
-        raise RecipeError([Problem(str(error), (), error.line, error.column)], source) from None
-    except yaml.YAMLError as error:
-        raise RecipeError([_yaml_problem(error, text)], source) from None
-    if problems:
-        raise RecipeError(problems, source)
-    if not isinstance(data, dict):
-        found = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise RecipeError(
-            [Problem(f"a recipe is a YAML mapping of keys, found {found}", (), 1, 1)], source
-        )
-    return data, marks
-
-
-class _TooDeep(ValueError):
-    def __init__(self, line: int, column: int) -> None:
-        super().__init__(
-            f"lists and mappings are nested more than {MAX_DEPTH} levels deep here; a recipe "
-            "needs only a few levels"
-        )
-        self.line, self.column = line, column
-
-
-def _check_depth(text: str) -> None:
-    """Refuse deep nesting from the token stream (the YAML composer would recurse into it)."""
-    scanner = yaml.SafeLoader(text)
-    try:
-        depth = 0
-        while not scanner.check_token(yaml.StreamEndToken):
-            token = scanner.get_token()
-            if isinstance(token, _OPENING):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    raise _TooDeep(token.start_mark.line + 1, token.start_mark.column + 1)
-            elif isinstance(token, _CLOSING):
-                depth -= 1
-    finally:
-        scanner.dispose()
-
-
-def _yaml_problem(error: yaml.YAMLError, text: str) -> Problem:
-    """A YAML error located at its line and column, in words a person can act on."""
-    if isinstance(error, yaml.reader.ReaderError):
-        before = text[: error.position]
-        line, column = before.count("\n") + 1, error.position - (before.rfind("\n") + 1) + 1
-        return Problem(
-            f"invalid YAML: the character #x{error.character:04x} is not allowed in a recipe "
-            "(control characters and other special characters; write it as an escape in a "
-            "double-quoted string if you need it)",
-            (),
-            line,
-            column,
-        )
-    mark = getattr(error, "problem_mark", None)
-    reason = getattr(error, "problem", None) or str(error)
-    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    return Problem(f"invalid YAML: {reason}", (), line, column)
-
-
-MAX_NODES = 100_000  # a recipe is small; aliases must not expand it without bound
-
-
-def _index_marks(
-    node: yaml.Node,
-    path: KeyPath,
-    marks: Marks,
-    problems: list[Problem],
-    ancestors: tuple[int, ...] = (),
-) -> None:
-    line, column = node.start_mark.line + 1, node.start_mark.column + 1
-    if id(node) in ancestors:
-        problems.append(Problem("a YAML alias refers to itself (recursive)", path, line, column))
-        return
-    if len(marks) >= MAX_NODES:
-        if len(problems) == 0 or "too large" not in problems[-1].message:
-            problems.append(
-                Problem(f"recipe too large: over {MAX_NODES} values", path, line, column)
-            )
-        return
-    marks[path] = (line, column)
-    inner = (*ancestors, id(node))
-    if isinstance(node, yaml.ScalarNode):
-        problem = _scalar_problem(node)
-        if problem is not None:
-            problems.append(Problem(problem, path, line, column))
-    elif isinstance(node, yaml.MappingNode):
-        seen: set[object] = set()
-        for key_node, value_node in node.value:
-            key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            if not isinstance(key_node, yaml.ScalarNode):
-                problems.append(
-                    Problem("a key must be a plain name, not a list or mapping", path, *key_mark)
-                )
-                continue
-            key = key_node.value
-            if (problem := _scalar_problem(key_node)) is not None:
-                problems.append(Problem(problem, path, *key_mark))
-                continue
-            child = (*path, key)
-            if key in seen:
-                problems.append(Problem(f"duplicate key {key!r}", child, *key_mark))
-            seen.add(key)
-            _index_marks(value_node, child, marks, problems, inner)
-            marks[child] = key_mark
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _index_marks(item, (*path, index), marks, problems, inner)
-
-
-def _scalar_problem(node: yaml.ScalarNode) -> str | None:
-    """What is wrong with one YAML value before it is converted, or None."""
-    if any("\ud800" <= ch <= "\udfff" for ch in node.value):
-        return (
-            "this text holds a lone surrogate escape (such as \\ud800), which is not Unicode text"
-        )
-    if node.tag == "tag:yaml.org,2002:int":
-        digits = sum(ch.isdigit() for ch in node.value)
-        if digits > MAX_INT_DIGITS:
-            return (
-                f"an integer of {digits} digits; numbers in a recipe have at most "
-                f"{MAX_INT_DIGITS} digits"
-            )
-    return None
 
 
 def _apply_overrides(
@@ -342,11 +210,11 @@ def _apply_overrides(
     return data
 
 
-def _render_templates(data: dict, marks: Marks, source: str) -> dict:
+def _render_templates(data: dict, marks: Marks, source: str, origins: Origins) -> dict:
     problems: list[Problem] = []
 
     def report(path: tuple, message: str) -> None:
-        problems.append(_locate(Problem(message, path), marks))
+        problems.append(_locate(Problem(message, path), marks, origins))
 
     def report_variable(path: tuple, message: str) -> None:
         if "is undefined" in message:
@@ -368,8 +236,15 @@ def _render_templates(data: dict, marks: Marks, source: str) -> dict:
     return {"variables": variables, **rendered} if "variables" in data else rendered
 
 
-def _locate(problem: Problem, marks: Marks) -> Problem:
+def _locate(problem: Problem, marks: Marks, origins: Origins | None = None) -> Problem:
+    """`problem` at its key's line and column; or, for a value set by `--set` (or a key that
+    such a value added), at that `--set`."""
     path = problem.path
+    for key, label in (origins or {}).items():
+        inside = path[: len(key)] == key
+        added = bool(path) and key[: len(path)] == path and path not in marks
+        if inside or added:
+            return Problem(problem.message, path, suggestion=problem.suggestion, origin=label)
     for end in range(len(path), -1, -1):
         if path[:end] in marks:
             line, column = marks[path[:end]]
@@ -384,4 +259,5 @@ __all__ = [
     "load_recipe_text",
     "parse_set_args",
     "shipped_recipes",
+    "validate_recipe",
 ]

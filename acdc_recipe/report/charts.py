@@ -1,8 +1,10 @@
 """Self-contained SVG charts (no plotting library, no script): lines over phase bands, and bars.
 
 Used by `acdc report` and by the benchmark figures. Axes end at the data (percent axes never
-pass 0% or 100%); a series can be a step function (sparsity holds its value between mask
-computations), drawn as one.
+pass 0% or 100%); x ticks are whole numbers (the x axes are epochs); a series can be a step
+function, drawn as one. Every chart has a viewBox, so the page can scale it to the width of a
+narrow screen, and a bar chart is as tall as its slanted labels need. Percentages read as the
+report's tables write them (`format_percent`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ LEFT, RIGHT, TOP, BOTTOM = 62, 190, 34, 44
 COLORS = ("#1f6feb", "#d1242f", "#1a7f37", "#8250df", "#bf8700", "#57606a", "#e16f24")
 BAND_COLORS = {"sparse": "#fbe3f1", "gradual": "#fff4d6"}
 BAND_LABELS = {"sparse": "sparse phase", "gradual": "gradual pruning"}
+CHAR_WIDTH = 6.7  # the average advance of a 12 px sans-serif character, in px
+LABEL_ANGLE = 40  # degrees the bar labels are slanted
 
 
 @dataclass(frozen=True)
@@ -37,16 +41,33 @@ class Band:
     kind: str = "sparse"
 
 
-def nice_ticks(low: float, high: float, count: int = 5, min_step: float = 0.0) -> list[float]:
-    """Round tick values inside [low, high] (both ends kept when nothing round falls there)."""
+def nice_ticks(
+    low: float, high: float, count: int = 5, min_step: float = 0.0, integer: bool = False
+) -> list[float]:
+    """Round tick values inside [low, high] (both ends kept when nothing round falls there);
+    with `integer`, only whole numbers (no 2.5 between 2 and 3)."""
     if high <= low:
         high = low + 1.0
     raw = max((high - low) / count, min_step, 1e-12)
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    steps = [m * magnitude for m in (1, 2, 2.5, 5, 10)]
+    if integer:
+        steps = [step for step in steps if step >= 1 and float(step).is_integer()]
+    step = next(step for step in steps if step >= raw)
     first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
     ticks = [round(i * step, 10) for i in range(first, last + 1)]
     return ticks or [low, high]
+
+
+def format_percent(value: float | None) -> str:
+    """A fraction as the report writes it everywhere: two decimals ('12.50%'), more only for a
+    non-zero value that would read as 0.00% ('0.0012%')."""
+    if value is None:
+        return "\u2013"
+    percent = 100 * value
+    if percent != 0 and abs(percent) < 0.005:
+        return f"{percent:.2g}%"
+    return f"{percent:.2f}%"
 
 
 def _format(value: float, percent: bool) -> str:
@@ -115,7 +136,7 @@ def line_chart(
             f'<line x1="{LEFT}" x2="{right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eaeef2"/>'
             f'<text x="{LEFT - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{_format(y, percent)}</text>'
         )
-    for x in nice_ticks(x_lo, x_hi, 9, min_step=1.0):
+    for x in nice_ticks(x_lo, x_hi, 9, min_step=1.0, integer=True):
         out.append(f'<text x="{sx(x):.1f}" y="{bottom + 16}" text-anchor="middle">{x:g}</text>')
     out += [
         f'<rect x="{LEFT}" y="{TOP}" width="{right - LEFT}" height="{bottom - TOP}" '
@@ -171,8 +192,9 @@ def bar_chart(
     values = [value for _, value in bars]
     _, y_hi = _y_range([0.0, *values], percent)
     longest = max([len(label) for label, _ in bars] + [1])
-    height = HEIGHT + min(180, 6 * longest)
     right, bottom = WIDTH - 16, HEIGHT - BOTTOM
+    slant = math.sin(math.radians(LABEL_ANGLE)) * CHAR_WIDTH * longest + 12
+    height = bottom + 12 + math.ceil(min(slant, 180)) + 8  # the labels' depth, not more
 
     def sy(y: float) -> float:
         return bottom - y / (y_hi or 1.0) * (bottom - TOP)
@@ -191,19 +213,19 @@ def bar_chart(
     for index, (label, value) in enumerate(bars):
         x, top = LEFT + index * slot, sy(value)
         centre = x + slot / 2
+        shown = format_percent(value) if percent else f"{value:.4g}"
         out.append(
             f'<rect x="{x + slot * 0.15:.1f}" y="{top:.1f}" width="{slot * 0.7:.1f}" '
             f'height="{bottom - top:.1f}" fill="#8250df"><title>{escape(label)}: '
-            f"{_format(value, percent)}</title></rect>"
+            f"{shown}</title></rect>"
         )
         if len(bars) <= 24:
             out.append(
-                f'<text x="{centre:.1f}" y="{top - 3:.1f}" text-anchor="middle">'
-                f"{_format(value, percent)}</text>"
+                f'<text x="{centre:.1f}" y="{top - 3:.1f}" text-anchor="middle">{shown}</text>'
             )
         out.append(
-            f'<text transform="translate({centre + 3:.1f},{bottom + 12}) rotate(-40)" '
-            f'text-anchor="end">{escape(label)}</text>'
+            f'<text transform="translate({centre + 3:.1f},{bottom + 12}) '
+            f'rotate(-{LABEL_ANGLE})" text-anchor="end">{escape(label)}</text>'
         )
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from acdc_recipe.language.train_config import DataSpec
+from acdc_recipe.trainer.data_paths import cifar_root, digits_file, idx_root, imagefolder_root
 from acdc_recipe.trainer.datasets import DataBundle, DataError, TensorData
 from acdc_recipe.trainer.token_data import load_python_source, load_text, load_tokens
 
@@ -34,17 +35,12 @@ def _standardize(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def load_digits(spec: DataSpec) -> DataBundle:
-    """scikit-learn's 8x8 digits: 1797 images, a fixed split of 1437 train / 360 validation."""
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
-        raise DataError(
-            "data source 'digits' needs scikit-learn, which is not installed: "
-            "pip install scikit-learn (or pip install 'acdc-recipe[digits]')"
-        ) from None
-    digits = sklearn_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(digits.target, dtype=torch.long)
+    """scikit-learn's 8x8 digits: 1797 images, a fixed split of 1437 train / 360 validation.
+    Read from the CSV file scikit-learn ships (what `sklearn.datasets.load_digits` reads)."""
+    rows = gzip.decompress(digits_file().read_bytes()).decode("ascii").split()
+    table = torch.tensor([[float(v) for v in row.split(",")] for row in rows])
+    images = table[:, :64].reshape(-1, 1, 8, 8).to(torch.float32) / 16.0
+    labels = table[:, 64].to(torch.long)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1797))
     train_idx, val_idx = order[:1437], order[1437:]
     train_x, val_x = _standardize(images[train_idx], images[val_idx])
@@ -90,40 +86,26 @@ def _find_idx(root: Path, stem: str) -> Path:
     raise DataError(f"{root} has no {stem} or {stem}.gz")
 
 
-def _idx_loader(name: str, default_root: str | None, hint: str) -> Callable[[DataSpec], DataBundle]:
-    def load(spec: DataSpec) -> DataBundle:
-        root = Path(spec.root or default_root or "")
-        if not (spec.root or default_root) or not root.is_dir():
-            where = (
-                "train.data.root is not set"
-                if not (spec.root or default_root)
-                else f"{root} {'is not a folder' if root.exists() else 'does not exist'}"
-            )
-            raise DataError(
-                f"data source '{name}' needs its four IDX files (train-images-idx3-ubyte, "
-                f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
-                f"raw or .gz) in a folder, and {where}; "
-                f"{hint} and set train.data.root to that folder"
-            )
-        try:
-            splits = []
-            for prefix in ("train", "t10k"):
-                images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
-                labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
-                if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-                    raise DataError(
-                        f"{root}: {prefix} images {list(images.shape)} and labels "
-                        f"{list(labels.shape)} do not match"
-                    )
-                splits.append((images.unsqueeze(1).float() / 255.0, labels.long()))
-        except DataError as error:
-            raise DataError(f"data source '{name}': {error}") from None
-        (train_x, train_y), (val_x, val_y) = splits
-        train_x, val_x = _standardize(train_x, val_x)
-        shape = tuple(train_x.shape[1:])
-        return DataBundle(TensorData(train_x, train_y), TensorData(val_x, val_y), 10, shape)
-
-    return load
+def load_idx(spec: DataSpec) -> DataBundle:
+    """The four IDX files of `fashion_mnist` or `mnist` (raw or .gz) in one folder."""
+    root = idx_root(spec)
+    try:
+        splits = []
+        for prefix in ("train", "t10k"):
+            images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+            labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+            if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+                raise DataError(
+                    f"{root}: {prefix} images {list(images.shape)} and labels "
+                    f"{list(labels.shape)} do not match"
+                )
+            splits.append((images.unsqueeze(1).float() / 255.0, labels.long()))
+    except DataError as error:
+        raise DataError(f"data source '{spec.source}': {error}") from None
+    (train_x, train_y), (val_x, val_y) = splits
+    train_x, val_x = _standardize(train_x, val_x)
+    shape = tuple(train_x.shape[1:])
+    return DataBundle(TensorData(train_x, train_y), TensorData(val_x, val_y), 10, shape)
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -161,23 +143,9 @@ def _cifar_batch(path: Path, source: str, label_key: bytes) -> tuple[torch.Tenso
     return data.float() / 255.0, labels
 
 
-def _cifar_root(spec: DataSpec, folder: str, archive: str) -> Path:
-    root = Path(spec.root or f"data/{folder}")
-    if (root / folder).is_dir():
-        root = root / folder
-    if not root.is_dir():
-        raise DataError(
-            f"data source '{spec.source}' needs the python version of the data set and {root} "
-            f"{'is not a folder' if root.exists() else 'does not exist'}; download {archive} "
-            "from https://www.cs.toronto.edu/~kriz/cifar.html, "
-            f"unpack it and set train.data.root to the {folder} folder"
-        )
-    return root
-
-
 def load_cifar10(spec: DataSpec) -> DataBundle:
     """The python-pickle CIFAR-10 folder (cifar-10-batches-py: data_batch_1..5, test_batch)."""
-    root = _cifar_root(spec, "cifar-10-batches-py", "cifar-10-python.tar.gz")
+    root = cifar_root(spec)
     parts = [_cifar_batch(root / f"data_batch_{i}", "cifar10", b"labels") for i in range(1, 6)]
     train_x = torch.cat([x for x, _ in parts])
     train_y = torch.cat([y for _, y in parts])
@@ -188,7 +156,7 @@ def load_cifar10(spec: DataSpec) -> DataBundle:
 
 def load_cifar100(spec: DataSpec) -> DataBundle:
     """The python-pickle CIFAR-100 folder (cifar-100-python: train, test; fine labels)."""
-    root = _cifar_root(spec, "cifar-100-python", "cifar-100-python.tar.gz")
+    root = cifar_root(spec)
     train_x, train_y = _cifar_batch(root / "train", "cifar100", b"fine_labels")
     val_x, val_y = _cifar_batch(root / "test", "cifar100", b"fine_labels")
     train_x, val_x = _standardize(train_x, val_x)
@@ -220,14 +188,7 @@ def _image_folder(folder: Path) -> tuple[Dataset, list[str]]:
 
 def load_imagefolder(spec: DataSpec) -> DataBundle:
     """`root/train/<class>/*` and `root/val/<class>/*` images, all of one size."""
-    root = Path(spec.root or "")
-    missing = [split for split in ("train", "val") if not (root / split).is_dir()]
-    if not spec.root or missing:
-        raise DataError(
-            "data source 'imagefolder' needs train.data.root with train/ and val/ folders, one "
-            f"sub-folder per class; {root if spec.root else 'no root was given'}"
-            + (f" has no {' or '.join(missing)}/ folder" if spec.root else "")
-        )
+    root = imagefolder_root(spec)
     try:
         train, classes = _image_folder(root / "train")
         val, val_classes = _image_folder(root / "val")
@@ -264,16 +225,8 @@ def load_callable(spec: DataSpec) -> DataBundle:
 
 DATA_SOURCES: dict[str, Callable[[DataSpec], DataBundle]] = {
     "digits": load_digits,
-    "fashion_mnist": _idx_loader(
-        "fashion_mnist",
-        "/usr/share/datasets/fashion-mnist",
-        "install them with `apt-get install dataset-fashion-mnist` (into "
-        "/usr/share/datasets/fashion-mnist) or download the IDX files from "
-        "https://github.com/zalandoresearch/fashion-mnist",
-    ),
-    "mnist": _idx_loader(
-        "mnist", None, "download the IDX files from https://yann.lecun.com/exdb/mnist/"
-    ),
+    "fashion_mnist": load_idx,
+    "mnist": load_idx,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "imagefolder": load_imagefolder,

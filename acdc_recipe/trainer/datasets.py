@@ -7,11 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from acdc_recipe.errors import UserError
+from acdc_recipe.trainer.data_paths import DataError
 
-
-class DataError(UserError, ValueError):
-    """Data that cannot be loaded; the message says what is missing and how to get it."""
+__all__ = ["DataBundle", "DataError", "TensorData"]
 
 
 class TensorData(Dataset):

@@ -6,6 +6,9 @@ and optimizer state are split over the ranks on dim 0 and gathered only for its 
 backward. A module sharing a parameter with another part of the model is left to the root.
 While training, each rank keeps only its shards; the dense and sparse models are gathered
 once each, on rank 0, to be written (`gather_on_rank0`).
+
+torch's FSDP2 and distributed-checkpoint modules are imported by the functions that use them:
+they take a second to import, which a run of one process does not need to pay.
 """
 
 from __future__ import annotations
@@ -16,15 +19,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, Shard
 
-from acdc_recipe.runtime.sharding import local_tensor, sharded_like
+from acdc_recipe.runtime.sharding import is_sharded, local_tensor, sharded_like
 
 
 def shard_model(model: nn.Module) -> None:
     """Apply `fully_shard` to `model`'s parameter-holding modules and to `model` itself."""
+    from torch.distributed.fsdp import fully_shard
+
     owners: dict[int, set[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         for param in module.parameters(recurse=False):
@@ -59,10 +61,12 @@ def load_snapshot(model: nn.Module, state: dict[str, Tensor]) -> None:
 def read_snapshot(path: Path, model: nn.Module) -> dict[str, Tensor]:
     """A `snapshot` read from a safetensors file of the full model: each rank reads only the
     rows of its own shards."""
+    from torch.distributed.tensor import Shard
+
     found = {}
     with safe_open(str(path), framework="pt") as tensors:
         for key, value in model.state_dict().items():
-            if not isinstance(value, DTensor):
+            if not is_sharded(value):
                 found[key] = tensors.get_tensor(key)
                 continue
             dim = value.placements[0].dim
@@ -78,6 +82,8 @@ def read_snapshot(path: Path, model: nn.Module) -> dict[str, Tensor]:
 def gather_on_rank0(model: nn.Module) -> dict[str, Tensor]:
     """The full state of a sharded model, on rank 0 (CPU); `{}` on the other ranks. Every rank
     calls it (it is a collective); buffers are rank 0's."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)
 
@@ -86,6 +92,6 @@ def gather_masks(masks: Sequence[Tensor], params: Sequence[Tensor]) -> list[Tens
     """Whole bool masks on every rank (CPU): a mask of a sharded parameter is this rank's
     shard, gathered here (every rank calls it when any parameter is sharded)."""
     return [
-        (sharded_like(m, p).full_tensor() if isinstance(p, DTensor) else m).bool().cpu()
+        (sharded_like(m, p).full_tensor() if is_sharded(p) else m).bool().cpu()
         for m, p in zip(masks, params, strict=True)
     ]

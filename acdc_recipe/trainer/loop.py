@@ -42,12 +42,12 @@ from acdc_recipe.trainer.distributed import (
     shutdown,
     verify_replicas,
 )
-from acdc_recipe.trainer.evaluation import evaluate, exact_sparsity
 from acdc_recipe.trainer.interrupt import (
     StopRequest,
     TrainingInterrupted,
     stop_at_step_boundary,
 )
+from acdc_recipe.trainer.measure import evaluate, exact_sparsity
 from acdc_recipe.trainer.optim import clip_gradients
 from acdc_recipe.trainer.resume import write_checkpoint
 from acdc_recipe.trainer.session import TrainingSession

@@ -18,7 +18,6 @@ import torch
 
 from acdc_recipe.formats import checkpoint as ckpt
 from acdc_recipe.formats.records import CheckpointWritten
-from acdc_recipe.language.loading import dump_recipe
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.trainer import sharded_checkpoint as sharded_ckpt
 from acdc_recipe.trainer.session import TrainingSession
@@ -68,7 +67,7 @@ CHECKPOINT_CONTENTS: tuple[Part, ...] = (
     Part("progress", lambda s: s.progress.state_dict(), lambda s, v: s.progress.load_state_dict(v)),
     Part("rng", lambda s: ckpt.rng_state(), lambda s, v: ckpt.restore_rng_state(v)),
     Part("threads", lambda s: torch.get_num_threads(), _note_thread_change),
-    Part("recipe", lambda s: dump_recipe(s.recipe), lambda s, v: None),  # read by `setup`
+    Part("recipe", lambda s: s.resolved_recipe, lambda s, v: None),  # read by `setup`
 )
 
 

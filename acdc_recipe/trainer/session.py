@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from acdc_recipe.compiler import CompiledRecipe, FlopsMeter
 from acdc_recipe.errors import UserError
 from acdc_recipe.formats.records import Record
 from acdc_recipe.formats.run_dir import RunDir
+from acdc_recipe.language.loading import dump_recipe
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.language.train_config import TrainSpec
 from acdc_recipe.runtime import SparsityRuntime
@@ -117,6 +119,12 @@ class TrainingSession:
     notes: list[str] = field(default_factory=list)  # for the summary, one sentence each
     dense_state: dict[str, torch.Tensor] | None = None  # sharded runs: this rank's shards
     last_checkpoint: str | None = None
+
+    @functools.cached_property
+    def resolved_recipe(self) -> str:
+        """The recipe's resolved text (recipe.yaml, and every checkpoint holds it), made once:
+        YAML is slow to write and the recipe never changes during a run."""
+        return dump_recipe(self.recipe)
 
     @property
     def spec(self) -> TrainSpec:

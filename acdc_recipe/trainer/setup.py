@@ -251,8 +251,10 @@ def _setup_run_dir(session: TrainingSession, start: StartPlan) -> None:
         loaded = ckpt.load_latest(run_dir, session.compiled.recipe_hash)
     assert loaded is not None  # the plan found checkpoints; unusable ones raised
     if main:
-        start.carry_out()  # temporaries of writes the stop interrupted
+        start.carry_out()  # what writes the stop interrupted left
     restore(session, loaded)
+    if start.note:
+        session.notes.append(start.note)
     _note_resumed_changes(session, loaded.state["recipe"])
     if run_dir.dense_model.exists() and session.sharded:
         session.dense_state = fsdp.read_snapshot(run_dir.dense_model, session.model)
@@ -300,7 +302,7 @@ def _setup_sinks(session: TrainingSession, log_every: float) -> None:
     board = tensorboard_sink(session.run_dir.tensorboard)
     if board is not None:
         session.sinks.append(board)
-    write_text_atomic(session.run_dir.recipe, dump_recipe(session.recipe))
+    write_text_atomic(session.run_dir.recipe, session.resolved_recipe)
 
 
 def _on_runtime_event(session: TrainingSession, event: RuntimeEvent) -> None:

@@ -15,11 +15,14 @@ or this one complete. Reading verifies every digest before any byte reaches a lo
 files are read with `weights_only=True`; torch.distributed.checkpoint holds only tensors here
 (its planner refuses anything else), and its own `.metadata`, a pickle, is read after
 verification by an unpickler that knows only the metadata's classes (`_MetadataOnly`). A folder written by another number of processes is
-refused by name: mask shards and RNG states are per rank.
+refused by name: mask shards and RNG states are per rank. torch.distributed.checkpoint is
+imported by the functions that write and read the shards: it takes half a second to import,
+which a run of one process does not need to pay.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -31,15 +34,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import StorageMeta
-from torch.distributed.checkpoint.planner import ReadItem
-from torch.distributed.tensor import DTensor
 
 from acdc_recipe import files
 from acdc_recipe.formats import checkpoint as ckpt
 from acdc_recipe.formats.run_dir import RunDir
+from acdc_recipe.runtime.sharding import is_sharded
 from acdc_recipe.trainer.distributed import DistContext
 
 MANIFEST = "SHA256SUMS"
@@ -65,6 +64,8 @@ def save_checkpoint(
     """Write one checkpoint folder from every rank (a collective): the DTensors of `state`
     through torch.distributed.checkpoint, the rest into this rank's file. Keeps the newest
     `ckpt.KEEP`."""
+    import torch.distributed.checkpoint as dcp
+
     final = run_dir.checkpoint_folder(step)
     temporary = run_dir.unfinished_checkpoint_folder(step)
     if context.is_main:
@@ -103,7 +104,7 @@ _NOTHING = object()
 def split_dtensors(value: Any) -> tuple[Any, Any]:
     """(the DTensors in `value`, everything else), each in `value`'s nesting of dicts; a
     part without DTensors is `{}` on the left."""
-    if isinstance(value, DTensor):
+    if is_sharded(value):
         return value, _NOTHING
     if not isinstance(value, dict):
         return _NOTHING, value
@@ -234,17 +235,6 @@ def load_latest(
     return None
 
 
-class _TensorsOnlyPlanner(DefaultLoadPlanner):
-    """torch.distributed.checkpoint's planner, refusing non-tensor values (which it would
-    unpickle): these checkpoints keep them in the rank files."""
-
-    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        raise ckpt.CheckpointError(
-            f"{read_item.dest_index.fqn} is stored as a pickled object, which acdc-recipe "
-            "checkpoints never write"
-        )
-
-
 class _MetadataOnly(pickle.Unpickler):
     """Unpickles torch.distributed.checkpoint's `.metadata` (its dataclasses, sizes, dtypes)
     and nothing else: no class or function outside these can be named by the file."""
@@ -274,35 +264,50 @@ class _MetadataOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-class _VerifiedReader(dcp.FileSystemReader):
-    """The folder's reader, with `.metadata` read by `_MetadataOnly`."""
+@functools.cache
+def _loading_classes() -> tuple[type, type]:
+    """torch.distributed.checkpoint's reader and load planner with this module's checks: the
+    reader reads `.metadata` with `_MetadataOnly`, the planner refuses non-tensor values
+    (which it would unpickle; these checkpoints keep them in the rank files)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import StorageMeta
 
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        path = Path(self.path) / ".metadata"
-        try:
-            with path.open("rb") as handle:
-                metadata = _MetadataOnly(handle).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
+    class VerifiedReader(dcp.FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            path = Path(self.path) / ".metadata"
+            try:
+                with path.open("rb") as handle:
+                    metadata = _MetadataOnly(handle).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
+                raise ckpt.CheckpointError(
+                    f"{path.parent.name}/.metadata is not torch.distributed.checkpoint metadata "
+                    f"this version reads ({error})"
+                ) from None
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class TensorsOnlyPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
             raise ckpt.CheckpointError(
-                f"{path.parent.name}/.metadata is not torch.distributed.checkpoint metadata "
-                f"this version reads ({error})"
-            ) from None
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+                f"{read_item.dest_index.fqn} is stored as a pickled object, which acdc-recipe "
+                "checkpoints never write"
+            )
+
+    return VerifiedReader, TensorsOnlyPlanner
 
 
 def load_state(checkpoint: ShardedCheckpoint, templates: dict[str, Any]) -> dict[str, Any]:
     """The whole checkpoint state for this rank: its file, with the DTensors of `templates`
     (state shaped and sharded like this run's) filled in place from the verified folder.
     Every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+
+    reader, planner = _loading_classes()
     sharded, _ = split_dtensors(templates)
-    dcp.load(
-        sharded,
-        storage_reader=_VerifiedReader(checkpoint.path),
-        planner=_TensorsOnlyPlanner(),
-    )
+    dcp.load(sharded, storage_reader=reader(checkpoint.path), planner=planner())
     return merge_dtensors(checkpoint.state, sharded)
 
 

@@ -127,10 +127,23 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+# The epoch table's columns and widths: a row fits in 80 columns.
+EPOCH_COLUMNS = ("epoch", "phase", "train loss", "val loss", "top-1", "sparsity", "lr", "time")
+_WIDTHS = (7, 7, 10, 9, 7, 8, 9, 7)
+
+
+def epoch_row(cells: tuple[str, ...]) -> str:
+    """One row of the epoch table (the phase left-aligned, numbers right-aligned)."""
+    return "  ".join(
+        cell.ljust(width) if index == 1 else cell.rjust(width)
+        for index, (cell, width) in enumerate(zip(cells, _WIDTHS, strict=True))
+    ).rstrip()
+
+
 class TerminalSink(Sink):
     """On a terminal: progress bars (loss, lr, samples/s). Off one: a step line every
-    `log_every` seconds. Always: a line per phase switch, mask computation and epoch, and the
-    summary table at the end. A closed stdout (`acdc run ... | head`) silences the console
+    `log_every` seconds. Always: a line per phase switch and mask computation, a row of the
+    epoch table (under 80 columns) per epoch, and the summary table at the end. A closed stdout (`acdc run ... | head`) silences the console
     (`make_console`); training and every file go on."""
 
     def __init__(self, console: Console | None = None, log_every: float = 10.0) -> None:
@@ -150,6 +163,7 @@ class TerminalSink(Sink):
         self.batch_task: Any = None
         self.last_epoch = 0
         self.steps_per_epoch = 1
+        self.epoch_header_shown = False
         self.last_line = time.monotonic()
         self.handlers: dict[type, Callable[[Any], None]] = {
             RunStarted: self._run_started,
@@ -230,11 +244,22 @@ class TerminalSink(Sink):
         self._line(f"{self._where(record.step)}: kernels: {kernels_note(record)}")
 
     def _epoch_ended(self, record: EpochEnded) -> None:
+        if not self.epoch_header_shown:
+            self.epoch_header_shown = True
+            self._line(epoch_row(EPOCH_COLUMNS))
         self._line(
-            f"epoch {record.epoch} of 0-{self.last_epoch} ({record.phase})  "
-            f"train loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
-            f"top-1 {_percent(record.top1)}  sparsity {_percent(record.sparsity)}  "
-            f"lr {record.lr:.4g}  {record.seconds:.1f}s"
+            epoch_row(
+                (
+                    f"{record.epoch}/{self.last_epoch}",
+                    record.phase,
+                    f"{record.train_loss:.4f}",
+                    f"{record.val_loss:.4f}",
+                    _percent(record.top1),
+                    _percent(record.sparsity),
+                    f"{record.lr:.4g}",
+                    f"{record.seconds:.1f}s",
+                )
+            )
         )
         if self.epochs_task is not None:
             self.bars.update(self.epochs_task, completed=record.epoch + 1)

@@ -10,7 +10,6 @@ split; ``num_classes`` is the vocabulary size the model must score.
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from acdc_recipe.language.train_config import DataSpec
+from acdc_recipe.trainer.data_paths import python_source_files, text_files, tokens_file
 from acdc_recipe.trainer.datasets import DataBundle, DataError, TensorData
 
 BYTE_VOCABULARY = 256
@@ -25,44 +25,22 @@ BYTE_VOCABULARY = 256
 
 def load_text(spec: DataSpec) -> DataBundle:
     """`root`: a text file, or a folder whose files matching `glob` are read in sorted order."""
-    if not spec.root:
-        raise DataError(
-            "data source 'text' needs train.data.root: a text file, or a folder of text files "
-            "(train.data.glob picks them, default **/*.txt)"
-        )
-    root = Path(spec.root)
-    if root.is_file():
-        paths = [root]
-    elif root.is_dir():
-        paths = sorted(p for p in root.glob(spec.glob) if p.is_file())
-        if not paths:
-            raise DataError(f"data source 'text': no file under {root} matches {spec.glob!r}")
-    else:
-        raise DataError(f"data source 'text': {root} does not exist")
-    return _windows(_tokenize(_read(paths, spec), spec.tokenizer), spec, f"text under {root}")
+    paths = text_files(spec)
+    what = f"text under {spec.root}"
+    return _windows(_tokenize(_read(paths, spec), spec.tokenizer), spec, what)
 
 
 def load_python_source(spec: DataSpec) -> DataBundle:
     """The .py files at the top of this Python's standard library (the same text on every
     machine with this Python version)."""
-    library = Path(sysconfig.get_paths()["stdlib"])
-    paths = sorted(library.glob("*.py"))
-    if not paths:
-        raise DataError(f"data source 'python_source': no .py files in {library}")
-    text = _read(paths, spec)
+    text = _read(python_source_files(), spec)
     return _windows(_tokenize(text, spec.tokenizer), spec, "the Python standard library")
 
 
 def load_tokens(spec: DataSpec) -> DataBundle:
     """`root`: a .npy array (read without pickle) or a .safetensors file holding one tensor
     (or a tensor named "tokens") of integer token ids; it is read as one flat stream."""
-    path = Path(spec.root or "")
-    if not spec.root or not path.is_file():
-        raise DataError(
-            "data source 'tokens' needs train.data.root: a .npy or .safetensors file of integer "
-            f"token ids; {path if spec.root else 'no root was given'}"
-            + (" is not a file" if spec.root else "")
-        )
+    path = tokens_file(spec)
     ids = _read_array(path)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise DataError(f"data source 'tokens': {path} holds {ids.dtype} values, not token ids")

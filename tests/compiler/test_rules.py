@@ -84,6 +84,22 @@ def test_rule_matching_nothing_names_near_misses(resnet18) -> None:
     assert "\n" not in message
 
 
+def test_every_rule_that_claims_nothing_is_reported(resnet18) -> None:
+    with pytest.raises(CompileError) as info:
+        resolve(
+            resnet18,
+            {"match": "conv1", "dense": True},
+            {"match": "layer4.0.conv3", "target": 0.9},
+            {"match": "type:Conv2d", "target": 0.8},
+            {"match": "fc.wieght", "dense": True},
+        )
+    lines = str(info.value).splitlines()
+    assert lines[0] == "the recipe has 2 problems with this model:"
+    assert lines[1].startswith("  - recipe key `sparsity.rules[1].match`: rule 1 ")
+    assert lines[2].startswith("  - recipe key `sparsity.rules[3].match`: rule 3 ")
+    assert "'fc.weight'" in lines[2] and info.value.path == ("sparsity", "rules", 1, "match")
+
+
 def test_unknown_type_lists_types(resnet18) -> None:
     with pytest.raises(CompileError, match="Closest types: .*Conv2d"):
         resolve(resnet18, {"match": "type:Conv3d", "target": 0.5})

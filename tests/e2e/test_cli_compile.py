@@ -108,7 +108,7 @@ def test_compile_a_gpt2_recipe_shows_conv1d_the_tied_embedding_and_every_paramet
     (row,) = [line for line in out.splitlines() if "transformer.h.1.mlp.c_proj.weight" in line]
     assert "Conv1D" in row and "256x64 (in x out)" in row
     assert "tied: transformer.wte.weight = lm_head.weight: not pruned, an embedding" in out
-    assert "parameters: 8 pruned; 8 biases; 2 embeddings" in out
+    assert "parameters: 8 pruned; not pruned: biases (8), embeddings" in out
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert {p["op"] for p in plan["params"]} == {"Conv1D"}
     assert {p["input_axis"] for p in plan["params"]} == {0}

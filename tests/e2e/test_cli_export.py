@@ -66,7 +66,9 @@ def test_export_torch_sparse_with_batch_and_threads(run, tmp_path, capsys):
     args = ["export", str(run), "-o", str(target), "--format", "torch-sparse",
             "--batch-size", "8", "--threads", "1"]  # fmt: skip
     assert main(args) == 0
-    assert "pruned layers on CSR kernels (batch 8, 1 threads, cpu)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pruned layers on CSR kernels (batch 8, 1 thread, cpu)" in out
+    assert "pruned weight tensors)" in out
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["source"] == f"run {run}" and manifest["recipe"] == "tiny"
     model = tiny_model()

@@ -68,3 +68,21 @@ def test_validate_warns_about_a_layer_kind_that_is_not_built_in(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "'Lineer', which is no built-in layer kind (did you mean 'Linear'?)" in result.stdout
     assert "Conv1D" not in result.stdout  # transformers' kind is built in
+
+
+def test_version_names_the_package_and_torch_without_importing_torch():
+    from importlib.metadata import version
+
+    import acdc_recipe
+
+    code = (
+        "import sys\nfrom acdc_recipe.cli.main import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit as stop:\n    assert stop.code == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    expected = f"acdc-recipe {acdc_recipe.__version__} (torch {version('torch')})"
+    assert result.stdout.strip() == expected

@@ -71,6 +71,30 @@ def test_stopped_while_writing_then_resumed_ends_with_the_same_bytes(
     assert not list(tmp_path.glob(".*.tmp-*"))
 
 
+@pytest.mark.parametrize(
+    "n, said",
+    [
+        (1, "the run stopped while it wrote its first checkpoint (checkpoint-000000005.pt), so "
+            "it started again from step 0"),
+        (2, "the run stopped while it wrote checkpoint-000000010.pt, so it continued from the "
+            "checkpoint before it"),
+    ],
+)  # fmt: skip
+def test_killed_between_a_checkpoints_digest_and_the_checkpoint_then_resumed(
+    reference, tmp_path, n, said
+):
+    """The digest is in place and the checkpoint is not: an unfinished write, so the run
+    continues from the checkpoint before it, or from step 0 when it was the first."""
+    stop = f"after_rename:^checkpoint-\\d+\\.pt\\.sha256$:{n}:kill"
+    stopped = run(tmp_path, env={**ENV, "ACDC_TEST_STOP_AT": stop})
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr
+    assert not (tmp_path / f"checkpoint-{5 * n:09d}.pt").exists()
+    resumed = run(tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert said in " ".join(resumed.stdout.split())
+    assert_same_models(reference, tmp_path)
+
+
 def test_killed_at_random_moments_and_resumed_until_done_ends_with_the_same_bytes(
     reference, tmp_path
 ):

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from acdc_recipe.cli.main import main
+from acdc_recipe.trainer.sinks import epoch_row
 
 from .shell import TINY, acdc, one_line
 
@@ -20,8 +21,24 @@ def test_the_terminal_counts_epochs_as_the_schedule_does(tmp_path, capfd):
     assert main(["run", str(TINY), "--out", str(tmp_path), "--device", "cpu"]) == 0
     out = capfd.readouterr().out
     assert "epochs 0-5 x 12 steps" in out
-    assert "epoch 0 of 0-5 (dense)" in out and "epoch 5 of 0-5 (sparse)" in out
+    rows = [line.split() for line in out.splitlines() if re.match(r" +\d+/5 ", line)]
+    assert [row[:2] for row in rows] == [
+        ["0/5", "dense"], ["1/5", "dense"], ["2/5", "sparse"], ["3/5", "dense"], ["4/5", "sparse"],
+        ["5/5", "sparse"]]  # fmt: skip
     assert "epoch 2 (step 24): sparse phase 1" in out and "epoch 6" not in out
+
+
+def test_an_epoch_row_fits_in_80_columns(tmp_path, capfd):
+    """The epoch table's header and rows, at the widest values a row can hold."""
+    assert main(["run", str(TINY), "--out", str(tmp_path), "--set", "train.seed=3"]) == 0
+    lines = capfd.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "phase"])
+    widest = epoch_row(("199/199", "gradual", "12345.6789", "1234.5678", "100.00%", "100.00%",
+                         "1.234e-05", "9999.9s"))  # fmt: skip
+    rows = [line for line in lines if re.match(r" +\d+/5 ", line)]
+    assert len(rows) == 6 and all(len(line) <= 80 for line in [lines[header], *rows, widest])
+    assert lines[header].split() == ["epoch", "phase", "train", "loss", "val", "loss", "top-1",
+                                     "sparsity", "lr", "time"]  # fmt: skip
 
 
 def test_off_a_terminal_step_lines_show_loss_lr_and_throughput(tmp_path, capfd):

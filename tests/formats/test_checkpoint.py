@@ -96,20 +96,38 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
 
 
-@pytest.mark.slow
-def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):
+def save_two_checkpoints_stopping_at(folder: Path, stop: str) -> RunDir:
+    """Save checkpoints of steps 1 and 2 in a process that dies at `stop` (sitecustomize.py
+    beside the end-to-end tests: `moment:file name regex:n`)."""
     code = (
         "import sys, torch\nfrom pathlib import Path\nfrom acdc_recipe.formats import checkpoint as c\n"
         "from acdc_recipe.formats.run_dir import RunDir\n"
         "folder = RunDir(Path(sys.argv[1]))\n"
         "for step in (1, 2):\n    c.save_checkpoint(folder, step, {'w': torch.full((2,), step)}, 'h')\n"
     )
-    hooks = str(Path(__file__).parents[1] / "e2e")  # sitecustomize.py: stop at a rename
-    env = {**os.environ, "PYTHONPATH": hooks, "ACDC_TEST_STOP_AT": r"before_rename:\.pt$:2"}
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, timeout=120)
+    hooks = str(Path(__file__).parents[1] / "e2e")
+    env = {**os.environ, "PYTHONPATH": hooks, "ACDC_TEST_STOP_AT": stop}
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, timeout=120)
     assert result.returncode == 17
-    assert [p.name for p in RunDir(tmp_path).checkpoint_files()] == ["checkpoint-000000001.pt"]
-    assert ckpt.load_latest(RunDir(tmp_path), "h").state["step"] == 1
+    return RunDir(folder)
+
+
+@pytest.mark.slow
+def test_the_digest_is_written_before_the_checkpoint(tmp_path):
+    """A stop between the two leaves a digest without a checkpoint (an unfinished write the
+    run directory removes), never a checkpoint that cannot be verified."""
+    run = save_two_checkpoints_stopping_at(tmp_path, r"after_rename:\.sha256$:2")
+    assert run.checkpoint_files() == [run.checkpoint_file(1)]
+    assert run.unfinished_checkpoints() == [run.checkpoint_file(2)]
+    assert run.leftovers() == [ckpt.digest_path(run.checkpoint_file(2))]
+    assert ckpt.load_latest(run, "h").state["step"] == 1
+
+
+@pytest.mark.slow
+def test_a_crash_before_the_rename_leaves_the_old_checkpoint(tmp_path):
+    run = save_two_checkpoints_stopping_at(tmp_path, r"before_rename:\.pt$:2")
+    assert [p.name for p in run.checkpoint_files()] == ["checkpoint-000000001.pt"]
+    assert ckpt.load_latest(run, "h").state["step"] == 1
 
 
 @pytest.mark.slow

@@ -109,14 +109,67 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path):
         run.plan_start(RESOLVED, resume=True, overwrite=False)
 
 
+def finished_checkpoint(run: RunDir, step: int) -> Path:
+    path = run.checkpoint_file(step)
+    path.write_bytes(b"x")
+    digest_path(path).write_text(f"0  {path.name}\n")
+    return path
+
+
+def unfinished_checkpoint(run: RunDir, step: int) -> Path:
+    """What a stop between writing a checkpoint's digest and the checkpoint leaves."""
+    digest = digest_path(run.checkpoint_file(step))
+    digest.write_text(f"0  {run.checkpoint_file(step).name}\n")
+    return digest
+
+
 def test_resume_with_checkpoints_removes_only_interrupted_writes(tmp_path):
     run = RunDir(tmp_path)
-    run.checkpoint_file(3).write_bytes(b"x")
+    finished_checkpoint(run, 3)
     interrupted = tmp_path / f".{run.checkpoint_file(4).name}.tmp-123"
     interrupted.write_bytes(b"half")
     (tmp_path / ".other.tmp-1").write_bytes(b"not ours")
     plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
-    assert plan.kind == "resume" and plan.remove == (interrupted,)
+    assert plan.kind == "resume" and plan.remove == (interrupted,) and plan.note is None
+
+
+def test_a_stop_before_a_checkpoint_was_written_resumes_from_the_one_before(tmp_path):
+    """Its digest is written first: a digest without its checkpoint is an unfinished write,
+    removed, and the run continues from the newest checkpoint there is."""
+    run = RunDir(tmp_path)
+    run.recipe.write_text(RESOLVED)
+    finished_checkpoint(run, 3)
+    digest = unfinished_checkpoint(run, 6)
+    stale = unfinished_checkpoint(run, 1)  # a stop while older checkpoints were removed
+    plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
+    assert plan.kind == "resume" and set(plan.remove) == {digest, stale}
+    assert plan.note == (
+        "the run stopped while it wrote checkpoint-000000006.pt, so it continued from the "
+        "checkpoint before it"
+    )
+
+
+def test_a_stop_while_writing_the_first_checkpoint_starts_the_run_again(tmp_path):
+    run = RunDir(tmp_path)
+    run.recipe.write_text(RESOLVED)
+    run.metrics.write_text("{}\n")
+    digest = unfinished_checkpoint(run, 4)
+    plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
+    assert plan.kind == "restart" and set(plan.remove) == {run.metrics, digest}
+    assert plan.note == (
+        "the run stopped while it wrote its first checkpoint (checkpoint-000000004.pt), so it "
+        "started again from step 0"
+    )
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
+        run.plan_start(RESOLVED, resume=False, overwrite=False)
+
+
+def test_a_checkpoint_without_its_digest_is_left_for_the_resume_to_refuse(tmp_path):
+    """A stop never leaves one, so it was copied alone or is not ours: not removed."""
+    run = RunDir(tmp_path)
+    run.checkpoint_file(5).write_bytes(b"copied alone")
+    plan = run.plan_start(RESOLVED, resume=True, overwrite=False)
+    assert plan.kind == "resume" and plan.remove == () and plan.note is None
 
 
 def test_the_recipe_being_read_is_never_replaced(tmp_path):
@@ -129,7 +182,7 @@ def test_the_recipe_being_read_is_never_replaced(tmp_path):
 def test_checkpoints_are_listed_newest_first_files_and_folders_apart(tmp_path):
     run = RunDir(tmp_path)
     for step in (5, 12, 9):
-        run.checkpoint_file(step).write_bytes(b"x")
+        finished_checkpoint(run, step)
     run.checkpoint_folder(20).mkdir()
     assert [p.name for p in run.checkpoint_files()] == [
         "checkpoint-000000012.pt",

@@ -1,6 +1,8 @@
 """The Python twin of a recipe equals the YAML one."""
 
-from acdc_recipe import acdc, dump_recipe, load_recipe, load_recipe_text
+import pytest
+
+from acdc_recipe import RecipeError, acdc, dump_recipe, load_recipe, load_recipe_text
 from acdc_recipe.language.timeline import lower
 
 
@@ -15,3 +17,15 @@ def test_built_recipe_dumps_and_reloads_equal():
     recipe = acdc(0.95, epochs=20, warmup=4, sparse=2, dense=2, last_dense=2, final_sparse=4,
                   rules=[{"match": "fc", "dense": True}], train={"model": {"name": "mlp"}})  # fmt: skip
     assert load_recipe_text(dump_recipe(recipe)) == recipe
+
+
+def test_bad_arguments_are_a_recipe_error_naming_the_key():
+    with pytest.raises(RecipeError) as error:
+        acdc(0.9, rules=[{"match": "re:("}], scope="globl")
+    rendered = str(error.value)
+    assert "acdc(...) at `sparsity.rules[0].match`: invalid regular expression" in rendered
+    assert "acdc(...) at `sparsity.scope`" in rendered
+    with pytest.raises(
+        RecipeError, match="at `schedule.acdc.epochs`: the acdc macro cannot fill 7"
+    ):
+        acdc(0.9, epochs=7)

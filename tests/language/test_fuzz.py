@@ -137,4 +137,5 @@ def test_template_and_override_mutations(path, template, overrides):
         load_recipe_text(text, "fuzz.yaml", overrides=overrides)
     except RecipeError as error:
         assert all(p.message for p in error.problems)
-        assert all(p.line is not None for p in error.problems if p.path), error
+        located = (p.line is not None or p.origin is not None for p in error.problems if p.path)
+        assert all(located), error

@@ -61,6 +61,33 @@ def test_bad_text_is_located(text, where, words):
     assert where in rendered and words in rendered, rendered
 
 
+LAUGHS = "".join(
+    f"  {name}: &{name} [{', '.join([f'*{before}'] * 10)}]\n"
+    for before, name in zip("abcde", "bcdef", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    "text, where, words",
+    [
+        ("name: x\nvariables:\n  s: &a " + "x" * 1_000_000 + "\n  l: [" + ", ".join(["*a"] * 300)
+         + "]\n" + TAIL, "r.yaml:3:9", "more than 100,000 characters of text"),
+        ("name: x\nvariables:\n  s: &a " + "x" * 50_000 + "\n  l: [" + ", ".join(["*a"] * 300)
+         + "]\n" + TAIL, "r.yaml:4:6 at `variables.l`", "expands to 15,000,000 characters"),
+        ("name: x\nvariables:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + LAUGHS + TAIL,
+         "r.yaml:7:6 at `variables.e`", "expands to 111,111 values"),
+        ("name: x\nvariables:\n  l: [" + ", ".join(["0"] * 200_000) + "]\n" + TAIL, "r.yaml:3:",
+         "more than 20,000 values"),
+        ("name: x\nvariables:\n  l:\n" + "  - 0\n" * 200_000 + TAIL, "r.yaml:19998:5",
+         "more than 20,000 values"),
+    ],
+)  # fmt: skip
+def test_huge_and_alias_expanded_recipes_stop_at_a_located_bound(text, where, words):
+    """Bounded before anything is built: aliases are measured, never expanded."""
+    rendered = problem_of(text)
+    assert where in rendered and words in rendered, rendered
+
+
 def test_a_file_that_is_not_utf8_is_located_at_the_byte(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_bytes(b"name: x\nversion: 1\ndescription: caf\xe9\n" + TAIL.encode())

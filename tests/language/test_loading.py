@@ -56,6 +56,19 @@ def test_unknown_variable_override_suggests_the_declared_one():
     assert "no such variable" in problem.message and problem.suggestion == "'sparsity'"
 
 
+def test_a_key_set_by_an_override_is_located_at_the_override_not_the_file():
+    found = problems(BASE, overrides={"schedule.acdc.epocs": 30, "schedule.acdc.warmup": "four"})
+    by_origin = {problem.origin: problem for problem in found}
+    typo, wrong = by_origin["--set schedule.acdc.epocs"], by_origin["--set schedule.acdc.warmup"]
+    assert typo.render("r.yaml") == (
+        "--set schedule.acdc.epocs at `schedule.acdc.epocs`: unknown key 'epocs' "
+        "(did you mean 'epochs'?)"
+    )
+    assert wrong.line is None and "valid integer" in wrong.message
+    (in_file,) = problems(BASE.replace("warmup: 4", "warmup: four"))
+    assert in_file.render("r.yaml").startswith("r.yaml:10:")
+
+
 def test_undefined_template_variable_is_located():
     (problem,) = problems(BASE.replace('"{{ sparsity }}"', '"{{ sparsness }}"'))
     assert problem.path == ("sparsity", "target") and problem.line == 8

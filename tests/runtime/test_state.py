@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,12 @@ from torch import nn
 from acdc_recipe.compiler import compile
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
-from acdc_recipe.runtime.events import DenseSnapshot, MasksComputed, PhaseStarted
+from acdc_recipe.runtime.events import (
+    DenseSnapshot,
+    MasksComputed,
+    PhaseStarted,
+    ScheduleEndedWarning,
+)
 from acdc_recipe.runtime.state import RuntimeStateError, SparsityRuntime
 
 
@@ -403,3 +410,29 @@ def test_the_python_api_warns_when_a_mask_empties_a_layer():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         runtime.begin_step()  # no second warning for the same mask
+
+
+def test_a_loop_that_runs_past_the_schedule_is_warned_once():
+    """`finished` ends a loop at the schedule's length; a step after it warns, once, and the
+    last phase holds (its masks stay applied)."""
+    model, compiled, opt, runtime = setup()
+    generator = torch.Generator().manual_seed(0)
+    steps = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScheduleEndedWarning)
+        while not runtime.finished:
+            runtime.begin_step()
+            train_step(model, opt, generator)
+            steps += 1
+    assert steps == runtime.timeline.length == 15
+    with pytest.warns(
+        ScheduleEndedWarning,
+        match=r"has 15 optimizer steps \(D0-2, S3-6, D7-9, S10-14 steps\), and step 15",
+    ):
+        runtime.begin_step()
+        train_step(model, opt, generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScheduleEndedWarning)
+        train_step(model, opt, generator)
+    under, mask_zeros, prune = pruned_counts(compiled, runtime)
+    assert under == mask_zeros == prune

@@ -1,4 +1,5 @@
-"""What the trainer measures of a model: top-1 and loss over batches, exact sparsity."""
+"""What the loop measures: the exact sparsity of the prunable weights, and the loss and
+top-1 over a split."""
 
 from __future__ import annotations
 
