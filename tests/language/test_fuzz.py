@@ -12,7 +12,7 @@ from acdc_recipe.language.loading import load_recipe_text, shipped_recipes
 
 BASE_TEXT = shipped_recipes()["quickstart"]
 BASE = yaml.safe_load(BASE_TEXT)
-FUZZ = settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 
 scalars = st.one_of(
     st.none(),

@@ -110,7 +110,7 @@ KINDS = {
 }
 
 
-def cases(kind: str, count: int = 3000, seed: int = 17):
+def cases(kind: str, count: int = 1500, seed: int = 17):
     rng = random.Random(f"{seed}-{kind}")
     corpus = [text.encode("utf-8") for _, text in sorted(shipped_recipes().items())]
     for index in range(count):
