@@ -18,12 +18,14 @@ from acdc_recipe.runtime.kernels import (
     time_paths,
 )
 from acdc_recipe.runtime.kernels.inference import (
-    PRODUCTS,
+    KERNELS,
     CsrAttention,
     CsrLayer,
+    Dispatch,
     eligible_layers,
     module_calls,
     sparse_inference_model,
+    without_fused_paths,
 )
 from acdc_recipe.runtime.kernels.timing import time_calls
 
@@ -152,17 +154,67 @@ def test_a_copied_layer_has_its_own_slot_and_operands():
     assert torch.equal(twin.operands.flat_index, layer.operands.flat_index)
 
 
-@pytest.mark.parametrize("product", PRODUCTS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("factory,shape", LAYERS)
-def test_csr_inference_layers_compute_the_masked_layer(factory, shape, product):
+def test_csr_inference_layers_compute_the_masked_layer(factory, shape, kernel):
     module, _ = masked(factory, density=0.2)
-    twin = CsrLayer.of(module, product=product)
+    twin = CsrLayer.of(module, dispatch=Dispatch.always(kernel))
     x = torch.randn(shape, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), module(x))
+        torch.testing.assert_close(twin(x[:1]), module(x[:1]))  # one column: torch.mv
     assert torch.equal(twin.dense_weight(), module.weight.detach())
     assert twin.weight_values.numel() == int((module.weight != 0).sum())
-    assert "weight" not in dict(twin.named_buffers())  # nothing dense is kept
+    assert "weight" not in twin.state_dict()  # nothing dense is saved
+
+
+def test_a_dispatch_takes_the_kernel_measured_nearest_on_a_log_scale():
+    dispatch = Dispatch.of([(64, "bag"), (1, "mm"), (8, "dense")])
+    assert dispatch.columns == (1, 8, 64)
+    picks = {n: dispatch.kernel(n) for n in (1, 2, 3, 8, 22, 23, 64, 5000)}
+    assert picks == {1: "mm", 2: "mm", 3: "dense", 8: "dense", 22: "dense", 23: "bag",
+                     64: "bag", 5000: "bag"}  # fmt: skip
+    assert dispatch.needs_dense and dispatch.sparse
+    assert not Dispatch.always("bag").needs_dense
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Dispatch.of([(1, "cuda")])
+
+
+def test_each_call_computes_on_the_kernel_its_batch_size_names(monkeypatch):
+    module, _ = masked(lambda: nn.Linear(64, 32), density=0.1)
+    twin = CsrLayer.of(module, dispatch=Dispatch.of([(1, "mm"), (4, "dense"), (32, "bag")]))
+    used = []
+    dense_weight = twin.dense_weight
+    monkeypatch.setattr(twin, "dense_weight", lambda: used.append("dense") or dense_weight())
+    original = twin.multiply
+    monkeypatch.setattr(twin, "multiply", lambda m, k: used.append(k) or original(m, k))
+    with torch.no_grad():
+        for batch in (1, 5, 100):
+            x = torch.randn(batch, 64, dtype=torch.float64)
+            torch.testing.assert_close(twin(x), module(x))
+    assert used == ["mm", "dense", "bag"]
+
+
+def test_a_csr_layer_in_training_mode_fine_tunes_its_kept_values():
+    module, mask = masked(lambda: nn.Linear(24, 16), density=0.3)
+    twin = CsrLayer.of(module, dispatch=Dispatch.always("dense")).train()
+    x = torch.randn(6, 24, dtype=torch.float64, requires_grad=True)
+    (twin(x) ** 2).sum().backward()
+    reference_x = x.detach().clone().requires_grad_()
+    (module(reference_x) ** 2).sum().backward()
+    kept = module.weight.grad[module.weight.detach() != 0]  # row-major, as the CSR values
+    torch.testing.assert_close(twin.weight_values.grad, kept)
+    torch.testing.assert_close(twin.bias.grad, module.bias.grad)
+    torch.testing.assert_close(x.grad, reference_x.grad)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.5)
+    optimizer.step()
+    with torch.no_grad():
+        module.weight.sub_(0.5 * module.weight.grad * mask)
+        module.bias.sub_(0.5 * module.bias.grad)
+    twin.eval()
+    with torch.no_grad():  # the dense copy follows the trained values
+        torch.testing.assert_close(twin(x), module(x))
+    assert torch.equal(twin.dense_weight() == 0, module.weight == 0)
 
 
 def test_an_encoder_layer_calls_its_csr_linear_in_inference():
@@ -172,34 +224,67 @@ def test_an_encoder_layer_calls_its_csr_linear_in_inference():
     with torch.no_grad():
         expected = layer(x)
         layer.linear1 = CsrLayer.of(layer.linear1)
+        without_fused_paths(layer)
         calls = []
         layer.linear1.register_forward_hook(lambda *a: calls.append(1))
         torch.testing.assert_close(layer(x), expected)
     assert calls  # the fast path, which would skip it, was not taken
 
 
-def test_inference_choice_times_every_eligible_layer_on_its_real_input():
+def test_inference_choice_times_every_eligible_layer_on_its_real_input_at_each_batch():
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)
     ).eval()
     layers = eligible_layers(model)
     assert list(layers) == ["0", "3"]
-    x = torch.randn(4, 3, 6, 6)
-    calls = module_calls(model, lambda: model(x))
+    inputs = {1: torch.randn(1, 3, 6, 6), 4: torch.randn(4, 3, 6, 6)}
+    calls = module_calls(model, lambda: model(inputs[4]))
     assert calls["0"][0][0].shape == (4, 3, 6, 6) and calls["3"][0][0].shape == (4, 288)
-    sparse, choices = sparse_inference_model(model, layers, lambda m: m(x))
+    runs = {b: (lambda m, x=x: m(x)) for b, x in inputs.items()}
+    sparse, choices = sparse_inference_model(model, layers, runs)
     assert [c.name for c in choices] == ["0", "3"]
-    assert all(c.timing is not None for c in choices)
     for choice in choices:
-        wins = choice.timing.sparse_wins and choice.reverted_by is None
-        assert (choice.kernel == "csr") == wins
-        assert isinstance(sparse.get_submodule(choice.name), CsrLayer) == wins
+        assert [b.batch for b in choice.batches] == [1, 4]
+        assert [b.columns for b in choice.batches] == (
+            [36, 144] if choice.name == "0" else [1, 4]
+        )  # a convolution's output positions, a Linear's samples
+        for batch in choice.batches:
+            assert set(batch.ms) == set(KERNELS)
+            fastest = min(("bag", "mm"), key=batch.ms.__getitem__)
+            wins = batch.ms[fastest] <= 0.95 * batch.ms["dense"] and batch.reverted_by is None
+            assert batch.kernel == (fastest if wins else "dense")
+        twin = sparse.get_submodule(choice.name)
+        assert isinstance(twin, CsrLayer) == (choice.kernel == "csr")
+        if choice.kernel == "csr":
+            assert twin.dispatch == choice.dispatch
     assert not any(isinstance(m, CsrLayer) for m in model.modules())  # the original is kept
-    for choice in choices:
-        assert set(choice.product_ms) == set(PRODUCTS)
-        assert choice.timing.sparse_ms == min(choice.product_ms.values())
-        assert choice.product_ms[choice.product] == choice.timing.sparse_ms
+
+
+@pytest.fixture
+def one_thread():
+    """Timing-based choices on one thread: two threads on a busy two-core machine wait on each
+    other, and every kernel's time is then mostly that wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_sparse_layer_chooses_per_batch_and_the_model_computes_the_same_at_any_batch(one_thread):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand(1024, 1024) < 0.02)
+    runs = {b: (lambda m, b=b: m(torch.randn(b, 1024))) for b in (1, 64)}
+    sparse, choices = sparse_inference_model(model, eligible_layers(model), runs)
+    big = next(c for c in choices if c.name == "0")
+    assert big.kernel == "csr", big.batches  # 2% dense at 64 columns: CSR wins by far
+    assert big.dispatch.kernel(64) in ("bag", "mm")
+    with torch.no_grad():
+        for batch in (1, 2, 7, 64, 300):
+            x = torch.randn(batch, 1024)
+            torch.testing.assert_close(sparse(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 class Flattens(nn.Module):
@@ -214,7 +299,7 @@ class Flattens(nn.Module):
         return y.view(y.shape[0], -1)
 
 
-def test_a_model_that_views_a_linear_output_gets_it_contiguous():
+def test_a_model_that_views_a_linear_output_gets_it_contiguous(one_thread):
     torch.manual_seed(0)
     model = Flattens().eval()
     with torch.no_grad():
@@ -223,7 +308,8 @@ def test_a_model_that_views_a_linear_output_gets_it_contiguous():
         transposed = CsrLayer.of(model.fc)(x)
         with pytest.raises(RuntimeError):
             transposed.view(16, -1)
-        sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
+        runs = {16: lambda m: m(x)}
+        sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), runs)
         assert choice.kernel == "csr" and choice.contiguous  # 1% dense, 128 columns: CSR wins
         torch.testing.assert_close(sparse(x), model(x))
 
@@ -264,21 +350,23 @@ def choose_in(block: nn.Module):
     with torch.no_grad():
         model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
     x = torch.randn(64, 1024)
-    sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
+    runs = {64: lambda m: m(x)}
+    sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), runs)
     return sparse, choice
 
 
-def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so():
+def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so(one_thread):
     sparse, choice = choose_in(SlowOnTransposed())
     assert choice.kernel == "csr" and choice.contiguous
     assert sparse[0].fc.contiguous
 
 
-def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense():
+def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense(one_thread):
     sparse, choice = choose_in(Picky())
-    assert choice.timing.sparse_wins  # the layer alone is faster on CSR
-    assert choice.kernel == "dense" and choice.reverted_by == "0"
-    assert not isinstance(sparse[0].fc, CsrLayer)
+    (batch,) = choice.batches
+    assert min(batch.ms["bag"], batch.ms["mm"]) < 0.95 * batch.ms["dense"]  # alone: CSR wins
+    assert batch.kernel == "dense" and batch.reverted_by == "0"
+    assert choice.kernel == "dense" and not isinstance(sparse[0].fc, CsrLayer)
 
 
 def test_attention_is_eligible_whole_not_by_its_projections():
@@ -356,5 +444,21 @@ def test_an_encoder_layer_runs_on_its_csr_attention():
         x = torch.randn(2, 5, 16)
         expected = layer(x, src_key_padding_mask=PADDING)
         layer.self_attn = CsrAttention.of(layer.self_attn)
+        without_fused_paths(layer)
         torch.testing.assert_close(layer(x, src_key_padding_mask=PADDING), expected)
     assert not layer.self_attn._dense
+
+
+def test_a_csr_attention_in_training_mode_fine_tunes_its_projections():
+    attention = masked_attention(True, True).train()
+    twin = CsrAttention.of(attention).train()
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    twin(x, x, x, need_weights=False)[0].square().sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    attention(reference, reference, reference, need_weights=False)[0].square().sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+    kept = attention.out_proj.weight.grad[attention.out_proj.weight.detach() != 0]
+    torch.testing.assert_close(twin.out_proj.weight_values.grad, kept)
+    assert twin.in_proj.weight_values.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="fine-tunes self-attention calls only"):
+        twin(x, x, x)  # need_weights=True: the dense module, which would not learn
