@@ -4,7 +4,8 @@
 the metrics, the summary, the dense and sparse models, the masks of the sparse model keyed by
 parameter name, the report, and the exports made from it. It is built once (`RunDir.of`) and
 passed down; nothing else spells a file name. `BuildDir` is what `acdc compile -o` writes,
-`ExportDir` what `acdc export` writes, `TrainerDir` what the trainer callbacks write.
+`ExportDir` what `acdc export` writes, `TrainerDir` and `ModelFolder` what the trainer
+callbacks write.
 
 A folder that holds a run is never replaced without `--overwrite`, which then removes every
 output of the earlier run (its exports too). `--resume` needs something to resume: a missing or
@@ -258,8 +259,8 @@ class BuildDir:
 
 @dataclass(frozen=True)
 class ExportDir:
-    """What `acdc export` writes: the model's tensors, the manifest, and a transformers-style
-    config.json."""
+    """What `acdc export` writes: the model's tensors, the manifest, a transformers-style
+    config.json, and the resolved recipe of the run it came from."""
 
     path: Path
 
@@ -275,25 +276,63 @@ class ExportDir:
     def config(self) -> Path:
         return self.path / "config.json"
 
+    @property
+    def recipe(self) -> Path:
+        return self.path / RECIPE
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model as a trainer saves it (``save_pretrained``'s layout, or model.safetensors alone),
+    with what the acdc callbacks add: the masks of a sparse model, and in a trainer's
+    checkpoint folder the engine's state."""
+
+    path: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def weights_index(self) -> Path:
+        """The index of a model saved in several safetensors files."""
+        return self.path / "model.safetensors.index.json"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def masks(self) -> Path:
+        return self.path / "masks.safetensors"
+
+    @property
+    def runtime_state(self) -> Path:
+        """The engine's state beside a trainer checkpoint."""
+        return self.path / "acdc_runtime.safetensors"
+
 
 @dataclass(frozen=True)
 class TrainerDir:
     """What the trainer callbacks write into a trainer's output folder: the pair of models, each
-    in a folder of its own, and the engine's state beside each checkpoint."""
+    in a folder of its own (`ModelFolder`), and the engine's state beside each checkpoint."""
 
     path: Path
 
     def model_folder(self, which: Literal["dense", "sparse"]) -> Path:
         return self.path / which
 
+    def model(self, which: Literal["dense", "sparse"]) -> ModelFolder:
+        return ModelFolder(self.model_folder(which))
+
     def weights(self, which: Literal["dense", "sparse"]) -> Path:
         """A model folder's tensors, for models that are not transformers models."""
-        return self.model_folder(which) / "model.safetensors"
+        return self.model(which).weights
 
     @staticmethod
     def runtime_state(checkpoint_folder: Path) -> Path:
         """The engine's state beside a trainer checkpoint."""
-        return checkpoint_folder / "acdc_runtime.safetensors"
+        return ModelFolder(checkpoint_folder).runtime_state
 
 
 def _names(paths: list[Path]) -> str:
