@@ -1,4 +1,5 @@
-"""`acdc export RUN_DIR|CHECKPOINT`: write the sparse model as smaller or faster files."""
+"""`acdc export SOURCE`: write the sparse model of a run, a checkpoint or a trainer's folder as
+smaller or faster files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from acdc_recipe.errors import UserError
 from acdc_recipe.language.train_config import INPUT_DTYPES
 
 FORMAT_CHOICES = ("compressed", "torch-sparse")  # acdc_recipe.exporter.FORMATS
-TORCH_SPARSE_FLAGS = ("batch_size", "threads", "device", "precision")  # TorchSparse's fields
+TORCH_SPARSE_FLAGS = ("batch_sizes", "threads", "device", "precision")  # TorchSparse's fields
 
 
 def _positive(text: str) -> int:
@@ -21,6 +22,15 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected batch sizes separated by commas (1,8,64,256), got {text!r}"
+        ) from None
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -37,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="export a run's sparse model: compressed on disk, or faster to run"
     )
     parser.add_argument(
-        "source", metavar="RUN_DIR|CHECKPOINT", help="a run directory or one of its checkpoints"
+        "source",
+        metavar="SOURCE",
+        help="a run directory or one of its checkpoint-*.pt files; a transformers Trainer's "
+        "checkpoint-N or sparse folder, or a Lightning .ckpt, written with the acdc callback",
     )
     parser.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/export-FORMAT")
     parser.add_argument(
@@ -48,7 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "torch-sparse: layers on CSR kernels where measured faster (default: compressed)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive, metavar="N", help="torch-sparse: timing batch (default 1)"
+        "--batch-sizes",
+        type=_sizes,
+        metavar="N,N,...",
+        help="torch-sparse: the batch sizes each layer is timed at; a call takes the kernel "
+        "measured at the nearest (default 1,8,64,256)",
     )
     parser.add_argument(
         "--threads", type=_positive, metavar="N", help="torch-sparse: torch threads when timing"
@@ -129,12 +146,18 @@ def run(args: argparse.Namespace) -> int:
         layers = manifest["layers"]
         kernels = [layer["kernel"] for layer in layers.values()]
         semi = kernels.count("semi_structured")
+        sizes = ",".join(str(size) for size in manifest["batch_sizes"])
         console.print(
             f"{kernels.count('csr')} of {len(layers)} pruned layers on CSR kernels"
             + (f", {semi} on 2:4 kernels" if semi else "")
-            + f" (batch {manifest['batch_size']}, {manifest['threads']} threads, "
-            f"{manifest['device']}); outputs within {manifest['max_abs_diff']:.2g} of the "
-            "dense model"
+            + f" (batches {sizes}, {manifest['threads']} threads, {manifest['device']}); "
+            f"outputs within {manifest['max_abs_diff']:.2g} of the dense model"
+        )
+        memory = manifest["memory"]
+        console.print(
+            f"pruned layers' weights: {memory['sparse_model_weights']:,} bytes held, "
+            f"{memory['dense_weights']:,} dense; dense copies kept for the batches where dense "
+            f"is faster: {memory['dense_copies']:,} bytes"
         )
         uncovered = manifest["no_kernel"]
         if uncovered:
