@@ -156,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
         memory = manifest["memory"]
         console.print(
             f"pruned layers' weights: {memory['sparse_model_weights']:,} bytes held, "
-            f"{memory['dense_weights']:,} dense; dense copies kept for the batches where dense "
-            f"is faster: {memory['dense_copies']:,} bytes"
+            f"{memory['dense_weights']:,} dense; dense copies for the batch sizes where dense "
+            f"is faster: {memory['dense_copies']:,} bytes of layers, "
+            f"{memory['dense_blocks']:,} of {len(manifest['dense_blocks'])} blocks"
         )
         uncovered = manifest["no_kernel"]
         if uncovered:

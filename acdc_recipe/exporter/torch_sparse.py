@@ -18,6 +18,7 @@ warns when the machine or the thread count differ from the export's (the choices
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import time
@@ -38,6 +39,12 @@ from acdc_recipe.exporter.source import (
 )
 from acdc_recipe.formats.run_dir import ExportDir
 from acdc_recipe.models.objective import logits_of
+from acdc_recipe.runtime.kernels.dense_routes import (
+    bytes_of,
+    dense_route,
+    dense_state,
+    route_dense_at,
+)
 from acdc_recipe.runtime.kernels.inference import (
     CsrAttention,
     CsrLayer,
@@ -126,7 +133,8 @@ def write(
             f"{n}.out_proj" for n in layers if layer_kind(layers[n]) == "MultiheadAttention"
         }
         runs = {size: (lambda model, b=b: model(b)) for size, b in batches.items()}
-        sparse, choices = sparse_inference_model(dense, layers, runs)
+        chosen = sparse_inference_model(dense, layers, runs)
+        sparse, choices = chosen.model, chosen.choices
         got = {size: logits_of(sparse(b)) for size, b in batches.items()}
     finally:
         torch.set_num_threads(previous_threads)
@@ -153,6 +161,7 @@ def write(
         "precision": precision,
         "machine": _machine(where),
         "layers": {c.name: _layer_entry(c, dense) for c in choices},
+        "dense_blocks": {route.name: route.to_list() for route in chosen.routes},
         "no_kernel": {name: _kind(dense, name) for name in sorted(pruned - covered)},
         "memory": _memory(dense, sparse, choices),
         "max_abs_diff": difference,
@@ -188,7 +197,8 @@ def _layer_entry(choice: LayerChoice, dense: nn.Module) -> dict[str, Any]:
 
 def _memory(dense: nn.Module, sparse: nn.Module, choices: list[LayerChoice]) -> dict[str, int]:
     """Bytes of the pruned layers' weights: dense; as the sparse model holds them (CSR tensors,
-    and the weights of layers kept dense); and the dense copies its dispatch keeps beside CSR."""
+    and the weights of layers kept dense); and the dense copies its dispatch keeps beside CSR
+    (of layers, and of blocks routed dense at some batch sizes)."""
     dense_bytes = held = copies = 0
     for choice in choices:
         weights = layer_weights(dense.get_submodule(choice.name))
@@ -200,7 +210,13 @@ def _memory(dense: nn.Module, sparse: nn.Module, choices: list[LayerChoice]) -> 
             copies += twin.dense_copy_bytes()
         else:
             held += sum(w.numel() * w.element_size() for w in weights)
-    return {"dense_weights": dense_bytes, "sparse_model_weights": held, "dense_copies": copies}
+    blocks = sum(bytes_of(route[0]) for m in sparse.modules() if (route := dense_route(m)))
+    return {
+        "dense_weights": dense_bytes,
+        "sparse_model_weights": held,
+        "dense_copies": copies,
+        "dense_blocks": blocks,
+    }
 
 
 def _kind(model: nn.Module, name: str) -> str:
@@ -232,6 +248,7 @@ def load(files: ExportDir, manifest: dict[str, Any], model: nn.Module) -> nn.Mod
     folder = files.path
     _warn_if_elsewhere(manifest, folder)
     state = load_file(str(files.weights))
+    blocks = {name: copy.deepcopy(_block(model, name, folder)) for name in manifest["dense_blocks"]}
     for name, entry in manifest["layers"].items():
         if entry["kernel"] not in ("csr", "semi_structured"):
             continue
@@ -265,7 +282,22 @@ def load(files: ExportDir, manifest: dict[str, Any], model: nn.Module) -> nn.Mod
         if isinstance(layer, CsrLayer):
             _check_structure(layer, name, folder)
     without_fused_paths(model)
+    for name, dense in blocks.items():  # a dense copy of the block, for the batches it was faster
+        block = model.get_submodule(name)
+        dense.load_state_dict(dense_state(block))
+        routes = [(int(e["elements"]), str(e["route"])) for e in manifest["dense_blocks"][name]]
+        route_dense_at(block, dense, Dispatch.of(routes))
     return model.eval()
+
+
+def _block(model: nn.Module, name: str, folder: Path) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ExportError(
+            f"the model has no module {name!r}, which the export in {folder} computes dense at "
+            "some batch sizes; pass an instance of the exported model's architecture"
+        ) from None
 
 
 def _warn_if_elsewhere(manifest: dict[str, Any], folder: Path) -> None:

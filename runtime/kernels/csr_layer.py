@@ -41,7 +41,8 @@ class Dispatch:
     """The kernel of a call, by its number of columns (`forms`: samples times tokens for a
     Linear, output positions of every sample for a Conv2d): the one chosen at the measured
     column count nearest to it on a log scale (below the smallest, the smallest's; above the
-    largest, the largest's)."""
+    largest, the largest's). Blocks dispatch the same way on their input's size
+    (`dense_routes`)."""
 
     columns: tuple[int, ...]  # increasing
     kernels: tuple[str, ...]
@@ -51,9 +52,6 @@ class Dispatch:
             raise ValueError("a dispatch needs one kernel per measured column count")
         if list(self.columns) != sorted(set(self.columns)) or self.columns[0] < 1:
             raise ValueError(f"column counts must increase from 1 up: {self.columns}")
-        unknown = set(self.kernels) - set(KERNELS)
-        if unknown:
-            raise ValueError(f"unknown kernel {sorted(unknown)[0]!r}; one of {', '.join(KERNELS)}")
         bounds = [sqrt(a * b) for a, b in zip(self.columns, self.columns[1:])]
         object.__setattr__(self, "_bounds", bounds)
 
@@ -78,6 +76,18 @@ class Dispatch:
     def sparse(self) -> bool:
         """Whether some batch computes on a sparse kernel."""
         return any(kernel != "dense" for kernel in self.kernels)
+
+
+class _Derived:
+    """What a `CsrLayer` derives from its tensors (the CSR tensor, the dense copy): made again
+    on use, never copied (a copied layer derives its own)."""
+
+    def __init__(self) -> None:
+        self.csr: tuple[tuple[Tensor, ...], Tensor] | None = None
+        self.dense: tuple[Tensor, int, Tensor] | None = None  # (values, their version, weight)
+
+    def __deepcopy__(self, memo: dict) -> _Derived:
+        return _Derived()
 
 
 def no_fast_path(module: nn.Module, args: tuple) -> None:
@@ -113,16 +123,19 @@ class CsrLayer(nn.Module):
         contiguous: bool = False,
     ) -> None:
         super().__init__()
+        dispatch = dispatch or Dispatch.always("bag")
+        unknown = set(dispatch.kernels) - set(KERNELS)
+        if unknown:
+            raise ValueError(f"unknown kernel {sorted(unknown)[0]!r}; one of {', '.join(KERNELS)}")
         self.form = form
-        self.dispatch = dispatch or Dispatch.always("bag")
+        self.dispatch = dispatch
         self.contiguous = contiguous  # a Linear's output copied to F.linear's layout
         self.weight_shape = tuple(weight_shape)
         self.register_buffer("weight_crow_indices", crow_indices.to(torch.int32))
         self.register_buffer("weight_col_indices", col_indices.to(torch.int32))
         self.weight_values = nn.Parameter(values)
         self.bias = None if bias is None else nn.Parameter(bias)
-        self._dense: tuple[Tensor, int, Tensor] | None = None  # (values, their version, weight)
-        self._csr: tuple[tuple[Tensor, ...], Tensor] | None = None
+        self._cache = _Derived()
 
     @classmethod
     def of(
@@ -152,25 +165,25 @@ class CsrLayer(nn.Module):
         """The weight as a CSR tensor over the layer's own tensors (cached while they are the
         same tensors)."""
         parts = (self.weight_crow_indices, self.weight_col_indices, self.weight_values)
-        cached = self._csr
+        cached = self._cache.csr
         if cached is None or any(a is not b for a, b in zip(cached[0], parts)):
             rows = self.weight_shape[0]
             matrix = torch.sparse_csr_tensor(
                 *parts[:2], parts[2].detach(), (rows, prod(self.weight_shape[1:])),
                 check_invariants=False,
             )  # fmt: skip
-            self._csr = cached = (parts, matrix)
+            self._cache.csr = cached = (parts, matrix)
         return cached[1]
 
     def dense_weight(self) -> Tensor:
         """The dense weight this layer computes with (zeros where nothing is stored), made
         again when the values changed (a load, an optimizer step)."""
         values = self.weight_values
-        cached = self._dense
+        cached = self._cache.dense
         if cached is None or cached[0] is not values or cached[1] != values._version:
-            self._csr = None
+            self._cache.csr = None
             dense = self.weight_csr().to_dense().reshape(self.weight_shape)
-            self._dense = cached = (values, values._version, dense)
+            self._cache.dense = cached = (values, values._version, dense)
         return cached[2]
 
     def dense_copy_bytes(self) -> int:

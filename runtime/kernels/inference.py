@@ -32,6 +32,7 @@ from acdc_recipe.runtime.kernels.csr_layer import (
     Dispatch,
     no_fast_path,
 )
+from acdc_recipe.runtime.kernels.dense_routes import route_dense_at
 from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.layer import sparse_capable
 from acdc_recipe.runtime.kernels.semi_structured import (
@@ -43,6 +44,9 @@ from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLine
 from acdc_recipe.runtime.kernels.timing import SPARSE_MARGIN, KernelTiming, time_calls, time_paths
 
 HOLDER_ROUNDS = 5  # one disturbed round must not revert a whole block
+# A block whose layers compute dense is routed to a dense copy of itself only when it is slower
+# than that copy by more than timing noise (a fused path it lost: 2x for an encoder layer).
+ROUTE_MARGIN = 0.8
 Run = Callable[[nn.Module], object]
 Calls = dict[str, tuple[tuple, dict[str, Any]]]
 
@@ -52,7 +56,9 @@ __all__ = [
     "CsrAttention",
     "CsrLayer",
     "Dispatch",
+    "BlockRoute",
     "LayerChoice",
+    "SparseInference",
     "sparse_inference_model",
 ]
 
@@ -185,8 +191,9 @@ def _columns(module: nn.Module, x: Tensor) -> int:
     return form.columns(x) if form is not None else x.numel() // max(x.shape[-1], 1)
 
 
-def _choose_batch(module: nn.Module, twins: dict[str, nn.Module], batch: int, call: tuple):
-    """One layer at one batch: every kernel timed on the input it received."""
+def _choose_batch(module: nn.Module, twin: nn.Module, batch: int, call: tuple) -> BatchChoice:
+    """One layer at one batch: every kernel timed on the input it received (the twin's
+    dispatch set to each product in turn)."""
     args, kwargs = call
     x = args[0]
     form = form_of(module)
@@ -194,11 +201,16 @@ def _choose_batch(module: nn.Module, twins: dict[str, nn.Module], batch: int, ca
         dense = partial(_dense_forward, form, module, x)
     else:
         dense = partial(module, *args, **kwargs)
-    calls = [dense, *(partial(twins[p], *args, **kwargs) for p in PRODUCTS)]
-    ms = dict(zip(KERNELS, time_calls(calls, x.device)))
+    products = [partial(_call_on, twin, p, args, kwargs) for p in PRODUCTS]
+    ms = dict(zip(KERNELS, time_calls([dense, *products], x.device)))
     fastest = min(PRODUCTS, key=ms.__getitem__)
     kernel = fastest if ms[fastest] <= SPARSE_MARGIN * ms["dense"] else "dense"
     return BatchChoice(batch, _columns(module, x), kernel, ms)
+
+
+def _call_on(twin: nn.Module, product: str, args: tuple, kwargs: dict) -> object:
+    twin.dispatch = Dispatch.always(product)
+    return twin(*args, **kwargs)
 
 
 def _choose_layer(name: str, module: nn.Module, calls: Mapping[int, tuple | None]) -> LayerChoice:
@@ -218,8 +230,8 @@ def _choose_layer(name: str, module: nn.Module, calls: Mapping[int, tuple | None
         return _choose_semi_structured(name, module, largest, density)
     if not all(sparse_capable(call[0][0], weights[0]) for call in inputs.values()):
         return LayerChoice(name, kind, "dense", density)
-    twins = {product: csr_twin(module, Dispatch.always(product)) for product in PRODUCTS}
-    batches = tuple(_choose_batch(module, twins, b, call) for b, call in sorted(inputs.items()))
+    twin = csr_twin(module, Dispatch.always(PRODUCTS[0]))
+    batches = tuple(_choose_batch(module, twin, b, call) for b, call in sorted(inputs.items()))
     return LayerChoice(name, kind, "dense", density).with_batches(batches)
 
 
@@ -254,20 +266,48 @@ def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, layer)
 
 
+@dataclass(frozen=True)
+class BlockRoute:
+    """A block that computes on a dense copy of itself at some batch sizes (`dense_routes`):
+    per measured batch, the elements of its first input and "dense" or "sparse"."""
+
+    name: str
+    batches: tuple[tuple[int, int, str], ...]  # (batch, elements, route)
+
+    @property
+    def dispatch(self) -> Dispatch:
+        return Dispatch.of([(elements, route) for _, elements, route in self.batches])
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [{"batch": b, "elements": n, "route": r} for b, n, r in self.batches]
+
+
+@dataclass
+class SparseInference:
+    """What `sparse_inference_model` returns: the model, each layer's choice, and the blocks
+    routed to a dense copy of themselves at some batch sizes."""
+
+    model: nn.Module
+    choices: list[LayerChoice]
+    routes: list[BlockRoute]
+
+
 @torch.no_grad()
 def sparse_inference_model(
     model: nn.Module, layers: dict[str, nn.Module], runs: Mapping[int, Run]
-) -> tuple[nn.Module, list[LayerChoice]]:
+) -> SparseInference:
     """A copy of `model` (eval mode) with each of `layers` as its CSR twin (`CsrLayer`,
-    `CsrAttention`) where that is faster at some batch size, and the choices.
+    `CsrAttention`) where that is faster at some batch size, the choices, and the blocks routed
+    dense at some batch sizes.
 
     `runs` maps each batch size to a call of the model on a batch of that size. Each layer is
     timed against its twins on the input it receives in each run; then each CSR Linear's
     output layout is chosen (`_choose_layouts`); then, per batch size, every module holding a
-    sparse layer is timed as a whole, innermost first, against its dense form, and its layers
-    compute dense at that batch when it is not faster: a module may compute faster than the
-    sum of its layers (`TransformerEncoderLayer`'s fused inference path, which a CSR layer
-    turns off), and the whole model is such a module too.
+    sparse layer is timed as a whole, innermost first, against its dense form: where it is not
+    faster, its layers compute dense at that batch, and where it is still not faster so (a
+    block with a fused inference path, as `TransformerEncoderLayer`'s, which a CSR layer turns
+    off), the block computes on a dense copy of itself at that batch. The whole model is such
+    a block too, so at every measured batch the model is not slower than its dense form.
     """
     calls = {batch: module_calls(model, partial(run, model)) for batch, run in runs.items()}
     choices = {
@@ -286,53 +326,107 @@ def sparse_inference_model(
             if choice.kernel == "csr":
                 sparse.get_submodule(name).contiguous = True
                 choices[name] = replace(choice, contiguous=True)
+    holders = _HolderChecks(model, sparse, layers, choices, calls)
     for batch in sorted(runs):
-        _revert_slower_holders(model, sparse, layers, choices, batch, calls[batch])
+        holders.check(batch)
     for name, choice in choices.items():
         if choice.kernel == "dense" and not isinstance(
             sparse.get_submodule(name), type(layers[name])
         ):
             replace_module(sparse, name, copy.deepcopy(layers[name]))
-    return sparse.eval(), list(choices.values())
+    return SparseInference(sparse.eval(), list(choices.values()), holders.routes())
 
 
-def _sparse_at(choice: LayerChoice, batch: int) -> bool:
-    if choice.kernel == "semi_structured":
-        return True
-    return any(b.batch == batch and b.kernel != "dense" for b in choice.batches)
+def _first_elements(call: tuple) -> int:
+    args, kwargs = call
+    first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+    return 0 if first is None else first.numel()
 
 
-def _revert_slower_holders(
-    model: nn.Module, sparse: nn.Module, layers: dict[str, nn.Module],
-    choices: dict[str, LayerChoice], batch: int, calls: Calls,
-) -> None:  # fmt: skip
-    """At one batch size, time every module holding a layer that is sparse there, innermost
-    first, and make its layers dense at that batch where the module is not faster so."""
-    holders = {a for name, c in choices.items() if _sparse_at(c, batch) for a in _ancestors(name)}
-    for holder in sorted(holders, key=lambda n: (-n.count(".") if n else 1, n)):
-        inside = [n for n, c in choices.items() if _sparse_at(c, batch) and _within(n, holder)]
-        if not inside or holder not in calls:
-            continue
-        args, kwargs = calls[holder]
-        dense_block, sparse_block = model.get_submodule(holder), sparse.get_submodule(holder)
+class _HolderChecks:
+    """The block-by-block check of `sparse_inference_model`, one batch size at a time."""
+
+    def __init__(
+        self, model: nn.Module, sparse: nn.Module, layers: dict[str, nn.Module],
+        choices: dict[str, LayerChoice], calls: Mapping[int, Calls],
+    ) -> None:  # fmt: skip
+        self.model, self.sparse, self.layers = model, sparse, layers
+        self.choices, self.calls = choices, calls
+        self.dense_at: dict[str, dict[int, str]] = {}  # holder -> batch -> route
+
+    def check(self, batch: int) -> None:
+        """Time every module holding a twin at `batch`, innermost first."""
+        calls, choices = self.calls[batch], self.choices
+        holders = {a for n in choices if self._twinned_at(n, batch) for a in _ancestors(n)}
+        for holder in sorted(holders, key=lambda n: (-n.count(".") if n else 1, n)):
+            inside = [n for n in choices if self._twinned_at(n, batch) and _within(n, holder)]
+            if not inside or holder not in calls or self._faster(holder, calls[holder]):
+                continue
+            before = {name: choices[name] for name in inside}
+            self._layers_dense(inside, batch, holder)
+            if self._faster(holder, calls[holder], ROUTE_MARGIN):
+                continue
+            for name, choice in before.items():  # the dense copy computes the block instead
+                if choice.kernel != "semi_structured":
+                    self._set(name, choice)
+            self.dense_at.setdefault(holder, {})[batch] = "dense"
+            self._route(holder)
+
+    def _twinned_at(self, name: str, batch: int) -> bool:
+        """Whether a twin computes the layer at `batch`: it has one (it is sparse at some
+        batch size; at the others it computes dense in the twin, where a block's fused path
+        cannot) and no block around it computes dense there."""
+        routed = any(self.dense_at.get(a, {}).get(batch) == "dense" for a in _ancestors(name))
+        return self.choices[name].kernel != "dense" and not routed
+
+    def _faster(self, holder: str, call: tuple, margin: float = 1.0) -> bool:
+        """Whether the sparse block computes this call faster than the dense one (with
+        `margin` below 1: not slower than the dense one by more than its inverse)."""
+        args, kwargs = call
+        dense = self.model.get_submodule(holder)
+        sparse = self.sparse.get_submodule(holder)
         timing = time_paths(
-            partial(dense_block, *args, **kwargs), partial(sparse_block, *args, **kwargs),
+            partial(dense, *args, **kwargs), partial(sparse, *args, **kwargs),
             _device_of(args), rounds=HOLDER_ROUNDS,
         )  # fmt: skip
-        if timing.sparse_ms < timing.dense_ms:  # its layers each won by the margin already
-            continue
-        for name in inside:
-            choice = choices[name]
+        return margin * timing.sparse_ms < timing.dense_ms
+
+    def _layers_dense(self, names: list[str], batch: int, holder: str) -> None:
+        for name in names:
+            choice = self.choices[name]
             if choice.kernel == "semi_structured":
-                replace_module(sparse, name, copy.deepcopy(layers[name]))
-                choices[name] = replace(choice, kernel="dense", reverted_by=holder)
+                replace_module(self.sparse, name, copy.deepcopy(self.layers[name]))
+                self.choices[name] = replace(choice, kernel="dense", reverted_by=holder)
                 continue
             batches = tuple(
                 replace(b, kernel="dense", reverted_by=holder) if b.batch == batch else b
                 for b in choice.batches
             )
-            choices[name] = choice.with_batches(batches)
-            sparse.get_submodule(name).dispatch = choices[name].dispatch
+            self._set(name, choice.with_batches(batches))
+
+    def _set(self, name: str, choice: LayerChoice) -> None:
+        self.choices[name] = choice
+        twin = self.sparse.get_submodule(name)
+        if isinstance(twin, CsrLayer | CsrAttention):
+            twin.dispatch = choice.dispatch
+
+    def _route(self, holder: str) -> None:
+        dense = copy.deepcopy(self.model.get_submodule(holder))
+        route_dense_at(self.sparse.get_submodule(holder), dense, self.route(holder).dispatch)
+
+    def route(self, holder: str) -> BlockRoute:
+        dense = self.dense_at.get(holder, {})
+        return BlockRoute(
+            holder,
+            tuple(
+                (b, _first_elements(calls[holder]), dense.get(b, "sparse"))
+                for b, calls in sorted(self.calls.items())
+                if holder in calls
+            ),
+        )
+
+    def routes(self) -> list[BlockRoute]:
+        return [self.route(holder) for holder in sorted(self.dense_at)]
 
 
 def without_fused_paths(model: nn.Module) -> None:

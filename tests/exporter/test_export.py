@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from acdc_recipe.compiler import compile
 from acdc_recipe.exporter import FORMATS, ExportError, TorchSparse, compressed, export, load_sparse
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
+from acdc_recipe.runtime.kernels.dense_routes import dense_route
 from acdc_recipe.runtime.kernels.inference import KERNELS, CsrAttention, CsrLayer
 from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 
@@ -176,7 +178,8 @@ def test_torch_sparse_runs_the_measured_layers_on_csr_and_computes_the_masked_mo
         if layer["kernel"] == "csr":
             kernels = [entry["kernel"] for entry in layer["dispatch"]]
             assert list(module.dispatch.kernels) == kernels
-            assert module.dense_copy_bytes() == (4 * 1024 * 1024 if "dense" in kernels else 0)
+            dense_bytes = 4 * layer["weight_shape"][0] * layer["weight_shape"][1]
+            assert module.dense_copy_bytes() == (dense_bytes if "dense" in kernels else 0)
     for batch in (1, 3, 64, 200):
         x = torch.randn(batch, 512)
         with torch.no_grad():
@@ -216,7 +219,13 @@ MODELS = [
 
 
 @pytest.mark.parametrize("build,name", MODELS, ids=[name for _, name in MODELS])
-def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(build, name, tmp_path):
+def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(
+    build, name, tmp_path, monkeypatch
+):
+    from acdc_recipe.runtime.kernels import inference, timing
+
+    monkeypatch.setattr(timing, "ROUNDS", 1)  # what this checks is the outputs, not the choice
+    monkeypatch.setattr(inference, "HOLDER_ROUNDS", 1)
     model, size = build(name)
     model, runtime = masked(model)
     model.eval()
@@ -224,7 +233,7 @@ def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(build
         model,
         tmp_path / "out",
         runtime=runtime,
-        format=TorchSparse((1, 2)),
+        format=TorchSparse((1, 2), threads=1),
         input_shape=(3, size, size),
     )
     fresh, _ = build(name)
@@ -602,3 +611,40 @@ def test_a_2_4_model_exports_on_cuda_in_bf16_and_loads_back_on_its_kernels(tmp_p
         assert isinstance(module, SemiStructuredLinear) == (layer["kernel"] == "semi_structured")
         if layer["kernel"] == "semi_structured":
             assert module.problem is None
+
+
+class Fused(nn.Module):
+    """A block with a fast path its sparse layer turns off (as `TransformerEncoderLayer`):
+    slower with a CSR layer in it, whatever kernel that layer computes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 1024)
+        self.norm = nn.LayerNorm(1024)
+
+    def forward(self, x):
+        if isinstance(self.fc, CsrLayer):
+            time.sleep(0.01)
+        return self.norm(self.fc(x))
+
+
+def test_a_block_routed_dense_at_some_batches_is_rebuilt_dense_on_load(tmp_path):
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(Fused(), nn.ReLU(), nn.Linear(1024, 10))
+
+    model, runtime = masked(build(), target=0.99)
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format=TorchSparse((4,), threads=1),
+        input_shape=(1024,),
+    )  # fmt: skip
+    manifest = exported.manifest
+    assert manifest["dense_blocks"]["0"] == [{"batch": 4, "elements": 4096, "route": "dense"}]
+    assert manifest["memory"]["dense_blocks"] >= 4 * 1024 * 1024  # the block's dense copy
+    loaded = load_sparse(exported.path, build())
+    block = loaded.get_submodule("0")
+    assert isinstance(block.fc, CsrLayer) and dense_route(block) is not None
+    assert "0.fc.weight" not in loaded.state_dict()  # the dense copy is not in the state
+    x = torch.randn(4, 1024)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)

@@ -177,7 +177,7 @@ def test_a_dispatch_takes_the_kernel_measured_nearest_on_a_log_scale():
     assert dispatch.needs_dense and dispatch.sparse
     assert not Dispatch.always("bag").needs_dense
     with pytest.raises(ValueError, match="unknown kernel"):
-        Dispatch.of([(1, "cuda")])
+        CsrLayer.of(nn.Linear(4, 4), dispatch=Dispatch.always("cuda"))
 
 
 def test_each_call_computes_on_the_kernel_its_batch_size_names(monkeypatch):
@@ -242,7 +242,8 @@ def test_inference_choice_times_every_eligible_layer_on_its_real_input_at_each_b
     calls = module_calls(model, lambda: model(inputs[4]))
     assert calls["0"][0][0].shape == (4, 3, 6, 6) and calls["3"][0][0].shape == (4, 288)
     runs = {b: (lambda m, x=x: m(x)) for b, x in inputs.items()}
-    sparse, choices = sparse_inference_model(model, layers, runs)
+    result = sparse_inference_model(model, layers, runs)
+    sparse, choices = result.model, result.choices
     assert [c.name for c in choices] == ["0", "3"]
     for choice in choices:
         assert [b.batch for b in choice.batches] == [1, 4]
@@ -271,13 +272,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_a_sparse_layer_chooses_per_batch_and_the_model_computes_the_same_at_any_batch(one_thread):
+def test_a_sparse_layer_chooses_per_batch_and_the_model_computes_the_same_at_any_batch(
+    one_thread,
+):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)).eval()
     with torch.no_grad():
         model[0].weight.mul_(torch.rand(1024, 1024) < 0.02)
     runs = {b: (lambda m, b=b: m(torch.randn(b, 1024))) for b in (1, 64)}
-    sparse, choices = sparse_inference_model(model, eligible_layers(model), runs)
+    result = sparse_inference_model(model, eligible_layers(model), runs)
+    sparse, choices = result.model, result.choices
     big = next(c for c in choices if c.name == "0")
     assert big.kernel == "csr", big.batches  # 2% dense at 64 columns: CSR wins by far
     assert big.dispatch.kernel(64) in ("bag", "mm")
@@ -309,20 +313,21 @@ def test_a_model_that_views_a_linear_output_gets_it_contiguous(one_thread):
         with pytest.raises(RuntimeError):
             transposed.view(16, -1)
         runs = {16: lambda m: m(x)}
-        sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), runs)
+        result = sparse_inference_model(model, eligible_layers(model), runs)
+        sparse, (choice,) = result.model, result.choices
         assert choice.kernel == "csr" and choice.contiguous  # 1% dense, 128 columns: CSR wins
         torch.testing.assert_close(sparse(x), model(x))
 
 
 class Picky(nn.Module):
-    """Computes slower as a whole when its layer is a CSR one (as an encoder's fused path)."""
+    """Computes slower as a whole when its layer computes on a sparse kernel."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(1024, 1024)
 
     def forward(self, x):
-        if isinstance(self.fc, CsrLayer):
+        if isinstance(self.fc, CsrLayer) and self.fc.dispatch.kernel(x.shape[0]) != "dense":
             time.sleep(0.02)
         return self.fc(x)
 
@@ -351,22 +356,57 @@ def choose_in(block: nn.Module):
         model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
     x = torch.randn(64, 1024)
     runs = {64: lambda m: m(x)}
-    sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), runs)
-    return sparse, choice
+    result = sparse_inference_model(model, eligible_layers(model), runs)
+    return result.model, result.choices[0], result.routes
 
 
 def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so(one_thread):
-    sparse, choice = choose_in(SlowOnTransposed())
+    sparse, choice, _ = choose_in(SlowOnTransposed())
     assert choice.kernel == "csr" and choice.contiguous
     assert sparse[0].fc.contiguous
 
 
 def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense(one_thread):
-    sparse, choice = choose_in(Picky())
+    sparse, choice, routes = choose_in(Picky())
     (batch,) = choice.batches
     assert min(batch.ms["bag"], batch.ms["mm"]) < 0.95 * batch.ms["dense"]  # alone: CSR wins
     assert batch.kernel == "dense" and batch.reverted_by == "0"
     assert choice.kernel == "dense" and not isinstance(sparse[0].fc, CsrLayer)
+    assert routes == []  # with its layer dense, the block is as fast as dense
+
+
+class Fused(nn.Module):
+    """Has a fast path its sparse layer turns off (as `TransformerEncoderLayer`): slower with a
+    CSR layer in it, whatever kernel that layer computes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 1024)
+
+    def forward(self, x):
+        if isinstance(self.fc, CsrLayer):
+            time.sleep(0.02)
+        return self.fc(x)
+
+
+def test_a_block_slower_even_with_its_layers_dense_computes_on_a_dense_copy_there(one_thread):
+    torch.manual_seed(0)
+    model = nn.Sequential(Fused(), nn.ReLU(), nn.Linear(1024, 10)).eval()
+    with torch.no_grad():
+        model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
+    inputs = {64: torch.randn(64, 1024)}
+    result = sparse_inference_model(model, eligible_layers(model), {64: lambda m: m(inputs[64])})
+    (route,) = result.routes
+    assert route.name == "0" and route.batches == ((64, 64 * 1024, "dense"),)
+    fc = result.choices[0]
+    assert fc.name == "0.fc" and fc.kernel == "csr"  # the twin stays, for other batches
+    with torch.no_grad():
+        x = torch.randn(64, 1024)
+        torch.testing.assert_close(result.model(x), model(x))
+    assert "0.fc.weight" not in result.model.state_dict()  # the dense copy is not saved
+    copied = copy.deepcopy(result.model)
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), model(x))
 
 
 def test_attention_is_eligible_whole_not_by_its_projections():
