@@ -4,6 +4,7 @@ smaller or faster files."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from acdc_recipe.cli.common import console
@@ -24,22 +25,18 @@ def _positive(text: str) -> int:
     return value
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(_positive(part) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected batch sizes separated by commas (1,8,64,256), got {text!r}"
-        ) from None
+def _sizes(meaning: str, example: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: sizes of at least 1 separated by commas, for `meaning`."""
 
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(_positive(part) for part in text.split(","))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected {meaning} separated by commas ({example}), got {text!r}"
+            ) from None
 
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(_positive(part) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected one sample's shape as sizes separated by commas (1,28,28), got {text!r}"
-        ) from None
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-sizes",
-        type=_sizes,
+        type=_sizes("batch sizes", "1,8,64,256"),
         metavar="N,N,...",
         help="torch-sparse: the batch sizes each layer is timed at; a call takes the kernel "
         "measured at the nearest (default 1,8,64,256)",
@@ -72,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--input-shape",
-        type=_shape,
+        type=_sizes("one sample's shape as sizes", "1,28,28"),
         metavar="C,H,W",
         help="torch-sparse: one sample's shape (default: the recipe's train.model.input_shape)",
     )
