@@ -212,11 +212,24 @@ class CsrLayer(nn.Module):
                     f"{x.dtype} tensor on {x.device}"
                 )
             return self.form.dense_forward(x, self.dense_weight(), self.bias)
-        kernel = "bag" if fine_tuning(self) else self.dispatch.kernel(self.form.columns(x))
+        columns = self.form.columns(x)
+        kernel = "bag" if fine_tuning(self) else self.dispatch.kernel(columns)
         if kernel == "dense":
             return self.form.dense_forward(x, self.dense_weight(), self.bias)
+        if kernel == "mm" and columns == 1 and self.form.kind == "Linear":  # one sample
+            return self._one_sample(x)
         matrix, geometry = self.form.to_matrix(x)
         return self.form.from_matrix(self.multiply(matrix, kernel), geometry, self.contiguous)
+
+    def _one_sample(self, x: Tensor) -> Tensor:
+        """A Linear's one sample on `torch.mv`, without the matrix views around it (at batch
+        1 the call's overhead is a good part of its time)."""
+        vector = x.reshape(-1)
+        if self.bias is None:
+            product = torch.mv(self.weight_csr(), vector)
+        else:
+            product = torch.addmv(self.bias, self.weight_csr(), vector)
+        return product.reshape(*x.shape[:-1], -1)
 
     def extra_repr(self) -> str:
         table = ", ".join(f"{c}:{k}" for c, k in zip(self.dispatch.columns, self.dispatch.kernels))

@@ -186,13 +186,14 @@ def test_each_call_computes_on_the_kernel_its_batch_size_names(monkeypatch):
     used = []
     dense_weight = twin.dense_weight
     monkeypatch.setattr(twin, "dense_weight", lambda: used.append("dense") or dense_weight())
-    original = twin.multiply
+    original, one_sample = twin.multiply, twin._one_sample
     monkeypatch.setattr(twin, "multiply", lambda m, k: used.append(k) or original(m, k))
+    monkeypatch.setattr(twin, "_one_sample", lambda x: used.append("mv") or one_sample(x))
     with torch.no_grad():
         for batch in (1, 5, 100):
             x = torch.randn(batch, 64, dtype=torch.float64)
             torch.testing.assert_close(twin(x), module(x))
-    assert used == ["mm", "dense", "bag"]
+    assert used == ["mv", "dense", "bag"]  # mm with one column: torch.mv
 
 
 def test_a_csr_layer_in_training_mode_fine_tunes_its_kept_values():
