@@ -25,6 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from acdc_recipe.runtime.kernels.attention import CsrAttention, attention_eligible
+from acdc_recipe.runtime.kernels.blocks import (
+    BlockChecks,
+    Calls,
+    ancestors,
+    device_of,
+    replace_module,
+)
+from acdc_recipe.runtime.kernels.choices import BatchChoice, BlockRoute, LayerChoice
 from acdc_recipe.runtime.kernels.csr_layer import (
     KERNELS,
     PRODUCTS,
@@ -32,7 +40,6 @@ from acdc_recipe.runtime.kernels.csr_layer import (
     Dispatch,
     no_fast_path,
 )
-from acdc_recipe.runtime.kernels.dense_routes import route_dense_at
 from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.layer import sparse_capable
 from acdc_recipe.runtime.kernels.semi_structured import (
@@ -41,14 +48,9 @@ from acdc_recipe.runtime.kernels.semi_structured import (
     semi_structured_problem,
 )
 from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
-from acdc_recipe.runtime.kernels.timing import SPARSE_MARGIN, KernelTiming, time_calls, time_paths
+from acdc_recipe.runtime.kernels.timing import SPARSE_MARGIN, time_calls, time_paths
 
-HOLDER_ROUNDS = 5  # one disturbed round must not revert a whole block
-# A block whose layers compute dense is routed to a dense copy of itself only when it is slower
-# than that copy by more than timing noise (a fused path it lost: 2x for an encoder layer).
-ROUTE_MARGIN = 0.8
 Run = Callable[[nn.Module], object]
-Calls = dict[str, tuple[tuple, dict[str, Any]]]
 
 __all__ = [
     "KERNELS",
@@ -61,51 +63,6 @@ __all__ = [
     "SparseInference",
     "sparse_inference_model",
 ]
-
-
-@dataclass(frozen=True)
-class BatchChoice:
-    """One layer at one batch size: the columns its input matrix has, each kernel's
-    milliseconds (`ms`, "dense", "bag", "mm"), the kernel chosen, and the module whose timing
-    reverted it to dense, if one did."""
-
-    batch: int
-    columns: int
-    kernel: str
-    ms: dict[str, float]
-    reverted_by: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        entry = {"batch": self.batch, "columns": self.columns, "kernel": self.kernel}
-        entry.update({f"{kernel}_ms": ms for kernel, ms in self.ms.items()})
-        if self.reverted_by is not None:
-            entry["reverted_by"] = self.reverted_by or "the model"
-        return entry
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """One eligible layer's inference kernels: "csr" (a CSR twin dispatching per batch, as
-    `batches` say), "semi_structured" (2:4 on CUDA, with its `timing`) or "dense", and for a
-    CUDA Linear left dense untimed, `problem`: why no 2:4 kernel computes it."""
-
-    name: str
-    kind: str
-    kernel: str
-    density: float
-    batches: tuple[BatchChoice, ...] = ()
-    contiguous: bool = False  # the model needs the layer's output contiguous
-    timing: KernelTiming | None = None
-    problem: str | None = None
-    reverted_by: str | None = None  # a 2:4 layer the module that was faster with it dense
-
-    @property
-    def dispatch(self) -> Dispatch:
-        return Dispatch.of([(b.columns, b.kernel) for b in self.batches])
-
-    def with_batches(self, batches: tuple[BatchChoice, ...]) -> LayerChoice:
-        sparse = any(b.kernel != "dense" for b in batches)
-        return replace(self, batches=batches, kernel="csr" if sparse else "dense")
 
 
 def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
@@ -260,28 +217,6 @@ def sparse_twin(module: nn.Module, choice: LayerChoice) -> nn.Module:
     return csr_twin(module, choice.dispatch, choice.contiguous)
 
 
-def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
-    """Put `layer` at `name` (a dotted submodule path) in `model`."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, layer)
-
-
-@dataclass(frozen=True)
-class BlockRoute:
-    """A block that computes on a dense copy of itself at some batch sizes (`dense_routes`):
-    per measured batch, the elements of its first input and "dense" or "sparse"."""
-
-    name: str
-    batches: tuple[tuple[int, int, str], ...]  # (batch, elements, route)
-
-    @property
-    def dispatch(self) -> Dispatch:
-        return Dispatch.of([(elements, route) for _, elements, route in self.batches])
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [{"batch": b, "elements": n, "route": r} for b, n, r in self.batches]
-
-
 @dataclass
 class SparseInference:
     """What `sparse_inference_model` returns: the model, each layer's choice, and the blocks
@@ -326,7 +261,7 @@ def sparse_inference_model(
             if choice.kernel == "csr":
                 sparse.get_submodule(name).contiguous = True
                 choices[name] = replace(choice, contiguous=True)
-    holders = _HolderChecks(model, sparse, layers, choices, calls)
+    holders = BlockChecks(model, sparse, layers, choices, calls)
     for batch in sorted(runs):
         holders.check(batch)
     for name, choice in choices.items():
@@ -335,98 +270,6 @@ def sparse_inference_model(
         ):
             replace_module(sparse, name, copy.deepcopy(layers[name]))
     return SparseInference(sparse.eval(), list(choices.values()), holders.routes())
-
-
-def _first_elements(call: tuple) -> int:
-    args, kwargs = call
-    first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
-    return 0 if first is None else first.numel()
-
-
-class _HolderChecks:
-    """The block-by-block check of `sparse_inference_model`, one batch size at a time."""
-
-    def __init__(
-        self, model: nn.Module, sparse: nn.Module, layers: dict[str, nn.Module],
-        choices: dict[str, LayerChoice], calls: Mapping[int, Calls],
-    ) -> None:  # fmt: skip
-        self.model, self.sparse, self.layers = model, sparse, layers
-        self.choices, self.calls = choices, calls
-        self.dense_at: dict[str, dict[int, str]] = {}  # holder -> batch -> route
-
-    def check(self, batch: int) -> None:
-        """Time every module holding a twin at `batch`, innermost first."""
-        calls, choices = self.calls[batch], self.choices
-        holders = {a for n in choices if self._twinned_at(n, batch) for a in _ancestors(n)}
-        for holder in sorted(holders, key=lambda n: (-n.count(".") if n else 1, n)):
-            inside = [n for n in choices if self._twinned_at(n, batch) and _within(n, holder)]
-            if not inside or holder not in calls or self._faster(holder, calls[holder]):
-                continue
-            before = {name: choices[name] for name in inside}
-            self._layers_dense(inside, batch, holder)
-            if self._faster(holder, calls[holder], ROUTE_MARGIN):
-                continue
-            for name, choice in before.items():  # the dense copy computes the block instead
-                if choice.kernel != "semi_structured":
-                    self._set(name, choice)
-            self.dense_at.setdefault(holder, {})[batch] = "dense"
-            self._route(holder)
-
-    def _twinned_at(self, name: str, batch: int) -> bool:
-        """Whether a twin computes the layer at `batch`: it has one (it is sparse at some
-        batch size; at the others it computes dense in the twin, where a block's fused path
-        cannot) and no block around it computes dense there."""
-        routed = any(self.dense_at.get(a, {}).get(batch) == "dense" for a in _ancestors(name))
-        return self.choices[name].kernel != "dense" and not routed
-
-    def _faster(self, holder: str, call: tuple, margin: float = 1.0) -> bool:
-        """Whether the sparse block computes this call faster than the dense one (with
-        `margin` below 1: not slower than the dense one by more than its inverse)."""
-        args, kwargs = call
-        dense = self.model.get_submodule(holder)
-        sparse = self.sparse.get_submodule(holder)
-        timing = time_paths(
-            partial(dense, *args, **kwargs), partial(sparse, *args, **kwargs),
-            _device_of(args), rounds=HOLDER_ROUNDS,
-        )  # fmt: skip
-        return margin * timing.sparse_ms < timing.dense_ms
-
-    def _layers_dense(self, names: list[str], batch: int, holder: str) -> None:
-        for name in names:
-            choice = self.choices[name]
-            if choice.kernel == "semi_structured":
-                replace_module(self.sparse, name, copy.deepcopy(self.layers[name]))
-                self.choices[name] = replace(choice, kernel="dense", reverted_by=holder)
-                continue
-            batches = tuple(
-                replace(b, kernel="dense", reverted_by=holder) if b.batch == batch else b
-                for b in choice.batches
-            )
-            self._set(name, choice.with_batches(batches))
-
-    def _set(self, name: str, choice: LayerChoice) -> None:
-        self.choices[name] = choice
-        twin = self.sparse.get_submodule(name)
-        if isinstance(twin, CsrLayer | CsrAttention):
-            twin.dispatch = choice.dispatch
-
-    def _route(self, holder: str) -> None:
-        dense = copy.deepcopy(self.model.get_submodule(holder))
-        route_dense_at(self.sparse.get_submodule(holder), dense, self.route(holder).dispatch)
-
-    def route(self, holder: str) -> BlockRoute:
-        dense = self.dense_at.get(holder, {})
-        return BlockRoute(
-            holder,
-            tuple(
-                (b, _first_elements(calls[holder]), dense.get(b, "sparse"))
-                for b, calls in sorted(self.calls.items())
-                if holder in calls
-            ),
-        )
-
-    def routes(self) -> list[BlockRoute]:
-        return [self.route(holder) for holder in sorted(self.dense_at)]
 
 
 def without_fused_paths(model: nn.Module) -> None:
@@ -460,7 +303,7 @@ def _choose_layouts(
         if choice.kernel != "csr" or choice.kind == "Conv2d":
             continue
         batch = max(b.batch for b in choice.batches if b.kernel != "dense")
-        holder = next((a for a in reversed(_ancestors(name)) if a in calls[batch]), None)
+        holder = next((a for a in reversed(ancestors(name)) if a in calls[batch]), None)
         if holder is None:
             continue
         layer, block = sparse.get_submodule(name), sparse.get_submodule(holder)
@@ -470,15 +313,10 @@ def _choose_layouts(
                 partial(_run_laid_out, layer, layout, block, args, kwargs)
                 for layout in (False, True)
             ],
-            _device_of(args),
+            device_of(args),
         )
         layer.contiguous = contiguous_ms < transposed_ms
         choices[name] = replace(choice, contiguous=layer.contiguous)
-
-
-def _device_of(args: tuple) -> torch.device:
-    """Where a recorded call computes: its first argument's device."""
-    return args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu")
 
 
 def _run_laid_out(
@@ -496,12 +334,3 @@ def _runs(model: nn.Module, run: Run) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts))]  # "" is the model itself
-
-
-def _within(name: str, holder: str) -> bool:
-    return holder == "" or name.startswith(holder + ".")

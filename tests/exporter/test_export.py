@@ -222,10 +222,10 @@ MODELS = [
 def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(
     build, name, tmp_path, monkeypatch
 ):
-    from acdc_recipe.runtime.kernels import inference, timing
+    from acdc_recipe.runtime.kernels import blocks, timing
 
     monkeypatch.setattr(timing, "ROUNDS", 1)  # what this checks is the outputs, not the choice
-    monkeypatch.setattr(inference, "HOLDER_ROUNDS", 1)
+    monkeypatch.setattr(blocks, "HOLDER_ROUNDS", 1)
     model, size = build(name)
     model, runtime = masked(model)
     model.eval()
