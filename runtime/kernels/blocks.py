@@ -1,8 +1,9 @@
 """The block-by-block check of an inference model, one batch size at a time: every module
 holding a sparse twin is timed as a whole against its dense form, innermost first; where it is
-not faster its layers compute dense at that batch size, and where it is still slower than its
-dense form by more than noise (a fused path its twins turn off) it computes on a dense copy of
-itself there (`dense_routes`)."""
+not faster its layers compute dense at that batch size, and where that still leaves it slower
+(a block with a fused inference path its twins turn off, `FUSED_BLOCKS`, always; any other when
+slower than its dense form by more than timing noise) it computes on a dense copy of itself
+there (`dense_routes`). `without_fused_paths` turns those fused paths off where twins are."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from torch import Tensor, nn
 
 from acdc_recipe.runtime.kernels.attention import CsrAttention
 from acdc_recipe.runtime.kernels.choices import BlockRoute, LayerChoice
-from acdc_recipe.runtime.kernels.csr_layer import CsrLayer
+from acdc_recipe.runtime.kernels.csr_layer import CsrLayer, no_fast_path
 from acdc_recipe.runtime.kernels.dense_routes import route_dense_at
+from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 from acdc_recipe.runtime.kernels.timing import time_paths
 
 HOLDER_ROUNDS = 5  # one disturbed round must not revert a whole block
@@ -26,12 +28,33 @@ HOLDER_ROUNDS = 5  # one disturbed round must not revert a whole block
 # than that copy by more than timing noise (a fused path it lost: 2x for an encoder layer).
 ROUTE_MARGIN = 0.8
 Calls = dict[str, tuple[tuple, dict[str, Any]]]
+TWINS = (CsrLayer, CsrAttention, SemiStructuredLinear)
+FUSED_BLOCKS = (nn.TransformerEncoderLayer,)  # an inference path that reads dense weights
 
 
 def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
     """Put `layer` at `name` (a dotted submodule path) in `model`."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, layer)
+
+
+def without_fused_paths(model: nn.Module) -> None:
+    """Make every transformer block holding a sparse twin compute on its own layers.
+
+    A `TransformerEncoderLayer`'s fused inference path reads its layers' dense weights, which
+    no twin has: a no-op forward pre-hook on the block turns it off (once). A
+    `TransformerEncoder`'s nested-tensor path (taken with a key padding mask) does the same on
+    nested tensors, which no twin takes: such an encoder then computes as one built with
+    `enable_nested_tensor=False` does (padded positions hold computed values, not zeros)."""
+    for module in model.modules():
+        if not any(isinstance(inner, TWINS) for inner in module.modules()):
+            continue
+        if isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
+        if isinstance(module, FUSED_BLOCKS) and no_fast_path not in [
+            *module._forward_pre_hooks.values()
+        ]:
+            module.register_forward_pre_hook(no_fast_path)
 
 
 def _first_elements(call: tuple) -> int:
@@ -61,7 +84,8 @@ class BlockChecks:
                 continue
             before = {name: choices[name] for name in inside}
             self._layers_dense(inside, batch, holder)
-            if self._faster(holder, calls[holder], ROUTE_MARGIN):
+            fused = isinstance(self.model.get_submodule(holder), FUSED_BLOCKS)
+            if not fused and self._faster(holder, calls[holder], ROUTE_MARGIN):
                 continue
             for name, choice in before.items():  # the dense copy computes the block instead
                 if choice.kernel != "semi_structured":

@@ -31,6 +31,7 @@ from acdc_recipe.runtime.kernels.blocks import (
     ancestors,
     device_of,
     replace_module,
+    without_fused_paths,
 )
 from acdc_recipe.runtime.kernels.choices import BatchChoice, BlockRoute, LayerChoice
 from acdc_recipe.runtime.kernels.csr_layer import (
@@ -38,7 +39,6 @@ from acdc_recipe.runtime.kernels.csr_layer import (
     PRODUCTS,
     CsrLayer,
     Dispatch,
-    no_fast_path,
 )
 from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.layer import sparse_capable
@@ -62,6 +62,7 @@ __all__ = [
     "LayerChoice",
     "SparseInference",
     "sparse_inference_model",
+    "without_fused_paths",
 ]
 
 
@@ -270,26 +271,6 @@ def sparse_inference_model(
         ):
             replace_module(sparse, name, copy.deepcopy(layers[name]))
     return SparseInference(sparse.eval(), list(choices.values()), holders.routes())
-
-
-def without_fused_paths(model: nn.Module) -> None:
-    """Make every transformer block holding a sparse twin compute on its own layers.
-
-    A `TransformerEncoderLayer`'s fused inference path reads its layers' dense weights, which
-    no twin has: a no-op forward pre-hook on the block turns it off (once). A
-    `TransformerEncoder`'s nested-tensor path (taken with a key padding mask) does the same on
-    nested tensors, which no twin takes: such an encoder then computes as one built with
-    `enable_nested_tensor=False` does (padded positions hold computed values, not zeros)."""
-    twins = (CsrLayer, CsrAttention, SemiStructuredLinear)
-    for module in model.modules():
-        if not any(isinstance(inner, twins) for inner in module.modules()):
-            continue
-        if isinstance(module, nn.TransformerEncoder):
-            module.use_nested_tensor = False
-        if isinstance(module, nn.TransformerEncoderLayer) and no_fast_path not in [
-            *module._forward_pre_hooks.values()
-        ]:
-            module.register_forward_pre_hook(no_fast_path)
 
 
 def _choose_layouts(

@@ -503,3 +503,36 @@ def test_a_csr_attention_in_training_mode_fine_tunes_its_projections():
     assert twin.in_proj.weight_values.grad.abs().sum() > 0
     with pytest.raises(RuntimeError, match="fine-tunes self-attention calls only"):
         twin(x, x, x)  # need_weights=True: the dense module, which would not learn
+
+
+def test_an_encoder_layer_whose_twins_compute_dense_at_a_batch_takes_its_fused_path_there(
+    monkeypatch,
+):
+    """Its layers computing dense cannot beat the fused path the twins turned off: at such a
+    batch the block computes on its dense copy, without a timing to decide it."""
+    from acdc_recipe.runtime.kernels import blocks, inference
+    from acdc_recipe.runtime.kernels.choices import BatchChoice
+    from acdc_recipe.runtime.kernels.timing import KernelTiming
+
+    def chosen(module, twin, batch, call):  # CSR at batch 16 only
+        x = call[0][0]
+        kernel = "bag" if batch == 16 else "dense"
+        return BatchChoice(batch, inference._columns(module, x), kernel, {"dense": 1.0})
+
+    def timed(dense, sparse, device, rounds=None):  # the block is faster sparse at batch 16
+        return KernelTiming(1.0, 0.5 if sparse.args[0].shape[0] == 16 else 1.01)
+
+    monkeypatch.setattr(inference, "_choose_batch", chosen)
+    monkeypatch.setattr(blocks, "time_paths", timed)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True))
+    model.eval()
+    inputs = {b: torch.randn(b, 5, 16) for b in (1, 16)}
+    runs = {b: (lambda m, x=x: m(x)) for b, x in inputs.items()}
+    monkeypatch.setattr(inference, "_choose_layouts", lambda *a: None)
+    result = sparse_inference_model(model, eligible_layers(model), runs)
+    assert result.routes == [inference.BlockRoute("0", ((1, 80, "dense"), (16, 1280, "sparse")))]
+    assert {c.kernel for c in result.choices} == {"csr"}
+    with torch.no_grad():
+        for x in inputs.values():
+            torch.testing.assert_close(result.model(x), model(x))
