@@ -84,14 +84,18 @@ class BlockChecks:
                 continue
             before = {name: choices[name] for name in inside}
             self._layers_dense(inside, batch, holder)
-            fused = isinstance(self.model.get_submodule(holder), FUSED_BLOCKS)
-            if not fused and self._faster(holder, calls[holder], ROUTE_MARGIN):
+            fused = [  # their layers now all dense here: nothing beats their fused path
+                name
+                for name, module in self.model.named_modules()
+                if isinstance(module, FUSED_BLOCKS)
+                and (name == holder or _within(name, holder))
+                and any(_within(layer, name) for layer in inside)
+            ]
+            for block in fused:
+                self._route_dense(block, batch, before)
+            if holder in fused or self._faster(holder, calls[holder], ROUTE_MARGIN):
                 continue
-            for name, choice in before.items():  # the dense copy computes the block instead
-                if choice.kernel != "semi_structured":
-                    self._set(name, choice)
-            self.dense_at.setdefault(holder, {})[batch] = "dense"
-            self._route(holder)
+            self._route_dense(holder, batch, before)
 
     def _twinned_at(self, name: str, batch: int) -> bool:
         """Whether a twin computes the layer at `batch`: it has one (it is sparse at some
@@ -131,9 +135,15 @@ class BlockChecks:
         if isinstance(twin, CsrLayer | CsrAttention):
             twin.dispatch = choice.dispatch
 
-    def _route(self, holder: str) -> None:
-        dense = copy.deepcopy(self.model.get_submodule(holder))
-        route_dense_at(self.sparse.get_submodule(holder), dense, self.route(holder).dispatch)
+    def _route_dense(self, block: str, batch: int, before: dict[str, LayerChoice]) -> None:
+        """`block` computes on a dense copy of itself at `batch`; its layers' choices there
+        go back to what they were (the copy computes them)."""
+        for name, choice in before.items():
+            if _within(name, block) and choice.kernel != "semi_structured":
+                self._set(name, choice)
+        self.dense_at.setdefault(block, {})[batch] = "dense"
+        dense = copy.deepcopy(self.model.get_submodule(block))
+        route_dense_at(self.sparse.get_submodule(block), dense, self.route(block).dispatch)
 
     def route(self, holder: str) -> BlockRoute:
         dense = self.dense_at.get(holder, {})

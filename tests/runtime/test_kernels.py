@@ -536,3 +536,37 @@ def test_an_encoder_layer_whose_twins_compute_dense_at_a_batch_takes_its_fused_p
     with torch.no_grad():
         for x in inputs.values():
             torch.testing.assert_close(result.model(x), model(x))
+
+
+def test_an_encoder_layer_made_dense_by_the_model_around_it_takes_its_fused_path(monkeypatch):
+    """The model as a whole is slower sparse, so every layer in it computes dense at that
+    batch: the encoder layer in it then computes on its dense copy (its fused path), not on
+    twins computing dense without it."""
+    from acdc_recipe.runtime.kernels import blocks, inference
+    from acdc_recipe.runtime.kernels.choices import BatchChoice
+    from acdc_recipe.runtime.kernels.timing import KernelTiming
+
+    def chosen(module, twin, batch, call):
+        return BatchChoice(batch, inference._columns(module, call[0][0]), "bag", {"dense": 1.0})
+
+    def timed(dense, sparse, device, rounds=None):  # the block alone wins, the model does not
+        whole = isinstance(dense.func, nn.Sequential)
+        return KernelTiming(1.0, 1.01 if whole else 0.5)
+
+    monkeypatch.setattr(inference, "_choose_batch", chosen)
+    monkeypatch.setattr(inference, "_choose_layouts", lambda *a: None)
+    monkeypatch.setattr(blocks, "time_paths", timed)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True),
+        nn.Flatten(),
+        nn.Linear(80, 4),
+    ).eval()
+    x = torch.randn(2, 5, 16)
+    result = sparse_inference_model(model, eligible_layers(model), {2: lambda m: m(x)})
+    assert [route.name for route in result.routes] == ["0"]
+    assert result.routes[0].batches == ((2, 160, "dense"),)
+    kernels = {c.name: c.kernel for c in result.choices}
+    assert kernels["2"] == "dense" and kernels["0.linear1"] == "csr"  # moot: the copy computes
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x))
