@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from acdc_recipe.runtime.kernels.attention import CsrAttention
 from acdc_recipe.runtime.kernels.choices import BlockRoute, LayerChoice
 from acdc_recipe.runtime.kernels.csr_layer import CsrLayer, no_fast_path
-from acdc_recipe.runtime.kernels.dense_routes import route_dense_at
+from acdc_recipe.runtime.kernels.dense_routes import route_dense_at, unroute
 from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 from acdc_recipe.runtime.kernels.timing import time_paths
 
@@ -75,7 +75,9 @@ class BlockChecks:
         self.dense_at: dict[str, dict[int, str]] = {}  # holder -> batch -> route
 
     def check(self, batch: int) -> None:
-        """Time every module holding a twin at `batch`, innermost first."""
+        """Time every module holding a twin at `batch`, innermost first. Where that left
+        nothing sparse at `batch` but some block on its dense copy, the whole model computes
+        on its own dense copy there (one hop instead of one per block)."""
         calls, choices = self.calls[batch], self.choices
         holders = {a for n in choices if self._twinned_at(n, batch) for a in ancestors(n)}
         for holder in sorted(holders, key=lambda n: (-n.count(".") if n else 1, n)):
@@ -96,6 +98,9 @@ class BlockChecks:
             if holder in fused or self._faster(holder, calls[holder], ROUTE_MARGIN):
                 continue
             self._route_dense(holder, batch, before)
+        routed = any(batch in routes for routes in self.dense_at.values())
+        if routed and "" in calls and not any(self._sparse_at(n, batch) for n in choices):
+            self._route_dense("", batch, {})  # all dense there: one dense copy, one hop
 
     def _twinned_at(self, name: str, batch: int) -> bool:
         """Whether a twin computes the layer at `batch`: it has one (it is sparse at some
@@ -103,6 +108,13 @@ class BlockChecks:
         cannot) and no block around it computes dense there."""
         routed = any(self.dense_at.get(a, {}).get(batch) == "dense" for a in ancestors(name))
         return self.choices[name].kernel != "dense" and not routed
+
+    def _sparse_at(self, name: str, batch: int) -> bool:
+        """Whether the layer computes on a sparse kernel at `batch`."""
+        choice = self.choices[name]
+        at = [b.kernel for b in choice.batches if b.batch == batch]
+        sparse = choice.kernel == "semi_structured" or any(k != "dense" for k in at)
+        return sparse and self._twinned_at(name, batch)
 
     def _faster(self, holder: str, call: tuple, margin: float = 1.0) -> bool:
         """Whether the sparse block computes this call faster than the dense one (with
@@ -157,6 +169,13 @@ class BlockChecks:
         )
 
     def routes(self) -> list[BlockRoute]:
+        """Every block's route, less those the whole model's makes moot (dense only where the
+        model is), which are removed."""
+        whole = {b for b, route in self.dense_at.get("", {}).items() if route == "dense"}
+        for block in [b for b in self.dense_at if b]:
+            if {b for b, r in self.dense_at[block].items() if r == "dense"} <= whole:
+                del self.dense_at[block]
+                unroute(self.sparse.get_submodule(block))
         return [self.route(holder) for holder in sorted(self.dense_at)]
 
 

@@ -45,6 +45,12 @@ def route_dense_at(block: nn.Module, dense: nn.Module, dispatch: Dispatch) -> No
     block.forward = types.MethodType(_routed_forward, block)
 
 
+def unroute(block: nn.Module) -> None:
+    """Undo `route_dense_at`."""
+    block.__dict__.pop(_ROUTE, None)
+    block.__dict__.pop("forward", None)
+
+
 def dense_route(block: nn.Module) -> tuple[nn.Module, Dispatch] | None:
     """(the dense copy, the dispatch) of a routed block; None for any other module."""
     return block.__dict__.get(_ROUTE)
