@@ -49,7 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a run directory or one of its checkpoint-*.pt files; a transformers Trainer's "
         "checkpoint-N or sparse folder, or a Lightning .ckpt, written with the acdc callback",
     )
-    parser.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/export-FORMAT")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="default: RUN_DIR/export-FORMAT (for a checkpoint or a trainer's folder, beside it)",
+    )
     parser.add_argument(
         "--format",
         choices=FORMAT_CHOICES,

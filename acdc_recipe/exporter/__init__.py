@@ -183,8 +183,8 @@ def _source(
 def _default_out(source: str | Path | nn.Module, name: str) -> Path:
     if isinstance(source, nn.Module):
         raise ExportError("exporting a model needs an output folder: export(model, out, ...)")
-    path = Path(source)
-    return RunDir(path if path.is_dir() else path.parent).export(name)
+    path = Path(source)  # a run directory, or what lies in one (a checkpoint, a model folder)
+    return RunDir(path if RunDir(path).recipe.is_file() else path.parent).export(name)
 
 
 def _check_input(input_shape: Sequence[int] | None, input_dtype: str | None) -> None:

@@ -5,6 +5,7 @@ of them back with `load_model`."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -67,6 +68,9 @@ def test_the_trainer_sparse_folder_records_the_recipe_and_the_achieved_sparsity(
     assert record["sparsity"] == pytest.approx(expected, abs=1e-12)  # the target, exactly
     assert (folder / "sparse" / "masks.safetensors").is_file()
     assert "acdc_recipe" in json.loads((folder / "dense" / "config.json").read_text())
+    exported = export(folder / "sparse")  # by default beside it, not inside the model folder
+    assert exported.path == folder / "export-compressed"
+    shutil.rmtree(exported.path)
 
 
 @pytest.mark.parametrize("source", ["sparse", "checkpoint-4"])
