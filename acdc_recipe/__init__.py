@@ -11,11 +11,12 @@
     conversion.recipe, conversion.text, conversion.report.lines()
 
     acdc_recipe.export("runs/quickstart", format="torch-sparse")  # faster files (or smaller)
+    model = acdc_recipe.load_model("runs/quickstart/export-torch-sparse")  # or a run, "dense"
     model = acdc_recipe.load_sparse("runs/quickstart/export-torch-sparse", model)
 
 Importing this package imports nothing else: every name loads its module on first use, so
-the recipe language answers without torch and `compile`, `attach`, `export` and `load_sparse`
-import the compiler, the engine and the exporter only when called.
+the recipe language answers without torch and `compile`, `attach`, `export`, `load_model` and
+`load_sparse` import the compiler, the engine and the exporter only when called.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def export(
     input_dtype: str | None = None,
 ) -> Exported:
     """Export a run's (or a masked model's) sparse model; `format` is "compressed",
-    "torch-sparse" or a format's config (`TorchSparse(batch_size=64, threads=1)`); see
+    "torch-sparse" or a format's config (`TorchSparse(batch_sizes=(1, 64), threads=1)`); see
     `acdc_recipe.exporter`."""
     from acdc_recipe.exporter import export as export_model
 
@@ -121,6 +122,14 @@ def export(
         input_shape=input_shape,
         input_dtype=input_dtype,
     )
+
+
+def load_model(path: str | Path, which: str = "sparse") -> torch.nn.Module:
+    """The model of a run directory (`which`: "sparse" or "dense"), of an export, or of a
+    trainer's output folder, rebuilt and loaded (see `acdc_recipe.exporter.load_model`)."""
+    from acdc_recipe.exporter import load_model as load
+
+    return load(path, which)  # type: ignore[arg-type]
 
 
 def load_sparse(path: str | Path, model: torch.nn.Module) -> torch.nn.Module:
@@ -147,6 +156,7 @@ __all__ = [
     "dump_recipe",
     "export",
     "load_recipe",
+    "load_model",
     "load_recipe_text",
     "load_sparse",
     "lower",

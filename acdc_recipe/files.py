@@ -4,6 +4,7 @@ keeps an output folder's recipe.yaml from replacing one it should not."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -25,20 +26,32 @@ def fsync_directory(folder: Path) -> None:
         os.close(handle)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary_path)`, fsync it, and rename it to `path`.
+def usual_permissions(path: Path) -> None:
+    """Give a file the permissions a plain `open` would have (0666 less the umask), whatever
+    its writer chose; safetensors, for one, writes 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
-    The file gets the usual permissions (0666 less the umask) whatever `write` chose;
-    safetensors, for one, writes 0600.
-    """
+
+def sha256_of(path: Path) -> str:
+    """A file's sha256, read in blocks (model files are large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary_path)`, fsync it, and rename it to `path` (with
+    `usual_permissions`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        temporary.chmod(0o666 & ~umask)
+        usual_permissions(temporary)
         with temporary.open("rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -48,9 +61,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_folder_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary_folder)`, fsync what it wrote, and rename the folder to `path`,
-    which must not exist or be empty: a failure at any point leaves `path` as it was and no
-    temporary folder."""
+    """Call `write(temporary_folder)`, fsync what it wrote (each file with
+    `usual_permissions`), and rename the folder to `path`, which must not exist or be empty: a
+    failure at any point leaves `path` as it was and no temporary folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -60,6 +73,7 @@ def write_folder_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(temporary)
         for written in temporary.rglob("*"):
             if written.is_file():
+                usual_permissions(written)
                 with written.open("rb+") as handle:
                     os.fsync(handle.fileno())
         fsync_directory(temporary)

@@ -24,6 +24,7 @@ from acdc_recipe.compiler.kinds import (
 from acdc_recipe.compiler.passes import compile
 from acdc_recipe.compiler.plan import (
     DenseParam,
+    InputSample,
     MaskGroup,
     MaskUpdate,
     PrunableParam,
@@ -38,6 +39,7 @@ __all__ = [
     "ExampleInputError",
     "FlopsMeter",
     "FlopsMultipliers",
+    "InputSample",
     "LayerKind",
     "MaskGroup",
     "MaskUpdate",

@@ -21,7 +21,7 @@ from acdc_recipe.compiler.errors import CompileError
 from acdc_recipe.compiler.flops import site_flops
 from acdc_recipe.compiler.kinds import LayerKind, known_kind_names, layer_kinds
 from acdc_recipe.compiler.patterns import check_pattern, implied_sparsity
-from acdc_recipe.compiler.plan import DenseParam, PrunableParam, SparsityPlan
+from acdc_recipe.compiler.plan import DenseParam, InputSample, PrunableParam, SparsityPlan
 from acdc_recipe.compiler.rules import Resolution, resolve_rules
 from acdc_recipe.compiler.tracing import TraceResult, trace
 from acdc_recipe.language.schema import Recipe, Sparsity, recipe_hash
@@ -67,6 +67,7 @@ def compile(  # noqa: A001 - the public name the API promises
         updates=mask_updates(params, timeline, recipe_target),
         on_decompress=recipe.optimizer_state.on_decompress,
         recipe_hash=recipe_hash(recipe),
+        sample=_sample(inputs),
     )
     not_pruned = _not_pruned(found, resolution, prunable, sparsity)
     compiled = CompiledRecipe(
@@ -231,6 +232,14 @@ def _flops_by_weight(found: Discovery, flops: dict[str, dict[str, int]]) -> dict
         for name, value in per_weight.items():
             totals[name] = totals.get(name, 0) + value
     return totals
+
+
+def _sample(inputs: tuple | None) -> InputSample | None:
+    """One sample of the first batched tensor input (for exports that time the model)."""
+    first = next((t for t in inputs or () if isinstance(t, torch.Tensor) and t.dim() >= 1), None)
+    if first is None:
+        return None
+    return InputSample(tuple(first.shape[1:]), "float" if first.is_floating_point() else "int64")
 
 
 def _as_tuple(given: Any) -> tuple | None:

@@ -79,6 +79,15 @@ class MaskUpdate:
 
 
 @dataclass(frozen=True)
+class InputSample:
+    """One sample of the input the recipe was compiled with (the example batch's first tensor
+    without its batch dimension): what an export of the model is timed on."""
+
+    shape: tuple[int, ...]
+    dtype: str  # "float", or "int64" for token ids
+
+
+@dataclass(frozen=True)
 class SparsityPlan:
     """Everything the engine executes, resolved at compile time.
 
@@ -92,6 +101,7 @@ class SparsityPlan:
     updates: tuple[tuple[MaskUpdate, ...], ...]
     on_decompress: DecompressPolicy  # type: ignore[valid-type]
     recipe_hash: str
+    sample: InputSample | None = None  # None: compiled without example inputs
 
     @property
     def names(self) -> list[str]:

@@ -1,18 +1,20 @@
-"""`acdc export RUN_DIR|CHECKPOINT`: write the sparse model as smaller or faster files."""
+"""`acdc export SOURCE`: write the sparse model of a run, a checkpoint or a trainer's folder as
+smaller or faster files."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from acdc_recipe.cli.common import console
 from acdc_recipe.errors import UserError
-from acdc_recipe.formats.run_dir import RunDir, check_export_source
+from acdc_recipe.formats.run_dir import check_export_source, default_export_folder
 from acdc_recipe.language.train_config import INPUT_DTYPES
 
 FORMAT_CHOICES = ("compressed", "torch-sparse")  # acdc_recipe.exporter.FORMATS
-TORCH_SPARSE_FLAGS = ("batch_size", "threads", "device", "precision")  # TorchSparse's fields
+TORCH_SPARSE_FLAGS = ("batch_sizes", "threads", "device", "precision")  # TorchSparse's fields
 
 
 def _positive(text: str) -> int:
@@ -25,13 +27,18 @@ def _positive(text: str) -> int:
     return value
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(_positive(part) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected one sample's shape as sizes separated by commas (1,28,28), got {text!r}"
-        ) from None
+def _sizes(meaning: str, example: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: sizes of at least 1 separated by commas, for `meaning`."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(_positive(part) for part in text.split(","))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected {meaning} separated by commas ({example}), got {text!r}"
+            ) from None
+
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +46,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="export a run's sparse model: compressed on disk, or faster to run"
     )
     parser.add_argument(
-        "source", metavar="RUN_DIR|CHECKPOINT", help="a run directory or one of its checkpoints"
+        "source",
+        metavar="SOURCE",
+        help="a run directory or one of its checkpoint-*.pt files; a transformers Trainer's "
+        "checkpoint-N or sparse folder, or a Lightning .ckpt, written with the acdc callback",
     )
-    parser.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/export-FORMAT")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="default: RUN_DIR/export-FORMAT (for a checkpoint or a trainer's folder, beside it)",
+    )
     parser.add_argument(
         "--format",
         choices=FORMAT_CHOICES,
@@ -50,14 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "torch-sparse: layers on CSR kernels where measured faster (default: compressed)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive, metavar="N", help="torch-sparse: timing batch (default 1)"
+        "--batch-sizes",
+        type=_sizes("batch sizes", "1,8,64,256"),
+        metavar="N,N,...",
+        help="torch-sparse: the batch sizes each layer is timed at; a call takes the kernel "
+        "measured at the nearest (default 1,8,64,256)",
     )
     parser.add_argument(
         "--threads", type=_positive, metavar="N", help="torch-sparse: torch threads when timing"
     )
     parser.add_argument(
         "--input-shape",
-        type=_shape,
+        type=_sizes("one sample's shape as sizes", "1,28,28"),
         metavar="C,H,W",
         help="torch-sparse: one sample's shape (default: the recipe's train.model.input_shape)",
     )
@@ -111,8 +130,7 @@ def check_before_loading(args: argparse.Namespace) -> None:
     torch_sparse_flags(args)
     source = Path(args.source)
     check_export_source(source)
-    folder = source if source.is_dir() else source.parent
-    target = Path(args.output) if args.output else RunDir(folder).export(args.format)
+    target = Path(args.output) if args.output else default_export_folder(source, args.format)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(
             f"{target} already exists; export into a new folder (-o DIR), or remove it first"
@@ -139,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = exported.manifest
     console.print(
         f"[green]wrote[/] {exported.path} ({manifest['format']}, sparsity "
-        f"{100 * manifest['sparsity']:.2f}% over {_count(len(manifest['pruned']), 'pruned weight tensor')})"
+        f"{100 * manifest['sparsity']:.2f}% over "
+        f"{_count(len(manifest['pruned']), 'pruned weight tensor')})"
     )
     if "pruned_bytes" in manifest:
         sizes = manifest["pruned_bytes"]
@@ -151,12 +170,19 @@ def run(args: argparse.Namespace) -> int:
         layers = manifest["layers"]
         kernels = [layer["kernel"] for layer in layers.values()]
         semi = kernels.count("semi_structured")
+        sizes = ",".join(str(size) for size in manifest["batch_sizes"])
         console.print(
             f"{kernels.count('csr')} of {len(layers)} pruned layers on CSR kernels"
             + (f", {semi} on 2:4 kernels" if semi else "")
-            + f" (batch {manifest['batch_size']}, {_count(manifest['threads'], 'thread')}, "
-            f"{manifest['device']}); outputs within {manifest['max_abs_diff']:.2g} of the "
-            "dense model"
+            + f" (batches {sizes}, {_count(manifest['threads'], 'thread')}, "
+            f"{manifest['device']}); outputs within {manifest['max_abs_diff']:.2g} of the dense model"
+        )
+        memory = manifest["memory"]
+        console.print(
+            f"pruned layers' weights: {memory['sparse_model_weights']:,} bytes held, "
+            f"{memory['dense_weights']:,} dense; dense copies for the batch sizes where dense "
+            f"is faster: {memory['dense_copies']:,} bytes of layers, "
+            f"{memory['dense_blocks']:,} of {len(manifest['dense_blocks'])} blocks"
         )
         uncovered = manifest["no_kernel"]
         if uncovered:

@@ -1,20 +1,21 @@
 """What an export reads: a sparse model's weights, the masks of its pruned weights, and where
 they came from.
 
-Three sources: a run directory (its `sparse.safetensors` and `masks.safetensors`), one
-checkpoint file (its model and its masks, which name their parameters), or a model in memory
-with the runtime that masked it. Each becomes a `SparseModel`, read from files alone: the
-recipe's model is built only when a format needs a runnable model (`torch-sparse`), never
-compiled. The masks are checked against the weights before anything is written: a weight that
-is non-zero where its mask prunes means the masks were not applied, and the export refuses it,
-naming the layer.
+The sources: a run directory (its `sparse.safetensors` and `masks.safetensors`), one checkpoint
+file (its model and its masks, which name their parameters), what the trainer callbacks write
+(`trainer_sources`), or a model in memory with the runtime that masked it. Each becomes a
+`SparseModel`, read from files alone: the recipe's model is built only when a format needs a
+runnable model (`torch-sparse`), never compiled. The masks are checked against the weights
+before anything is written: a weight that is non-zero where its mask prunes means the masks were
+not applied, and the export refuses it, naming the layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,11 @@ from acdc_recipe.formats.run_dir import RunDir
 from acdc_recipe.language.loading import load_recipe_text
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.models import build_model
+from acdc_recipe.models.transformers_models import (
+    model_from_config,
+    spec_config,
+    transformers_config,
+)
 from acdc_recipe.runtime import SparsityRuntime
 
 
@@ -43,10 +49,11 @@ class SparseModel:
     masks: dict[str, Tensor]
     patterns: dict[str, str]
     origin: str  # one phrase: "run runs/quickstart", "checkpoint ... (step 120)", ...
-    recipe: str | None
+    recipe: Recipe | None
     sample_shape: tuple[int, ...] | None  # one input sample, for timing the torch-sparse choice
     input_dtype: str = "float"  # "int64": the sample holds token ids
     build: Callable[[], nn.Module] | None = field(default=None, repr=False)
+    transformers_config: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def sparsity(self) -> float:
@@ -59,8 +66,9 @@ class SparseModel:
         """A runnable model holding these weights (the recipe's model, built and loaded)."""
         if self.build is None:
             raise ExportError(
-                f"{self.origin}: its recipe has no train.model, so the model cannot be rebuilt; "
-                "export it from Python: acdc_recipe.export(model, out, runtime=runtime)"
+                f"{self.origin}: it names no model to rebuild (no recipe with train.model, no "
+                "transformers config.json), so the torch-sparse format cannot run it; export "
+                "it from Python: acdc_recipe.export(model, out, runtime=runtime)"
             )
         return self.build()
 
@@ -70,6 +78,29 @@ def first_problem(error: RuntimeError) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     named = [line for line in lines if not line.startswith("Error(s) in loading")]
     return (named or lines or [type(error).__name__])[0].rstrip(".")
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Tensor], where: str) -> nn.Module:
+    """Load `state` into `model`, every tensor of both: only a tied tensor (one the model holds
+    under another name that `state` has) may be absent. `ExportError` naming the first
+    mismatch otherwise."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a shape differs
+        raise ExportError(f"{where} does not fit the model: {first_problem(error)}") from None
+    names_of: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names_of.setdefault(id(tensor), []).append(name)
+    tied = {name for names in names_of.values() if set(names) & set(state) for name in names}
+    missing = [name for name in result.missing_keys if name not in tied]
+    if missing or result.unexpected_keys:
+        which = f"missing {missing[0]}" if missing else f"unexpected {result.unexpected_keys[0]}"
+        count = len(missing) + len(result.unexpected_keys)
+        raise ExportError(
+            f"{where} does not fit the model: {which} ({count} tensors differ); load it into "
+            "the model it was exported from"
+        )
+    return model
 
 
 def check_masks_applied(source: SparseModel) -> None:
@@ -100,30 +131,36 @@ def check_masks_applied(source: SparseModel) -> None:
         )
 
 
-def _builder(recipe: Recipe, state: dict[str, Tensor], origin: str) -> Callable[[], nn.Module]:
-    """Build the recipe's model (CPU, eval) with `state` loaded, when asked to."""
+def recipe_builder(
+    recipe: Recipe | None, state: dict[str, Tensor], origin: str
+) -> Callable[[], nn.Module] | None:
+    """Build the recipe's model (CPU, eval) with `state` loaded, when asked to; None when the
+    recipe names no model."""
+    if recipe is None or recipe.train is None:
+        return None
+    spec = recipe.train.model
+    return lambda: load_weights(build_model(spec).eval(), state, f"{origin}: its weights")
+
+
+def config_builder(
+    config: dict[str, Any], state: dict[str, Tensor], origin: str
+) -> Callable[[], nn.Module]:
+    """Build the transformers model `config` describes with `state` loaded, when asked to."""
 
     def build() -> nn.Module:
-        if recipe.train is None:
-            raise ExportError(
-                f"{origin}: its recipe has no train.model, so the model cannot be rebuilt; "
-                "export it from Python: acdc_recipe.export(model, out, runtime=runtime)"
-            )
-        model = build_model(recipe.train.model).eval()
         try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise ExportError(
-                f"{origin}: the weights do not fit the recipe's model: {first_problem(error)}"
-            ) from None
-        return model
+            model = model_from_config(config)
+        except ValueError as error:
+            raise ExportError(f"{origin}: {error}") from None
+        return load_weights(model.eval(), state, f"{origin}: its weights")
 
     return build
 
 
-def _masks_by_name(
+def masks_by_name(
     names: list[str] | None, patterns: list[str] | None, masks: list[Tensor] | None, origin: str
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """A saved runtime state's mask list, keyed by the parameter names saved beside it."""
     if masks is None:
         raise ExportError(
             f"{origin} is in a dense phase: no masks are in force, so there is no sparse model "
@@ -142,20 +179,27 @@ def _masks_by_name(
     )
 
 
+def from_recipe_files(
+    state: dict[str, Tensor],
+    masks: dict[str, Tensor],
+    patterns: dict[str, str],
+    origin: str,
+    recipe: Recipe | None,
+) -> SparseModel:
+    """A sparse model whose recipe names its model (or does not): its runnable form and its
+    transformers config come from the recipe's train.model."""
+    spec = recipe.train.model if recipe is not None and recipe.train is not None else None
+    shape, dtype = sample_of(recipe)
+    return SparseModel(
+        state, masks, patterns, origin, recipe, shape, dtype,
+        build=recipe_builder(recipe, state, origin),
+        transformers_config=None if spec is None else spec_config(spec),
+    )  # fmt: skip
+
+
 def from_run_dir(run_dir: RunDir) -> SparseModel:
     """The finished run's sparse model and the masks written beside it."""
     origin = f"run {run_dir}"
-    parent = RunDir(run_dir.path.parent)
-    if not run_dir.recipe.is_file() and run_dir.path in parent.checkpoint_folders():
-        raise ExportError(
-            f"{run_dir} is a checkpoint folder of a sharded (FSDP2) run; export its run "
-            f"directory ({parent}), which holds the gathered sparse model and its masks"
-        )
-    if not run_dir.recipe.is_file():
-        raise ExportError(
-            f"{run_dir} is not a run directory (it has no {run_dir.recipe.name}); give a folder "
-            "written by `acdc run` or one of its checkpoint-*.pt files"
-        )
     if not run_dir.sparse_model.is_file():
         raise ExportError(
             f"{run_dir} has no sparse model ({run_dir.sparse_model.name}): the run has not "
@@ -171,10 +215,7 @@ def from_run_dir(run_dir: RunDir) -> SparseModel:
     recipe = load_recipe_text(run_dir.recipe.read_text(encoding="utf-8"), str(run_dir.recipe))
     found = load_masks(run_dir.masks)
     state = ckpt.load_safetensors(run_dir.sparse_model)
-    build = _builder(recipe, state, origin)
-    return SparseModel(
-        state, found.masks, found.patterns, origin, recipe.name, *_sample(recipe), build
-    )
+    return from_recipe_files(state, found.masks, found.patterns, origin, recipe)
 
 
 def from_checkpoint(path: Path) -> SparseModel:
@@ -183,18 +224,17 @@ def from_checkpoint(path: Path) -> SparseModel:
     origin = f"checkpoint {path} (step {state['step']})"
     recipe = load_recipe_text(state["recipe"], f"{path}:recipe")
     runtime = state["runtime"]
-    masks, patterns = _masks_by_name(
+    masks, patterns = masks_by_name(
         runtime.get("names"), runtime.get("patterns"), runtime["masks"], origin
     )
-    weights = state["model"]
-    build = _builder(recipe, weights, origin)
-    return SparseModel(weights, masks, patterns, origin, recipe.name, *_sample(recipe), build)
+    return from_recipe_files(state["model"], masks, patterns, origin, recipe)
 
 
 def from_runtime(
     model: nn.Module, runtime: SparsityRuntime, sample_shape: tuple[int, ...] | None
 ) -> SparseModel:
-    """A model in memory, masked by `runtime` (attached to it, in a sparse phase)."""
+    """A model in memory, masked by `runtime` (attached to it, in a sparse phase); one sample
+    of the input is `sample_shape`, else the one the recipe was compiled with."""
     root, _ = unwrap(model)
     origin = f"the {type(root).__name__} at step {runtime.step}"
     if any(isinstance(p, DTensor) for p in root.parameters()):
@@ -213,13 +253,20 @@ def from_runtime(
         )
     patterns = [p.pattern for p in runtime.plan.params]
     current = None if runtime.masks is None else list(runtime.masks)
-    masks, by_name = _masks_by_name(names, patterns, current, origin)
-    return SparseModel(state, masks, by_name, origin, None, sample_shape, build=lambda: root)
+    masks, by_name = masks_by_name(names, patterns, current, origin)
+    compiled_with = runtime.plan.sample
+    dtype = "float" if compiled_with is None else compiled_with.dtype
+    if sample_shape is None and compiled_with is not None:
+        sample_shape = compiled_with.shape
+    return SparseModel(
+        state, masks, by_name, origin, None, sample_shape, dtype,
+        build=lambda: root, transformers_config=transformers_config(root),
+    )  # fmt: skip
 
 
-def _sample(recipe: Recipe) -> tuple[tuple[int, ...] | None, str]:
+def sample_of(recipe: Recipe | None) -> tuple[tuple[int, ...] | None, str]:
     """One sample's shape and input dtype, as the recipe's train.model states them."""
-    if recipe.train is None or recipe.train.model.input_shape is None:
+    if recipe is None or recipe.train is None or recipe.train.model.input_shape is None:
         return None, "float"
     return tuple(recipe.train.model.input_shape), recipe.train.model.input_dtype
 
@@ -229,8 +276,8 @@ def example_batch(source: SparseModel, model: nn.Module, batch_size: int) -> Ten
     if source.sample_shape is None:
         raise ExportError(
             f"{source.origin}: the torch-sparse format times every layer on a real batch, but "
-            "the input shape is unknown; set train.model.input_shape in the recipe, or pass "
-            "input_shape (--input-shape C,H,W)"
+            "the input shape is unknown; set train.model.input_shape in the recipe, pass "
+            "example_inputs to compile(), or pass input_shape (--input-shape C,H,W)"
         )
     generator = torch.Generator().manual_seed(0)
     shape = (batch_size, *source.sample_shape)

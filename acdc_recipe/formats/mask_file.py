@@ -18,6 +18,7 @@ from torch import Tensor
 
 from acdc_recipe.errors import UserError
 from acdc_recipe.formats.checkpoint import save_safetensors
+from acdc_recipe.runtime import SparsityRuntime
 
 
 class MaskFileError(UserError, ValueError):
@@ -30,6 +31,22 @@ class Masks:
 
     masks: dict[str, Tensor]
     patterns: dict[str, str]
+
+    @property
+    def sparsity(self) -> float:
+        """The fraction of the masked weights' entries that are pruned."""
+        total = sum(mask.numel() for mask in self.masks.values())
+        kept = sum(int(mask.count_nonzero()) for mask in self.masks.values())
+        return 1 - kept / max(total, 1)
+
+
+def runtime_masks(runtime: SparsityRuntime) -> Masks | None:
+    """The masks in force in `runtime`, keyed by parameter name; None in a dense phase."""
+    if runtime.masks is None:
+        return None
+    names = runtime.plan.names
+    patterns = {param.name: param.pattern for param in runtime.plan.params}
+    return Masks(dict(zip(names, runtime.masks, strict=True)), patterns)
 
 
 def save_masks(path: Path, masks: Masks, recipe: str, recipe_hash: str) -> None:

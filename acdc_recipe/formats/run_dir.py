@@ -4,7 +4,8 @@
 the metrics, the summary, the dense and sparse models, the masks of the sparse model keyed by
 parameter name, the report, and the exports made from it. It is built once (`RunDir.of`) and
 passed down; nothing else spells a file name. `BuildDir` is what `acdc compile -o` writes,
-`ExportDir` what `acdc export` writes, `TrainerDir` what the trainer callbacks write.
+`ExportDir` what `acdc export` writes, `TrainerDir` and `ModelFolder` what the trainer
+callbacks write.
 
 A folder that holds a run is never replaced without `--overwrite`, which then removes every
 output of the earlier run (its exports too). `--resume` needs something to resume: a missing or
@@ -304,8 +305,8 @@ class BuildDir:
 
 @dataclass(frozen=True)
 class ExportDir:
-    """What `acdc export` writes: the model's tensors, the manifest, and a transformers-style
-    config.json."""
+    """What `acdc export` writes: the model's tensors, the manifest, a transformers-style
+    config.json, and the resolved recipe of the run it came from."""
 
     path: Path
 
@@ -321,25 +322,67 @@ class ExportDir:
     def config(self) -> Path:
         return self.path / "config.json"
 
+    @property
+    def recipe(self) -> Path:
+        return self.path / RECIPE
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model as a trainer saves it (``save_pretrained``'s layout, or model.safetensors alone),
+    with what the acdc callbacks add: the masks of a sparse model, and in a trainer's
+    checkpoint folder the engine's state."""
+
+    path: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def weights_index(self) -> Path:
+        """The index of a model saved in several safetensors files."""
+        return self.path / "model.safetensors.index.json"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def masks(self) -> Path:
+        return self.path / "masks.safetensors"
+
+    @property
+    def runtime_state(self) -> Path:
+        """The engine's state beside a trainer checkpoint."""
+        return self.path / "acdc_runtime.safetensors"
+
+    def holds_weights(self) -> bool:
+        """A model's weights are saved here (in one safetensors file or several)."""
+        return self.weights.is_file() or self.weights_index.is_file()
+
 
 @dataclass(frozen=True)
 class TrainerDir:
     """What the trainer callbacks write into a trainer's output folder: the pair of models, each
-    in a folder of its own, and the engine's state beside each checkpoint."""
+    in a folder of its own (`ModelFolder`), and the engine's state beside each checkpoint."""
 
     path: Path
 
     def model_folder(self, which: Literal["dense", "sparse"]) -> Path:
         return self.path / which
 
+    def model(self, which: Literal["dense", "sparse"]) -> ModelFolder:
+        return ModelFolder(self.model_folder(which))
+
     def weights(self, which: Literal["dense", "sparse"]) -> Path:
         """A model folder's tensors, for models that are not transformers models."""
-        return self.model_folder(which) / "model.safetensors"
+        return self.model(which).weights
 
     @staticmethod
     def runtime_state(checkpoint_folder: Path) -> Path:
         """The engine's state beside a trainer checkpoint."""
-        return checkpoint_folder / "acdc_runtime.safetensors"
+        return ModelFolder(checkpoint_folder).runtime_state
 
 
 class ExportSourceError(UserError, ValueError):
@@ -348,28 +391,13 @@ class ExportSourceError(UserError, ValueError):
 
 def check_export_source(source: Path) -> None:
     """Refuse, from the file names alone, a source `acdc export` cannot read: a path that does
-    not exist (naming the checkpoints its folder does hold), or a folder that is no run
-    directory or holds no finished sparse model."""
+    not exist (naming the checkpoints its folder does hold), an export, a sharded checkpoint
+    folder, a run directory with no finished sparse model, or a folder that is neither a run
+    directory nor a trainer's model folder. Files are read (and checked) by the exporter."""
     if source.is_file():
         return
     if source.is_dir():
-        run = RunDir(source)
-        if not run.recipe.is_file() and _CHECKPOINT_FOLDER.match(source.name):
-            raise ExportSourceError(
-                f"{source} is a checkpoint folder of a sharded (FSDP2) run; export its run "
-                f"directory ({source.parent}), which holds the gathered sparse model"
-            )
-        if not run.recipe.is_file():
-            raise ExportSourceError(
-                f"{source} is not a run directory (it has no {RECIPE}); give a folder written by "
-                "`acdc run` or one of its checkpoint-*.pt files"
-            )
-        if not run.sparse_model.is_file():
-            raise ExportSourceError(
-                f"{source} has no sparse model ({run.sparse_model.name}): the run has not "
-                "finished, or its schedule ends with a dense phase; export one of its "
-                f"checkpoints of a sparse phase instead ({run.checkpoints_held()})"
-            )
+        _check_export_folder(source)
         return
     run = RunDir(source.parent)
     if run.path.is_dir() and (run.recipe.is_file() or run.checkpoint_files()):
@@ -380,9 +408,46 @@ def check_export_source(source: Path) -> None:
         )
         raise ExportSourceError(f"{source} does not exist; {run.checkpoints_held()}{finished}")
     raise ExportSourceError(
-        f"{source} does not exist; give a run directory written by `acdc run` or one of its "
-        "checkpoint-*.pt files"
+        f"{source} does not exist; give a run directory written by `acdc run`, one of its "
+        "checkpoint-*.pt files, a Trainer checkpoint-N or sparse folder, or a Lightning .ckpt "
+        "written with the acdc callback"
     )
+
+
+def _check_export_folder(source: Path) -> None:
+    run, folder = RunDir(source), ModelFolder(source)
+    if ExportDir(source).manifest.is_file():
+        raise ExportSourceError(
+            f"{source} is an export, not a model to export; export the run it came from, or "
+            "load it with acdc_recipe.load_model"
+        )
+    if run.recipe.is_file():
+        if not run.sparse_model.is_file():
+            raise ExportSourceError(
+                f"{source} has no sparse model ({run.sparse_model.name}): the run has not "
+                "finished, or its schedule ends with a dense phase; export one of its "
+                f"checkpoints of a sparse phase instead ({run.checkpoints_held()})"
+            )
+        return
+    if folder.holds_weights():
+        return
+    if _CHECKPOINT_FOLDER.match(source.name):
+        raise ExportSourceError(
+            f"{source} is a checkpoint folder of a sharded (FSDP2) run; export its run "
+            f"directory ({source.parent}), which holds the gathered sparse model"
+        )
+    raise ExportSourceError(
+        f"{source} is not a run directory (it has no {RECIPE}) nor a trainer's model folder "
+        f"(no {folder.weights.name}); give a folder written by `acdc run` or by a trainer "
+        "with the acdc callback"
+    )
+
+
+def default_export_folder(source: Path, format_name: str) -> Path:
+    """Where an export of `source` goes unless told: inside a run directory, beside anything
+    else (a checkpoint file, a trainer's folder)."""
+    run = RunDir(source)
+    return (run if run.recipe.is_file() else RunDir(source.parent)).export(format_name)
 
 
 def _step_of(checkpoint: Path) -> int:

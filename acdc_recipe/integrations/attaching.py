@@ -15,8 +15,10 @@ from torch import nn
 from acdc_recipe.compiler import CompiledRecipe
 from acdc_recipe.errors import UserError
 from acdc_recipe.formats.checkpoint import save_safetensors
+from acdc_recipe.formats.mask_file import runtime_masks, save_masks
+from acdc_recipe.formats.model_folder import ModelRecord, write_record
 from acdc_recipe.formats.run_dir import TrainerDir
-from acdc_recipe.language.loading import load_recipe
+from acdc_recipe.language.loading import dump_recipe, load_recipe
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.models import compile_model
 from acdc_recipe.runtime import (
@@ -166,16 +168,29 @@ def save_model(
     output: TrainerDir,
     which: Literal["dense", "sparse"],
     compiled: CompiledRecipe,
+    runtime: SparsityRuntime,
 ) -> None:
     """`model` into its folder of `output`: ``save_pretrained`` for a transformers model, else
-    its state dict as safetensors (tied tensors stored once each, as copies)."""
-    folder = output.model_folder(which)
+    its state dict as safetensors (tied tensors stored once each, as copies); then its record
+    in config.json (the resolved recipe, its hash, the achieved sparsity) and, beside the sparse
+    model, its masks (`formats.model_folder`)."""
+    folder = output.model(which)
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(folder)
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    metadata = {"recipe": compiled.recipe.name, "recipe_hash": compiled.recipe_hash}
-    save_safetensors(output.weights(which), model.state_dict(), metadata)
+        model.save_pretrained(folder.path)
+    else:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        metadata = {"recipe": compiled.recipe.name, "recipe_hash": compiled.recipe_hash}
+        save_safetensors(folder.weights, model.state_dict(), metadata)
+    masks = runtime_masks(runtime) if which == "sparse" else None
+    if masks is not None:
+        save_masks(folder.masks, masks, compiled.recipe.name, compiled.recipe_hash)
+    record = ModelRecord(
+        dump_recipe(compiled.recipe),
+        compiled.recipe_hash,
+        which,
+        None if masks is None else masks.sparsity,
+    )
+    write_record(folder, record)
 
 
 @dataclass
@@ -233,7 +248,7 @@ class AttachedRecipe:
 
     def _save(self, name: str) -> None:
         if self.saves:
-            save_model(self.model, TrainerDir(self.folder), name, self.compiled)
+            save_model(self.model, TrainerDir(self.folder), name, self.compiled, self.runtime)
 
 
 class AttachedViews:

@@ -30,7 +30,8 @@ and restored on resume from the folder given to ``trainer.train(resume_from_chec
 an uninterrupted one on CPU. The dense half of the pair is saved with
 ``save_pretrained`` into ``<output_dir>/dense`` when the last dense phase ends (a schedule
 ending dense: when training ends), the sparse model into ``<output_dir>/sparse`` when the
-schedule ends.
+schedule ends, its masks beside it; each config.json records the resolved recipe, its hash
+and the achieved sparsity. `acdc export` reads the ``sparse`` folder or a checkpoint folder.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from acdc_recipe.integrations.attaching import (
     torch_optimizer,
 )
 from acdc_recipe.integrations.extras import require
+from acdc_recipe.language.loading import dump_recipe
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import SparsityRuntime
 
@@ -172,7 +174,7 @@ class AcdcCallback(AttachedViews, transformers.TrainerCallback):
             Path(args.output_dir) / f"{trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         )
         if self.attached is not None and args.should_save and folder.is_dir():
-            save_runtime_state(self.attached.runtime, folder)
+            save_runtime_state(self.attached.runtime, folder, dump_recipe(self.recipe))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.attached is not None:

@@ -17,9 +17,11 @@ The engine counts optimizer steps, Lightning's ``global_step``; the trainer must
 the recipe's schedule (``max_epochs`` for an epoch schedule, or ``max_steps``). Phase switches
 and sparsity go to every logger of the trainer as ``acdc/*`` scalars; the engine's state is
 the callback's state in Lightning's checkpoints, so ``ckpt_path=...`` resumes the schedule
-exactly. The dense half of the pair is saved into ``<default_root_dir>/dense`` when the last
-dense phase ends, the sparse model into ``<default_root_dir>/sparse`` (``save_pretrained``
-for a transformers model, else ``model.safetensors``).
+exactly, and `acdc export` reads the masks, their parameters and the recipe from a ``.ckpt``.
+The dense half of the pair is saved into ``<default_root_dir>/dense`` when the last dense
+phase ends, the sparse model into ``<default_root_dir>/sparse`` (``save_pretrained`` for a
+transformers model, else ``model.safetensors``) with its masks, each config.json recording
+the resolved recipe, its hash and the achieved sparsity.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from torch import nn
 
 from acdc_recipe.compiler import CompiledRecipe
+from acdc_recipe.formats.runtime_files import callback_state, saved_callback_state
 from acdc_recipe.integrations.attaching import (
     AttachedRecipe,
     AttachedViews,
@@ -44,6 +47,7 @@ from acdc_recipe.integrations.attaching import (
     torch_optimizer,
 )
 from acdc_recipe.integrations.extras import require
+from acdc_recipe.language.loading import dump_recipe
 from acdc_recipe.language.schema import Recipe
 
 lightning = require("lightning.pytorch", "lightning", "acdc_recipe.integrations.lightning")
@@ -129,10 +133,14 @@ class AcdcCallback(AttachedViews, lightning.Callback):
             self.attached.finish()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.attached.runtime.state_dict() if self.attached is not None else {}
+        if self.attached is None:
+            return {}
+        return callback_state(self.attached.runtime, dump_recipe(self.recipe), self.module)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = dict(state_dict) or None  # applied once the engine is attached
+        saved = saved_callback_state(state_dict)
+        # applied once the engine is attached; a plain runtime state is an earlier version's
+        self._restored = saved[0].state if saved is not None else (dict(state_dict) or None)
 
 
 def _selected(pl_module: nn.Module, path: str | None) -> nn.Module:

@@ -94,7 +94,7 @@ def write_rank_file(folder: Path, rank: int, state: dict[str, Any]) -> None:
 
 def write_manifest(folder: Path) -> None:
     """SHA256SUMS over every file in `folder`, the last file a checkpoint folder gets."""
-    lines = [f"{_sha256(path)}  {path.name}\n" for path in sorted(folder.iterdir())]
+    lines = [f"{files.sha256_of(path)}  {path.name}\n" for path in sorted(folder.iterdir())]
     files.write_text_atomic(folder / MANIFEST, "".join(lines))
 
 
@@ -128,14 +128,6 @@ def merge_dtensors(rest: Any, sharded: Any) -> Any:
     return merged
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_folder(folder: Path) -> dict[str, str]:
     """name -> sha256 of every file the manifest lists, after checking each; raises
     `ckpt.CheckpointError` saying what is missing, extra or damaged."""
@@ -155,7 +147,7 @@ def verify_folder(folder: Path) -> dict[str, str]:
             f"(missing: {', '.join(missing) or 'none'}; not listed: {', '.join(extra) or 'none'})"
         )
     for name, expected in listed.items():
-        if _sha256(folder / name) != expected:
+        if files.sha256_of(folder / name) != expected:
             raise ckpt.CheckpointError(
                 f"{folder.name}/{name} is damaged: its content does not match its sha256 "
                 "digest (the file was truncated, overwritten or corrupted after it was written)"

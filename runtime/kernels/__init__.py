@@ -4,8 +4,9 @@ A masked Linear or Conv2d is one matrix product `W X` (`forms.py`); with `W` in 
 mask (`csr.py`) its forward, grad-input and grad-weight run on PyTorch's own kernels over that
 structure (`function.py`: `embedding_bag` as the CSR product, `sampled_addmm`). Sparse training attaches `SparseKernels` (`training.py`), which chooses per
 layer, by timing both paths (`timing.py`), whether a sparse phase computes sparse; export
-builds inference layers (`csr_layer.py`, `attention.py`) where `inference.py` times them
-faster. On CUDA, 2:4 Linears use semi-structured kernels (`semi_structured.py`, and
+builds inference layers (`csr_layer.py`, `attention.py`) that dispatch each call on its batch
+size, as `inference.py` timed them, and routes blocks whose fused path they would lose to a
+dense copy where that is faster (`dense_routes.py`). On CUDA, 2:4 Linears use semi-structured kernels (`semi_structured.py`, and
 `semi_structured_layer.py` for export) the same way.
 """
 

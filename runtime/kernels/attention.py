@@ -7,17 +7,22 @@ computed as the module's own inference path does (scores, softmax, weighted valu
 views of the projections' feature-major results. It computes the calls that
 self-attention blocks make (`TransformerEncoderLayer`, torchvision's ViT): query, key and
 value the same batched tensor, no attention weights returned, no attention mask (a key
-padding mask is fine). Any other call goes to a dense `MultiheadAttention` rebuilt from the
-CSR buffers on first use, so every call computes what the original module computes.
+padding mask is fine), on the kernel its `Dispatch` names for that many tokens. Any other call,
+and a call whose dispatch says `dense`, goes to a dense `MultiheadAttention` rebuilt from the
+CSR tensors on first use (and again when they changed), so every call computes what the
+original module computes. In training mode it fine-tunes its projections' values (self-attention
+calls, with the module's attention dropout).
 """
 
 from __future__ import annotations
+
+from math import prod
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from acdc_recipe.runtime.kernels.csr_layer import CsrLayer, no_fast_path
+from acdc_recipe.runtime.kernels.csr_layer import CsrLayer, Dispatch, fine_tuning
 from acdc_recipe.runtime.kernels.layer import sparse_capable
 
 
@@ -57,20 +62,21 @@ class CsrAttention(nn.Module):
 
     def __init__(
         self, embed_dim: int, num_heads: int, batch_first: bool, in_proj: CsrLayer,
-        out_proj: CsrLayer,
+        out_proj: CsrLayer, dispatch: Dispatch | None = None, dropout: float = 0.0,
     ) -> None:  # fmt: skip
         super().__init__()
         self.embed_dim, self.num_heads, self.batch_first = embed_dim, num_heads, batch_first
         self._qkv_same_embed_dim = True
         self.in_proj = in_proj
         self.out_proj = out_proj
-        self._dense: list[nn.MultiheadAttention] = []  # built on the first call it needs
-        self.register_forward_pre_hook(no_fast_path)
+        self.dispatch = dispatch or Dispatch.always("bag")
+        self.dropout = dropout
+        self._dense: list[tuple[tuple[int, ...], nn.MultiheadAttention]] = []  # (key, module)
 
     @classmethod
     def of(
         cls, attention: nn.MultiheadAttention, nnz: tuple[int, int] | None = None,
-        product: str = "bag",
+        dispatch: Dispatch | None = None,
     ) -> CsrAttention:  # fmt: skip
         """The CSR twin of an eligible attention: its projections' nonzeros, or, with `nnz`
         (input, output projection), zero-filled buffers to load a state dict into."""
@@ -84,15 +90,12 @@ class CsrAttention(nn.Module):
         )
         counts = nnz if nnz is not None else (None, None)
         in_proj, out_proj = (
-            CsrLayer.of(linear, count, product) for linear, count in zip(projections, counts)
+            CsrLayer.of(linear, count) for linear, count in zip(projections, counts)
         )
         return cls(
-            attention.embed_dim, attention.num_heads, attention.batch_first, in_proj, out_proj
-        )
-
-    @property
-    def product(self) -> str:
-        return self.in_proj.product
+            attention.embed_dim, attention.num_heads, attention.batch_first, in_proj, out_proj,
+            dispatch, attention.dropout,
+        )  # fmt: skip
 
     @property
     def in_proj_bias(self) -> Tensor | None:
@@ -110,11 +113,17 @@ class CsrAttention(nn.Module):
         self.out_proj.contiguous = value
 
     def dense_attention(self) -> nn.MultiheadAttention:
-        """The dense `MultiheadAttention` these buffers compute (cached, not in the state)."""
-        if not self._dense:
+        """The dense `MultiheadAttention` these tensors compute (cached, not in the state; made
+        again when the values changed)."""
+        key = tuple(
+            (p.weight_values.data_ptr(), p.weight_values._version)
+            for p in (self.in_proj, self.out_proj)
+        )
+        if not self._dense or self._dense[0][0] != key:
             dense = nn.MultiheadAttention(
-                self.embed_dim, self.num_heads, bias=self.in_proj.bias is not None,
-                batch_first=self.batch_first, dtype=self.in_proj.weight_values.dtype,
+                self.embed_dim, self.num_heads, dropout=self.dropout,
+                bias=self.in_proj.bias is not None, batch_first=self.batch_first,
+                dtype=self.in_proj.weight_values.dtype,
             )  # fmt: skip
             rows = head_minor_rows(self.embed_dim, self.num_heads)
             with torch.no_grad():
@@ -123,8 +132,18 @@ class CsrAttention(nn.Module):
                 if self.in_proj.bias is not None:
                     dense.in_proj_bias.index_copy_(0, rows, self.in_proj.bias)
                     dense.out_proj.bias.copy_(self.out_proj.bias)
-            self._dense.append(dense.to(self.in_proj.weight_values.device).eval())
-        return self._dense[0]
+            dense = dense.to(self.in_proj.weight_values.device).eval().requires_grad_(False)
+            self._dense[:] = [(key, dense)]
+        return self._dense[0][1]
+
+    def dense_copy_bytes(self) -> int:
+        """What the dense attention costs, when the dispatch keeps one."""
+        if not self.dispatch.needs_dense:
+            return 0
+        return sum(
+            prod(p.weight_shape) * p.weight_values.element_size()
+            for p in (self.in_proj, self.out_proj)
+        )
 
     def forward(
         self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
@@ -141,15 +160,22 @@ class CsrAttention(nn.Module):
             and not is_causal
             and sparse_capable(query, self.in_proj.weight_values)
         )
-        if not sparse:
+        if fine_tuning(self) and not sparse:
+            raise RuntimeError(
+                "a CSR self-attention fine-tunes self-attention calls only (query, key and value "
+                "the same 3-D CPU tensor, need_weights=False, no attn_mask)"
+            )
+        tokens = query.shape[0] * query.shape[1] if query.dim() == 3 else 1
+        product = "bag" if fine_tuning(self) else self.dispatch.kernel(tokens)
+        if not sparse or product == "dense":
             return self.dense_attention()(
                 query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                 attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                 is_causal=is_causal,
             )  # fmt: skip
-        return self._self_attention(query, key_padding_mask), None
+        return self._self_attention(query, key_padding_mask, product), None
 
-    def _self_attention(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def _self_attention(self, x: Tensor, key_padding_mask: Tensor | None, product: str) -> Tensor:
         """Feature-major: the input projection's result `[3E, N*L]` (rows `head_minor_rows`)
         holds q, k and v as batches of `[L, head_dim]` views; the weighted values are copied
         once, into the output projection's input."""
@@ -157,7 +183,7 @@ class CsrAttention(nn.Module):
             x = x.transpose(0, 1)
         batch, length, width = x.shape
         heads, size = self.num_heads, width // self.num_heads
-        qkv = self.in_proj.multiply(x.reshape(-1, width).t())  # [3E, N*L]
+        qkv = self.in_proj.multiply(x.reshape(-1, width).t(), product)  # [3E, N*L]
         q, k, v = (
             qkv.view(3, size, heads, batch, length)
             .permute(0, 2, 3, 4, 1)
@@ -168,8 +194,11 @@ class CsrAttention(nn.Module):
         mask = _padding_mask(key_padding_mask, x.dtype)
         if mask is not None:
             scores = (scores.view(heads, batch, length, -1) + mask).view_as(scores)
-        out = torch.bmm(scores.softmax(-1), v).view(heads, batch, length, size)
-        out = self.out_proj.multiply(out.permute(0, 3, 1, 2).reshape(width, batch * length))
+        weights = F.dropout(scores.softmax(-1), self.dropout, fine_tuning(self))
+        out = torch.bmm(weights, v).view(heads, batch, length, size)
+        out = self.out_proj.multiply(
+            out.permute(0, 3, 1, 2).reshape(width, batch * length), product
+        )
         if self.batch_first:
             rows = out.t().contiguous() if self.contiguous else out.t()  # a 2-D transpose: fast
             return rows.reshape(batch, length, width)
@@ -177,7 +206,8 @@ class CsrAttention(nn.Module):
         return y.contiguous() if self.contiguous else y
 
     def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, product={self.product}"
+        table = ", ".join(f"{c}:{k}" for c, k in zip(self.dispatch.columns, self.dispatch.kernels))
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dispatch=[{table}]"
 
 
 def _padding_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:

@@ -31,6 +31,10 @@ class LinearForm:
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (*shape[:-1], self.out_features)
 
+    def columns(self, x: Tensor) -> int:
+        """The columns of `x`'s matrix: one per row of features (samples times tokens)."""
+        return x.numel() // max(self.in_features, 1)
+
     def to_matrix(self, x: Tensor) -> tuple[Tensor, Any]:
         return x.reshape(-1, self.in_features).t(), x.shape
 
@@ -84,6 +88,11 @@ class Conv2dForm:
         ):
             sizes.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
         return sizes[0], sizes[1]
+
+    def columns(self, x: Tensor) -> int:
+        """The columns of `x`'s im2col matrix: one per output position of every sample."""
+        out_h, out_w = self._output_size(x.shape[-2], x.shape[-1])
+        return (x.shape[0] if x.dim() == 4 else 1) * out_h * out_w
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Batched `(N, C, H, W)` or unbatched `(C, H, W)`, as `nn.Conv2d` takes."""

@@ -46,7 +46,12 @@ def bag_product(
 
 
 def csr_product(weight: Tensor, matrix: Tensor, bias: Tensor | None) -> Tensor:
-    """`W X (+ b)` for a CSR tensor `W`, on `torch.mm`."""
+    """`W X (+ b)` for a CSR tensor `W`, on `torch.mm`; on `torch.mv` for one column (1024 x
+    1024 at 90%, one thread: 109 us against 239 us on mm and 174 us dense)."""
+    if matrix.shape[1] == 1:
+        column = matrix[:, 0]
+        product = torch.mv(weight, column) if bias is None else torch.addmv(bias, weight, column)
+        return product.unsqueeze(1)
     if bias is None:
         return torch.mm(weight, matrix)
     return torch.addmm(bias.unsqueeze(1), weight, matrix)

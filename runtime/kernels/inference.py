@@ -1,18 +1,22 @@
-"""Where a model's inference runs on sparse kernels: the per-layer timing that decides it.
+"""Where a model's inference runs on sparse kernels: the per-layer timing that decides it, at
+every batch size a model will be called with.
 
 `sparse_inference_model` times each eligible layer of a model (a Linear or Conv2d, or a whole
-self-attention) on the input it really receives (one forward with the given batch), dense
-against its CSR twin (`CsrLayer`, `CsrAttention`) with either product on the CPU, or on CUDA
-a 2:4 Linear against its semi-structured twin (`SemiStructuredLinear`), keeps the faster
-where it wins by `SPARSE_MARGIN`, then checks every module holding sparse layers as a whole
-the same way: the model it returns is not slower than its dense form, layer by layer and
-block by block, on the machine that chose.
+self-attention) on the input it really receives (one forward per batch size), dense against its
+CSR twin (`CsrLayer`, `CsrAttention`) with either product on the CPU, and gives each twin a
+`Dispatch`: per batch, the fastest kernel, a sparse one only where it wins by `SPARSE_MARGIN`.
+Then every module holding sparse layers is timed as a whole, per batch, the same way, and its
+layers compute dense at that batch when it is not faster: the model it returns is not slower
+than its dense form at any measured batch, layer by layer and block by block, on the machine
+that chose (between measured batches, a call takes the kernel of the nearest one). On CUDA a
+2:4 Linear is timed against its semi-structured twin (`SemiStructuredLinear`) at the largest
+batch.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -21,7 +25,21 @@ import torch
 from torch import Tensor, nn
 
 from acdc_recipe.runtime.kernels.attention import CsrAttention, attention_eligible
-from acdc_recipe.runtime.kernels.csr_layer import PRODUCTS, CsrLayer
+from acdc_recipe.runtime.kernels.blocks import (
+    BlockChecks,
+    Calls,
+    ancestors,
+    device_of,
+    replace_module,
+    without_fused_paths,
+)
+from acdc_recipe.runtime.kernels.choices import BatchChoice, BlockRoute, LayerChoice
+from acdc_recipe.runtime.kernels.csr_layer import (
+    KERNELS,
+    PRODUCTS,
+    CsrLayer,
+    Dispatch,
+)
 from acdc_recipe.runtime.kernels.forms import Form, form_of, inside_attention
 from acdc_recipe.runtime.kernels.layer import sparse_capable
 from acdc_recipe.runtime.kernels.semi_structured import (
@@ -30,30 +48,22 @@ from acdc_recipe.runtime.kernels.semi_structured import (
     semi_structured_problem,
 )
 from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
-from acdc_recipe.runtime.kernels.timing import KernelTiming, time_calls, time_paths
+from acdc_recipe.runtime.kernels.timing import SPARSE_MARGIN, time_calls, time_paths
 
-HOLDER_ROUNDS = 5  # one disturbed round must not revert a whole block
+Run = Callable[[nn.Module], object]
 
-__all__ = ["PRODUCTS", "CsrAttention", "CsrLayer", "LayerChoice", "sparse_inference_model"]
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """One eligible layer's inference kernel: "csr" (with its product), "semi_structured"
-    (2:4 on CUDA) or "dense", with the timing behind it (`sparse_ms`: the faster product's;
-    `product_ms`: each product's) and, for a CUDA Linear left dense untimed, `problem`: why
-    no 2:4 kernel computes it."""
-
-    name: str
-    kind: str
-    kernel: str
-    density: float
-    timing: KernelTiming | None
-    reverted_by: str | None = None  # the module that was faster with this layer dense
-    product: str | None = None
-    product_ms: dict[str, float] | None = None
-    contiguous: bool = False  # the model needs the layer's output contiguous
-    problem: str | None = None
+__all__ = [
+    "KERNELS",
+    "PRODUCTS",
+    "CsrAttention",
+    "CsrLayer",
+    "Dispatch",
+    "BlockRoute",
+    "LayerChoice",
+    "SparseInference",
+    "sparse_inference_model",
+    "without_fused_paths",
+]
 
 
 def _dense_forward(form: Form, module: nn.Module, x: Tensor) -> Tensor:
@@ -89,13 +99,13 @@ def layer_weights(module: nn.Module) -> list[Tensor]:
 
 def csr_twin(
     module: nn.Module,
-    product: str,
+    dispatch: Dispatch,
     contiguous: bool = False,
     state: dict[str, Tensor] | None = None,
     name: str = "",
 ) -> CsrLayer | CsrAttention:
     """The CSR twin of an eligible layer; with `state` (the exported state dict, and `name`
-    the layer's place in it), one with buffers of the sizes stored there, to load it into."""
+    the layer's place in it), one with tensors of the sizes stored there, to load it into."""
 
     def nnz(prefix: str) -> int | None:
         if state is None:
@@ -105,17 +115,15 @@ def csr_twin(
 
     if isinstance(module, nn.MultiheadAttention):
         counts = None if state is None else (nnz(f"{name}.in_proj."), nnz(f"{name}.out_proj."))
-        twin = CsrAttention.of(module, counts, product)
+        twin = CsrAttention.of(module, counts, dispatch)
         twin.contiguous = contiguous
         return twin
-    return CsrLayer.of(module, nnz(f"{name}."), product, contiguous)
+    return CsrLayer.of(module, nnz(f"{name}."), dispatch, contiguous)
 
 
-def module_calls(
-    model: nn.Module, run: Callable[[], object]
-) -> dict[str, tuple[tuple, dict[str, Any]]]:
+def module_calls(model: nn.Module, run: Callable[[], object]) -> Calls:
     """The (args, kwargs) every module of `model` receives during `run()` (its first call)."""
-    seen: dict[str, tuple[tuple, dict[str, Any]]] = {}
+    seen: Calls = {}
 
     def recorder(name: str) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -135,32 +143,54 @@ def module_calls(
     return seen
 
 
-def _choose_layer(name: str, module: nn.Module, call: tuple | None) -> LayerChoice:
-    weights = layer_weights(module)
-    kept = sum(int((w != 0).sum()) for w in weights)
-    density = kept / max(sum(w.numel() for w in weights), 1)
-    kind = layer_kind(module) or type(module).__name__
-    args, kwargs = call if call is not None else ((), {})
-    x = args[0] if args else None
-    if isinstance(x, Tensor) and x.device.type == "cuda" and kind == "Linear":
-        return _choose_semi_structured(name, module, x, density)
-    if not isinstance(x, Tensor) or not sparse_capable(x, weights[0]):
-        return LayerChoice(name, kind, "dense", density, None)
-    twins = [csr_twin(module, product) for product in PRODUCTS]
+def _columns(module: nn.Module, x: Tensor) -> int:
+    """The columns of the matrix a layer multiplies for input `x` (tokens for attention)."""
+    form = form_of(module)
+    return form.columns(x) if form is not None else x.numel() // max(x.shape[-1], 1)
+
+
+def _choose_batch(module: nn.Module, twin: nn.Module, batch: int, call: tuple) -> BatchChoice:
+    """One layer at one batch: every kernel timed on the input it received (the twin's
+    dispatch set to each product in turn)."""
+    args, kwargs = call
+    x = args[0]
     form = form_of(module)
     if form is not None:
         dense = partial(_dense_forward, form, module, x)
     else:
         dense = partial(module, *args, **kwargs)
-    dense_ms, *sparse_ms = time_calls(
-        [dense, *(partial(twin, *args, **kwargs) for twin in twins)], x.device
-    )
-    fastest = min(range(len(PRODUCTS)), key=sparse_ms.__getitem__)
-    timing = KernelTiming(dense_ms=dense_ms, sparse_ms=sparse_ms[fastest])
-    return LayerChoice(
-        name, kind, "csr" if timing.sparse_wins else "dense", density, timing,
-        product=PRODUCTS[fastest], product_ms=dict(zip(PRODUCTS, sparse_ms)),
-    )  # fmt: skip
+    products = [partial(_call_on, twin, p, args, kwargs) for p in PRODUCTS]
+    ms = dict(zip(KERNELS, time_calls([dense, *products], x.device)))
+    fastest = min(PRODUCTS, key=ms.__getitem__)
+    kernel = fastest if ms[fastest] <= SPARSE_MARGIN * ms["dense"] else "dense"
+    return BatchChoice(batch, _columns(module, x), kernel, ms)
+
+
+def _call_on(twin: nn.Module, product: str, args: tuple, kwargs: dict) -> object:
+    twin.dispatch = Dispatch.always(product)
+    return twin(*args, **kwargs)
+
+
+def _choose_layer(name: str, module: nn.Module, calls: Mapping[int, tuple | None]) -> LayerChoice:
+    weights = layer_weights(module)
+    kept = sum(int((w != 0).sum()) for w in weights)
+    density = kept / max(sum(w.numel() for w in weights), 1)
+    kind = layer_kind(module) or type(module).__name__
+    inputs = {
+        batch: call
+        for batch, call in calls.items()
+        if call is not None and call[0] and isinstance(call[0][0], Tensor)
+    }
+    if not inputs:
+        return LayerChoice(name, kind, "dense", density)
+    largest = inputs[max(inputs)][0][0]
+    if largest.device.type == "cuda" and kind == "Linear":
+        return _choose_semi_structured(name, module, largest, density)
+    if not all(sparse_capable(call[0][0], weights[0]) for call in inputs.values()):
+        return LayerChoice(name, kind, "dense", density)
+    twin = csr_twin(module, Dispatch.always(PRODUCTS[0]))
+    batches = tuple(_choose_batch(module, twin, b, call) for b, call in sorted(inputs.items()))
+    return LayerChoice(name, kind, "dense", density).with_batches(batches)
 
 
 def _choose_semi_structured(name: str, module: nn.Module, x: Tensor, density: float) -> LayerChoice:
@@ -168,128 +198,106 @@ def _choose_semi_structured(name: str, module: nn.Module, x: Tensor, density: fl
     weight = module.weight.detach()
     problem = semi_structured_problem(weight, weight.dtype, capability_of(weight.device))
     if problem is not None:
-        return LayerChoice(name, "Linear", "dense", density, None, problem=problem)
+        return LayerChoice(name, "Linear", "dense", density, problem=problem)
     twin = SemiStructuredLinear.of(module)
     got = twin(x)
     if twin.problem is not None:  # its kernel raised: no 2:4 kernel for this GPU or build
-        return LayerChoice(name, "Linear", "dense", density, None, problem=twin.problem)
+        return LayerChoice(name, "Linear", "dense", density, problem=twin.problem)
     if not agrees(got, module(x)):
         problem = "its 2:4 kernel's outputs differ from dense beyond the dtype's tolerance"
-        return LayerChoice(name, "Linear", "dense", density, None, problem=problem)
+        return LayerChoice(name, "Linear", "dense", density, problem=problem)
     timing = time_paths(partial(module, x), partial(twin, x), x.device)
     kernel = "semi_structured" if timing.sparse_wins else "dense"
-    return LayerChoice(name, "Linear", kernel, density, timing)
+    return LayerChoice(name, "Linear", kernel, density, timing=timing)
 
 
 def sparse_twin(module: nn.Module, choice: LayerChoice) -> nn.Module:
     """The twin a layer's choice names (a CSR or a 2:4 one)."""
     if choice.kernel == "semi_structured":
         return SemiStructuredLinear.of(module)
-    return csr_twin(module, choice.product, choice.contiguous)
+    return csr_twin(module, choice.dispatch, choice.contiguous)
 
 
-def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
-    """Put `layer` at `name` (a dotted submodule path) in `model`."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, layer)
+@dataclass
+class SparseInference:
+    """What `sparse_inference_model` returns: the model, each layer's choice, and the blocks
+    routed to a dense copy of themselves at some batch sizes."""
+
+    model: nn.Module
+    choices: list[LayerChoice]
+    routes: list[BlockRoute]
 
 
 @torch.no_grad()
 def sparse_inference_model(
-    model: nn.Module, layers: dict[str, nn.Module], run: Callable[[nn.Module], object]
-) -> tuple[nn.Module, list[LayerChoice]]:
+    model: nn.Module, layers: dict[str, nn.Module], runs: Mapping[int, Run]
+) -> SparseInference:
     """A copy of `model` (eval mode) with each of `layers` as its CSR twin (`CsrLayer`,
-    `CsrAttention`) where that is faster, and the choices.
+    `CsrAttention`) where that is faster at some batch size, the choices, and the blocks routed
+    dense at some batch sizes.
 
-    Each layer is timed against its twins on the input it receives in `run(model)`; then each
-    CSR Linear's output layout is chosen (`_choose_layouts`); then every module holding a CSR
-    layer is timed as a whole, innermost first, against its dense form, and reverted to dense
-    when it is not faster: a module may compute faster than the sum of its layers
-    (`TransformerEncoderLayer`'s fused inference path, which a CSR layer turns off), and the
-    whole model is such a module too.
+    `runs` maps each batch size to a call of the model on a batch of that size. Each layer is
+    timed against its twins on the input it receives in each run; then each CSR Linear's
+    output layout is chosen (`_choose_layouts`); then, per batch size, every module holding a
+    sparse layer is timed as a whole, innermost first, against its dense form: where it is not
+    faster, its layers compute dense at that batch, and where it is still not faster so (a
+    block with a fused inference path, as `TransformerEncoderLayer`'s, which a CSR layer turns
+    off), the block computes on a dense copy of itself at that batch. The whole model is such
+    a block too, so at every measured batch the model is not slower than its dense form.
     """
-    calls = module_calls(model, lambda: run(model))
-    choices = {name: _choose_layer(name, m, calls.get(name)) for name, m in layers.items()}
+    calls = {batch: module_calls(model, partial(run, model)) for batch, run in runs.items()}
+    choices = {
+        name: _choose_layer(name, m, {b: calls[b].get(name) for b in calls})
+        for name, m in layers.items()
+    }
     sparse = copy.deepcopy(model)
     for name, choice in choices.items():
         if choice.kernel != "dense":
             replace_module(sparse, name, sparse_twin(layers[name], choice))
-    if not _runs(sparse, run):
+    without_fused_paths(sparse)
+    if all(_runs(sparse, run) for run in runs.values()):
+        _choose_layouts(sparse, choices, calls)
+    else:
         for name, choice in choices.items():
             if choice.kernel == "csr":
-                replace_module(sparse, name, csr_twin(layers[name], choice.product, True))
+                sparse.get_submodule(name).contiguous = True
                 choices[name] = replace(choice, contiguous=True)
-    else:
-        _choose_layouts(sparse, choices, calls)
-    holders = {
-        ancestor
-        for name, choice in choices.items()
-        if choice.kernel != "dense"
-        for ancestor in _ancestors(name)
-    }
-    for holder in sorted(holders, key=lambda n: (-n.count(".") if n else 1, n)):
-        inside = [n for n, c in choices.items() if c.kernel != "dense" and _within(n, holder)]
-        if not inside or holder not in calls:
-            continue
-        args, kwargs = calls[holder]
-        dense_block, sparse_block = model.get_submodule(holder), sparse.get_submodule(holder)
-        timing = time_paths(
-            partial(dense_block, *args, **kwargs), partial(sparse_block, *args, **kwargs),
-            _device_of(args), rounds=HOLDER_ROUNDS,
-        )  # fmt: skip
-        if timing.sparse_ms >= timing.dense_ms:  # its layers each won by the margin already
-            for name in inside:
-                replace_module(sparse, name, copy.deepcopy(layers[name]))
-                choices[name] = replace(
-                    choices[name], kernel="dense", reverted_by=holder, contiguous=False
-                )
-    without_nested_tensors(sparse)
-    return sparse.eval(), list(choices.values())
-
-
-def without_nested_tensors(model: nn.Module) -> None:
-    """Turn off the nested-tensor path of every `TransformerEncoder` holding a CSR twin.
-
-    That path (taken with a key padding mask) reads its layers' dense weights and runs them on
-    nested tensors, which no twin has or takes. Such an encoder then computes as one built with
-    `enable_nested_tensor=False` does: padded positions hold computed values, not zeros."""
-    for module in model.modules():
-        if isinstance(module, nn.TransformerEncoder) and any(
-            isinstance(inner, CsrLayer | CsrAttention | SemiStructuredLinear)
-            for inner in module.modules()
+    holders = BlockChecks(model, sparse, layers, choices, calls)
+    for batch in sorted(runs):
+        holders.check(batch)
+    for name, choice in choices.items():
+        if choice.kernel == "dense" and not isinstance(
+            sparse.get_submodule(name), type(layers[name])
         ):
-            module.use_nested_tensor = False
+            replace_module(sparse, name, copy.deepcopy(layers[name]))
+    return SparseInference(sparse.eval(), list(choices.values()), holders.routes())
 
 
 def _choose_layouts(
-    sparse: nn.Module, choices: dict[str, LayerChoice], calls: dict[str, tuple[tuple, dict]]
+    sparse: nn.Module, choices: dict[str, LayerChoice], calls: Mapping[int, Calls]
 ) -> None:
-    """Each CSR Linear's (and attention's) output layout: the transposed view, or contiguous
-    where the nearest module around it that the run called is faster so (an elementwise op
-    between it and a tensor of `F.linear`'s layout reads the transposed one slowly: 140 us
-    against 11 us for a residual add of 16 x 32 x 128)."""
+    """Each CSR Linear's (and attention's) output layout, at the largest batch where it computes
+    sparse: the transposed view, or contiguous where the nearest module around it that the run
+    called is faster so (an elementwise op between it and a tensor of `F.linear`'s layout reads
+    the transposed one slowly: 140 us against 11 us for a residual add of 16 x 32 x 128)."""
     for name, choice in choices.items():
         if choice.kernel != "csr" or choice.kind == "Conv2d":
             continue
-        holder = next((a for a in reversed(_ancestors(name)) if a in calls), None)
+        batch = max(b.batch for b in choice.batches if b.kernel != "dense")
+        holder = next((a for a in reversed(ancestors(name)) if a in calls[batch]), None)
         if holder is None:
             continue
         layer, block = sparse.get_submodule(name), sparse.get_submodule(holder)
-        args, kwargs = calls[holder]
+        args, kwargs = calls[batch][holder]
         transposed_ms, contiguous_ms = time_calls(
             [
                 partial(_run_laid_out, layer, layout, block, args, kwargs)
                 for layout in (False, True)
             ],
-            _device_of(args),
+            device_of(args),
         )
         layer.contiguous = contiguous_ms < transposed_ms
         choices[name] = replace(choice, contiguous=layer.contiguous)
-
-
-def _device_of(args: tuple) -> torch.device:
-    """Where a recorded call computes: its first argument's device."""
-    return args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu")
 
 
 def _run_laid_out(
@@ -299,7 +307,7 @@ def _run_laid_out(
     return block(*args, **kwargs)
 
 
-def _runs(model: nn.Module, run: Callable[[nn.Module], object]) -> bool:
+def _runs(model: nn.Module, run: Run) -> bool:
     """Whether `run(model)` completes with transposed Linear outputs (a `.view` that merges
     their last dimension with another raises)."""
     try:
@@ -307,12 +315,3 @@ def _runs(model: nn.Module, run: Callable[[nn.Module], object]) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts))]  # "" is the model itself
-
-
-def _within(name: str, holder: str) -> bool:
-    return holder == "" or name.startswith(holder + ".")

@@ -53,8 +53,8 @@ LAYERS: weakref.WeakValueDictionary[int, KernelLayer] = weakref.WeakValueDiction
 def sparse_capable(x: Tensor, weight: Tensor) -> bool:
     """Whether CSR kernels can compute this call: CPU, float32/64, no autocast, 2-D or more."""
     return (
-        weight.device.type == "cpu"
-        and x.device == weight.device
+        weight.is_cpu
+        and x.is_cpu
         and x.dtype == weight.dtype
         and weight.dtype in SPARSE_DTYPES
         and x.dim() >= 2

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acdc_recipe.errors import first_line
-from acdc_recipe.runtime.kernels.csr_layer import no_fast_path
 from acdc_recipe.runtime.kernels.semi_structured import (
     capability_of,
     compress,
@@ -28,7 +27,6 @@ class SemiStructuredLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight.detach().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.register_forward_pre_hook(no_fast_path)
         self._compressed: Tensor | None = None
         self._key: tuple | None = None
         self.problem: str | None = None

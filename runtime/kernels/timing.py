@@ -56,14 +56,14 @@ def _seconds(call: Callable[[], object], repeats: int, device: torch.device) -> 
 
 @torch.no_grad()
 def time_calls(
-    calls: Sequence[Callable[[], object]], device: torch.device, rounds: int = ROUNDS
+    calls: Sequence[Callable[[], object]], device: torch.device, rounds: int | None = None
 ) -> list[float]:
     """Milliseconds per call of each of `calls` (which compute the same thing), interleaved:
     the order rotates by one each round, so each call leads in turn (see the module doc)."""
     warm = [_seconds(call, 1, device) for call in calls]
     repeats = [max(1, min(_MAX_REPEATS, int(_MIN_SECONDS / max(s, 1e-9)))) for s in warm]
     best = [float("inf")] * len(calls)
-    for round_index in range(rounds):
+    for round_index in range(ROUNDS if rounds is None else rounds):
         first = round_index % len(calls)
         for which in [*range(first, len(calls)), *range(first)]:
             best[which] = min(best[which], _seconds(calls[which], repeats[which], device))
@@ -74,7 +74,7 @@ def time_paths(
     dense: Callable[[], object],
     sparse: Callable[[], object],
     device: torch.device,
-    rounds: int = ROUNDS,
+    rounds: int | None = None,
 ) -> KernelTiming:
     """The dense and the sparse path of one layer, timed by `time_calls`."""
     dense_ms, sparse_ms = time_calls([dense, sparse], device, rounds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ from acdc_recipe.compiler import compile
 from acdc_recipe.exporter import FORMATS, ExportError, TorchSparse, compressed, export, load_sparse
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.runtime import attach
-from acdc_recipe.runtime.kernels.inference import PRODUCTS, CsrAttention, CsrLayer
+from acdc_recipe.runtime.kernels.dense_routes import dense_route
+from acdc_recipe.runtime.kernels.inference import KERNELS, CsrAttention, CsrLayer
 from acdc_recipe.runtime.kernels.semi_structured_layer import SemiStructuredLinear
 
 PARTS = ["shape", "compressed", "bitmask", "row_offsets"]
@@ -58,21 +60,23 @@ def cnn() -> nn.Module:
 
 
 def decode_with_compressed_tensors(folder) -> dict[str, torch.Tensor]:
-    """Every compressed weight as the compressed-tensors library reads the format."""
+    """Every compressed weight as compressed-tensors' own helpers read the format (its
+    `ModelCompressor` reads it in `test_compressed_readers`)."""
     decoded = {}
     mappings = get_nested_weight_mappings(str(folder), PARTS)
-    for name, files in mappings.items():
+    for layer, files in mappings.items():
         parts = {}
         for part in PARTS:
             with safe_open(files[part], framework="pt") as handle:
-                parts[part] = handle.get_tensor(f"{name}.{part}")
+                parts[part] = handle.get_tensor(f"{layer}.{part}")
+        assert parts["shape"].dtype == torch.int64
         shape = parts["shape"].tolist()
         mask = unpack_bitmasks(parts["bitmask"], shape)
         dense = torch.zeros(shape, dtype=parts["compressed"].dtype)
         dense[mask] = parts["compressed"]
-        counts = mask.sum(1)
+        counts = mask.sum(-1)
         assert torch.equal(parts["row_offsets"], torch.cumsum(counts, 0) - counts)
-        decoded[name] = dense
+        decoded[f"{layer}.weight"] = dense
     return decoded
 
 
@@ -83,18 +87,19 @@ def test_compressed_decodes_with_compressed_tensors_and_round_trips_bitwise(fact
     exported = export(model, tmp_path / "out", runtime=runtime)
     folder = exported.path
     config = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert config["format"] == "sparse-bitmask"
+    assert config["quant_method"] == "compressed-tensors" and "format" not in config
     sparsity = SparsityCompressionConfig.load_from_registry(
         "sparse-bitmask", **{k: v for k, v in config["sparsity_config"].items() if k != "format"}
     )
     assert sparsity.format == "sparse-bitmask" and sparsity.global_sparsity == pytest.approx(
         0.9, abs=1e-3
     )
+    assert sparsity.targets == sorted(n.removesuffix(".weight") for n in runtime.plan.names)
     decoded = decode_with_compressed_tensors(folder)
     assert set(decoded) == set(runtime.plan.names)
-    for name, matrix in decoded.items():
-        assert matrix.dtype == state[name].dtype
-        assert torch.equal(matrix, state[name].reshape(matrix.shape))
+    for name, weight in decoded.items():
+        assert weight.dtype == state[name].dtype and weight.shape == state[name].shape
+        assert torch.equal(weight, state[name])
     twin = factory()
     load_sparse(folder, twin)
     loaded = twin.state_dict()
@@ -105,6 +110,17 @@ def test_compressed_decodes_with_compressed_tensors_and_round_trips_bitwise(fact
     with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
         dense_kept = {k for k in handle.keys() if not k.endswith(tuple(PARTS))}
     assert dense_kept == set(state) - set(runtime.plan.names)  # biases, norms stay dense
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        p.name: 0o666 & ~current_umask() for p in folder.iterdir()
+    }  # as any file written with open(), not safetensors' 0600
+
+
+def current_umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def test_bit_packing_matches_numpy_little_endian():
@@ -138,25 +154,36 @@ def test_torch_sparse_runs_the_measured_layers_on_csr_and_computes_the_masked_mo
         model,
         tmp_path / "out",
         runtime=runtime,
-        format=TorchSparse(batch_size=64, threads=1),
+        format=TorchSparse(batch_sizes=(64, 1), threads=1),
         input_shape=(512,),
     )
     manifest = exported.manifest
-    assert manifest["batch_size"] == 64 and manifest["threads"] == 1
+    assert manifest["batch_sizes"] == [1, 64] and manifest["threads"] == 1
     layers = manifest["layers"]
     assert set(layers) == {"0", "2", "4"}
-    assert all({"dense_ms", "sparse_ms", "density"} <= set(layer) for layer in layers.values())
-    assert layers["2"]["kernel"] == "csr"  # 1024x1024 at 2% density, batch 64: CSR wins by far
-    assert set(layers["2"]["product_ms"]) == set(PRODUCTS)
-    assert layers["2"]["sparse_ms"] == min(layers["2"]["product_ms"].values())
+    for layer in layers.values():
+        assert [entry["batch"] for entry in layer["dispatch"]] == [1, 64]
+        for entry in layer["dispatch"]:
+            assert {f"{kernel}_ms" for kernel in KERNELS} <= set(entry)
+            assert entry["kernel"] in KERNELS
+    big = {entry["batch"]: entry for entry in layers["2"]["dispatch"]}
+    assert big[64]["kernel"] in ("bag", "mm")  # 1024x1024 at 2% density, batch 64: CSR by far
+    assert layers["2"]["kernel"] == "csr"
+    memory = manifest["memory"]
+    assert memory["sparse_model_weights"] < memory["dense_weights"]
     loaded = load_sparse(exported.path, big_mlp())
     for name, layer in layers.items():
-        assert isinstance(loaded.get_submodule(name), CsrLayer) == (layer["kernel"] == "csr")
+        module = loaded.get_submodule(name)
+        assert isinstance(module, CsrLayer) == (layer["kernel"] == "csr")
         if layer["kernel"] == "csr":
-            assert loaded.get_submodule(name).product == layer["product"]
-    x = torch.randn(64, 512)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+            kernels = [entry["kernel"] for entry in layer["dispatch"]]
+            assert list(module.dispatch.kernels) == kernels
+            dense_bytes = 4 * layer["weight_shape"][0] * layer["weight_shape"][1]
+            assert module.dense_copy_bytes() == (dense_bytes if "dense" in kernels else 0)
+    for batch in (1, 3, 64, 200):
+        x = torch.randn(batch, 512)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
     assert not any(
         isinstance(b, torch.Tensor) and b.layout != torch.strided
         for b in loaded.state_dict().values()
@@ -193,12 +220,22 @@ MODELS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("build,name", MODELS, ids=[name for _, name in MODELS])
-def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(build, name, tmp_path):
+def test_every_model_exports_to_a_torch_sparse_model_with_the_same_outputs(
+    build, name, tmp_path, monkeypatch
+):
+    from acdc_recipe.runtime.kernels import blocks, timing
+
+    monkeypatch.setattr(timing, "ROUNDS", 1)  # what this checks is the outputs, not the choice
+    monkeypatch.setattr(blocks, "HOLDER_ROUNDS", 1)
     model, size = build(name)
     model, runtime = masked(model)
     model.eval()
     exported = export(
-        model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(3, size, size)
+        model,
+        tmp_path / "out",
+        runtime=runtime,
+        format=TorchSparse((1, 2), threads=1),
+        input_shape=(3, size, size),
     )
     fresh, _ = build(name)
     loaded = load_sparse(exported.path, fresh)
@@ -271,7 +308,7 @@ def test_an_export_needs_an_input_shape_to_time_torch_sparse(tmp_path):
 def test_a_model_with_sparse_kernels_attached_exports_its_plain_layers(tmp_path):
     model, runtime = masked(mlp(), kernels="on")
     exported = export(
-        model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(48,)
+        model, tmp_path / "out", runtime=runtime, format=TorchSparse((1, 4)), input_shape=(48,)
     )
     loaded = load_sparse(exported.path, mlp())
     assert not any("forward" in vars(m) for m in loaded.modules())
@@ -283,7 +320,7 @@ def test_a_model_with_sparse_kernels_attached_exports_its_plain_layers(tmp_path)
 def test_loading_into_another_architecture_says_so(tmp_path):
     model, runtime = masked(mlp())
     exported = export(model, tmp_path / "out", runtime=runtime)
-    with pytest.raises(ExportError, match="does not fit this model"):
+    with pytest.raises(ExportError, match="does not fit the model"):
         load_sparse(exported.path, cnn())
     with pytest.raises(ExportError, match="not an export folder"):
         load_sparse(tmp_path, mlp())
@@ -314,7 +351,7 @@ def test_a_token_model_exports_both_formats_and_loads_back(tmp_path):
         model,
         tmp_path / "torch-sparse",
         runtime=runtime,
-        format=TorchSparse(batch_size=4),
+        format=TorchSparse(batch_sizes=(4,)),
         input_shape=(16,),
         input_dtype="int64",
     )
@@ -345,7 +382,7 @@ def csr_export(tmp_path_factory):
         model,
         out,
         runtime=runtime,
-        format=TorchSparse(batch_size=64, threads=1),
+        format=TorchSparse(batch_sizes=(64,), threads=1),
         input_shape=(512,),
     )
     assert exported.manifest["layers"]["2"]["kernel"] == "csr"
@@ -364,21 +401,50 @@ def test_a_csr_layer_loaded_into_another_kind_or_width_is_named(csr_export):
         load_sparse(csr_export, narrower)
 
 
-def test_damaged_export_files_are_refused_in_one_sentence(csr_export, tmp_path):
-    import shutil
+def rehash(folder) -> None:
+    """Record the folder's files' sha256 in its manifest again (as an export would)."""
+    from acdc_recipe.files import sha256_of
 
-    from safetensors.torch import load_file, save_file
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["sha256"] = {name: sha256_of(folder / name) for name in manifest["sha256"]}
+    path.write_text(json.dumps(manifest))
 
+
+def test_edited_or_damaged_export_files_are_refused_in_one_sentence(csr_export, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(csr_export, broken)
     state = load_file(str(broken / "model.safetensors"))
     state["2.weight_col_indices"][0] = 5000  # beyond the 1024 columns
     save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(ExportError, match="model.safetensors was changed after the export"):
+        load_sparse(broken, big_mlp())
+    rehash(broken)  # an export written damaged: the CSR structure is checked too
     with pytest.raises(ExportError, match="damaged: the CSR structure of 2 is invalid"):
         load_sparse(broken, big_mlp())
     (broken / "model.safetensors").write_bytes(b"\x00" * 16)
+    rehash(broken)
     with pytest.raises(ExportError, match="damaged or incomplete"):
         load_sparse(broken, big_mlp())
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(ExportError, match="model.safetensors is missing"):
+        load_sparse(broken, big_mlp())
+
+
+def test_a_compressed_export_whose_tensors_disagree_is_refused(tmp_path):
+    model, runtime = masked(mlp())
+    folder = export(model, tmp_path / "out", runtime=runtime).path
+    state = load_file(str(folder / "model.safetensors"))
+    state["1.compressed"] = state["1.compressed"][:-1]  # one value fewer than the bitmask marks
+    save_file(state, str(folder / "model.safetensors"))
+    rehash(folder)
+    with pytest.raises(ExportError, match="1.bitmask marks .* 1.compressed holds"):
+        load_sparse(folder, mlp())
+    del state["1.compressed"]
+    save_file(state, str(folder / "model.safetensors"))
+    rehash(folder)
+    with pytest.raises(ExportError, match="damaged or incomplete"):
+        load_sparse(folder, mlp())
 
 
 def test_an_input_shape_of_zero_sizes_is_refused(tmp_path):
@@ -387,22 +453,14 @@ def test_an_input_shape_of_zero_sizes_is_refused(tmp_path):
         export(model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(0, 48))
 
 
-def test_an_export_from_before_there_were_two_products_loads_as_it_computed(csr_export, tmp_path):
-    """Such an export has no `product`: its CSR layers multiplied on torch.mm, contiguously."""
+def test_an_export_of_an_earlier_format_version_is_refused_with_the_way_out(csr_export, tmp_path):
     folder = tmp_path / "old"
     shutil.copytree(csr_export, folder)
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    for layer in manifest["layers"].values():
-        layer.pop("product", None)
-    manifest_path.write_text(json.dumps(manifest))
-    old, new = load_sparse(folder, big_mlp()), load_sparse(csr_export, big_mlp())
-    layer = old.get_submodule("2")
-    assert isinstance(layer, CsrLayer) and layer.product == "mm" and layer.contiguous
-    x = torch.randn(3, 512)
-    with torch.no_grad():
-        assert layer(torch.randn(3, 1024)).is_contiguous()
-        torch.testing.assert_close(old(x), new(x), rtol=1e-4, atol=1e-5)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="format_version 1.*export the run again"):
+        load_sparse(folder, big_mlp())
 
 
 def encoder() -> nn.Module:
@@ -418,17 +476,19 @@ def test_self_attention_exports_whole_on_csr_projections(tmp_path):
         model,
         tmp_path / "out",
         runtime=runtime,
-        format=TorchSparse(batch_size=16, threads=1),
+        format=TorchSparse(batch_sizes=(16,), threads=1),
         input_shape=(32, 256),
     )
     manifest = exported.manifest
     attention = manifest["layers"]["0.layers.0.self_attn"]
     assert attention["kind"] == "MultiheadAttention" and attention["weight_shape"] == [768, 256]
     assert attention["kernel"] == "csr"  # 2% dense projections on 512 tokens: CSR wins by far
+    assert attention["dispatch"][0]["columns"] == 16 * 32  # tokens
     assert manifest["no_kernel"] == {}  # the output projection is the attention's
     loaded = load_sparse(exported.path, encoder())
     twin = loaded.get_submodule("0.layers.0.self_attn")
-    assert isinstance(twin, CsrAttention) and twin.product == attention["product"]
+    assert isinstance(twin, CsrAttention)
+    assert list(twin.dispatch.kernels) == [attention["dispatch"][0]["kernel"]]
     x = torch.randn(4, 32, 256)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
@@ -450,7 +510,7 @@ def test_an_encoder_with_csr_layers_takes_padding_masks_without_nested_tensors(t
         model,
         tmp_path / "out",
         runtime=runtime,
-        format=TorchSparse(batch_size=16, threads=1),
+        format=TorchSparse(batch_sizes=(16,), threads=1),
         input_shape=(32, 256),
     )
     assert any(layer["kernel"] == "csr" for layer in exported.manifest["layers"].values())
@@ -478,7 +538,7 @@ def two_four_mlp() -> nn.Module:
 def test_on_the_cpu_a_2_4_export_says_why_no_2_4_kernel_ran(tmp_path):
     model, runtime = masked(two_four_mlp(), target=0.5, pattern="2:4")
     exported = export(
-        model, tmp_path / "out", runtime=runtime, format="torch-sparse", input_shape=(256,)
+        model, tmp_path / "out", runtime=runtime, format=TorchSparse((8,)), input_shape=(256,)
     )
     assert "run on CUDA GPUs" in exported.manifest["semi_structured"]
     assert exported.manifest["device"] == "cpu" and exported.manifest["precision"] == "fp32"
@@ -490,7 +550,7 @@ def test_a_2_4_layer_of_a_gpu_export_loads_on_the_cpu_and_computes_dense(tmp_pat
     where no 2:4 kernel runs, they compute the masked model densely."""
     model, runtime = masked(two_four_mlp(), target=0.5, pattern="2:4")
     folder = tmp_path / "out"
-    export(model, folder, runtime=runtime, format="torch-sparse", input_shape=(256,))
+    export(model, folder, runtime=runtime, format=TorchSparse((8,)), input_shape=(256,))
     manifest = json.loads((folder / "manifest.json").read_text())
     state = load_file(folder / "model.safetensors")
     for name in manifest["layers"]:
@@ -504,6 +564,7 @@ def test_a_2_4_layer_of_a_gpu_export_loads_on_the_cpu_and_computes_dense(tmp_pat
         }  # fmt: skip
     save_file(state, folder / "model.safetensors")
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    rehash(folder)
     loaded = load_sparse(folder, two_four_mlp())
     assert all(isinstance(loaded.get_submodule(n), SemiStructuredLinear) for n in ("0", "2"))
     x = torch.randn(8, 256)
@@ -537,7 +598,7 @@ def test_a_2_4_model_exports_on_cuda_in_bf16_and_loads_back_on_its_kernels(tmp_p
         model,
         tmp_path / "out",
         runtime=runtime,
-        format=TorchSparse(batch_size=256, device="cuda", precision="bf16"),
+        format=TorchSparse(batch_sizes=(256,), device="cuda", precision="bf16"),
         input_shape=(256,),
     )
     layers = exported.manifest["layers"]
@@ -553,3 +614,40 @@ def test_a_2_4_model_exports_on_cuda_in_bf16_and_loads_back_on_its_kernels(tmp_p
         assert isinstance(module, SemiStructuredLinear) == (layer["kernel"] == "semi_structured")
         if layer["kernel"] == "semi_structured":
             assert module.problem is None
+
+
+class Fused(nn.Module):
+    """A block with a fast path its sparse layer turns off (as `TransformerEncoderLayer`):
+    slower with a CSR layer in it, whatever kernel that layer computes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 1024)
+        self.norm = nn.LayerNorm(1024)
+
+    def forward(self, x):
+        if isinstance(self.fc, CsrLayer):
+            time.sleep(0.01)
+        return self.norm(self.fc(x))
+
+
+def test_a_block_routed_dense_at_some_batches_is_rebuilt_dense_on_load(tmp_path):
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(Fused(), nn.ReLU(), nn.Linear(1024, 1024))  # CSR by far at 99%
+
+    model, runtime = masked(build(), target=0.99)
+    exported = export(
+        model, tmp_path / "out", runtime=runtime, format=TorchSparse((4,), threads=1),
+        input_shape=(1024,),
+    )  # fmt: skip
+    manifest = exported.manifest
+    assert manifest["dense_blocks"]["0"] == [{"batch": 4, "elements": 4096, "route": "dense"}]
+    assert manifest["memory"]["dense_blocks"] >= 4 * 1024 * 1024  # the block's dense copy
+    loaded = load_sparse(exported.path, build())
+    block = loaded.get_submodule("0")
+    assert isinstance(block.fc, CsrLayer) and dense_route(block) is not None
+    assert "0.fc.weight" not in loaded.state_dict()  # the dense copy is not in the state
+    x = torch.randn(4, 1024)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)

@@ -12,6 +12,7 @@ from acdc_recipe.errors import UserError
 from acdc_recipe.formats.run_dir import (
     BuildDir,
     ExportDir,
+    ModelFolder,
     RunDir,
     RunDirectoryError,
     TrainerDir,
@@ -26,7 +27,7 @@ def names_the_module_owns() -> set[str]:
     """Every file and folder name `run_dir.py` hands out."""
     where = Path("/x")
     owned = {RunDir(where).checkpoint_file(7).name, BuildDir(where).recipe.name}
-    for value in (RunDir(where), BuildDir(where), ExportDir(where)):
+    for value in (RunDir(where), BuildDir(where), ExportDir(where), ModelFolder(where)):
         for attribute in dir(type(value)):
             found = getattr(value, attribute)
             if isinstance(found, Path):

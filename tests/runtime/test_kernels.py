@@ -18,12 +18,14 @@ from acdc_recipe.runtime.kernels import (
     time_paths,
 )
 from acdc_recipe.runtime.kernels.inference import (
-    PRODUCTS,
+    KERNELS,
     CsrAttention,
     CsrLayer,
+    Dispatch,
     eligible_layers,
     module_calls,
     sparse_inference_model,
+    without_fused_paths,
 )
 from acdc_recipe.runtime.kernels.timing import time_calls
 
@@ -152,17 +154,68 @@ def test_a_copied_layer_has_its_own_slot_and_operands():
     assert torch.equal(twin.operands.flat_index, layer.operands.flat_index)
 
 
-@pytest.mark.parametrize("product", PRODUCTS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("factory,shape", LAYERS)
-def test_csr_inference_layers_compute_the_masked_layer(factory, shape, product):
+def test_csr_inference_layers_compute_the_masked_layer(factory, shape, kernel):
     module, _ = masked(factory, density=0.2)
-    twin = CsrLayer.of(module, product=product)
+    twin = CsrLayer.of(module, dispatch=Dispatch.always(kernel))
     x = torch.randn(shape, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), module(x))
+        torch.testing.assert_close(twin(x[:1]), module(x[:1]))  # one column: torch.mv
     assert torch.equal(twin.dense_weight(), module.weight.detach())
     assert twin.weight_values.numel() == int((module.weight != 0).sum())
-    assert "weight" not in dict(twin.named_buffers())  # nothing dense is kept
+    assert "weight" not in twin.state_dict()  # nothing dense is saved
+
+
+def test_a_dispatch_takes_the_kernel_measured_nearest_on_a_log_scale():
+    dispatch = Dispatch.of([(64, "bag"), (1, "mm"), (8, "dense")])
+    assert dispatch.columns == (1, 8, 64)
+    picks = {n: dispatch.kernel(n) for n in (1, 2, 3, 8, 22, 23, 64, 5000)}
+    assert picks == {1: "mm", 2: "mm", 3: "dense", 8: "dense", 22: "dense", 23: "bag",
+                     64: "bag", 5000: "bag"}  # fmt: skip
+    assert dispatch.needs_dense and dispatch.sparse
+    assert not Dispatch.always("bag").needs_dense
+    with pytest.raises(ValueError, match="unknown kernel"):
+        CsrLayer.of(nn.Linear(4, 4), dispatch=Dispatch.always("cuda"))
+
+
+def test_each_call_computes_on_the_kernel_its_batch_size_names(monkeypatch):
+    module, _ = masked(lambda: nn.Linear(64, 32), density=0.1)
+    twin = CsrLayer.of(module, dispatch=Dispatch.of([(1, "mm"), (4, "dense"), (32, "bag")]))
+    used = []
+    dense_weight = twin.dense_weight
+    monkeypatch.setattr(twin, "dense_weight", lambda: used.append("dense") or dense_weight())
+    original, one_sample = twin.multiply, twin._one_sample
+    monkeypatch.setattr(twin, "multiply", lambda m, k: used.append(k) or original(m, k))
+    monkeypatch.setattr(twin, "_one_sample", lambda x: used.append("mv") or one_sample(x))
+    with torch.no_grad():
+        for batch in (1, 5, 100):
+            x = torch.randn(batch, 64, dtype=torch.float64)
+            torch.testing.assert_close(twin(x), module(x))
+    assert used == ["mv", "dense", "bag"]  # mm with one column: torch.mv
+
+
+def test_a_csr_layer_in_training_mode_fine_tunes_its_kept_values():
+    module, mask = masked(lambda: nn.Linear(24, 16), density=0.3)
+    twin = CsrLayer.of(module, dispatch=Dispatch.always("dense")).train()
+    x = torch.randn(6, 24, dtype=torch.float64, requires_grad=True)
+    (twin(x) ** 2).sum().backward()
+    reference_x = x.detach().clone().requires_grad_()
+    (module(reference_x) ** 2).sum().backward()
+    kept = module.weight.grad[module.weight.detach() != 0]  # row-major, as the CSR values
+    torch.testing.assert_close(twin.weight_values.grad, kept)
+    torch.testing.assert_close(twin.bias.grad, module.bias.grad)
+    torch.testing.assert_close(x.grad, reference_x.grad)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.5)
+    optimizer.step()
+    with torch.no_grad():
+        module.weight.sub_(0.5 * module.weight.grad * mask)
+        module.bias.sub_(0.5 * module.bias.grad)
+    twin.eval()
+    with torch.no_grad():  # the dense copy follows the trained values
+        torch.testing.assert_close(twin(x), module(x))
+    assert torch.equal(twin.dense_weight() == 0, module.weight == 0)
 
 
 def test_an_encoder_layer_calls_its_csr_linear_in_inference():
@@ -172,34 +225,71 @@ def test_an_encoder_layer_calls_its_csr_linear_in_inference():
     with torch.no_grad():
         expected = layer(x)
         layer.linear1 = CsrLayer.of(layer.linear1)
+        without_fused_paths(layer)
         calls = []
         layer.linear1.register_forward_hook(lambda *a: calls.append(1))
         torch.testing.assert_close(layer(x), expected)
     assert calls  # the fast path, which would skip it, was not taken
 
 
-def test_inference_choice_times_every_eligible_layer_on_its_real_input():
+def test_inference_choice_times_every_eligible_layer_on_its_real_input_at_each_batch():
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)
     ).eval()
     layers = eligible_layers(model)
     assert list(layers) == ["0", "3"]
-    x = torch.randn(4, 3, 6, 6)
-    calls = module_calls(model, lambda: model(x))
+    inputs = {1: torch.randn(1, 3, 6, 6), 4: torch.randn(4, 3, 6, 6)}
+    calls = module_calls(model, lambda: model(inputs[4]))
     assert calls["0"][0][0].shape == (4, 3, 6, 6) and calls["3"][0][0].shape == (4, 288)
-    sparse, choices = sparse_inference_model(model, layers, lambda m: m(x))
+    runs = {b: (lambda m, x=x: m(x)) for b, x in inputs.items()}
+    result = sparse_inference_model(model, layers, runs)
+    sparse, choices = result.model, result.choices
     assert [c.name for c in choices] == ["0", "3"]
-    assert all(c.timing is not None for c in choices)
     for choice in choices:
-        wins = choice.timing.sparse_wins and choice.reverted_by is None
-        assert (choice.kernel == "csr") == wins
-        assert isinstance(sparse.get_submodule(choice.name), CsrLayer) == wins
+        assert [b.batch for b in choice.batches] == [1, 4]
+        assert [b.columns for b in choice.batches] == (
+            [36, 144] if choice.name == "0" else [1, 4]
+        )  # a convolution's output positions, a Linear's samples
+        for batch in choice.batches:
+            assert set(batch.ms) == set(KERNELS)
+            fastest = min(("bag", "mm"), key=batch.ms.__getitem__)
+            wins = batch.ms[fastest] <= 0.95 * batch.ms["dense"] and batch.reverted_by is None
+            assert batch.kernel == (fastest if wins else "dense")
+        twin = sparse.get_submodule(choice.name)
+        assert isinstance(twin, CsrLayer) == (choice.kernel == "csr")
+        if choice.kernel == "csr":
+            assert twin.dispatch == choice.dispatch
     assert not any(isinstance(m, CsrLayer) for m in model.modules())  # the original is kept
-    for choice in choices:
-        assert set(choice.product_ms) == set(PRODUCTS)
-        assert choice.timing.sparse_ms == min(choice.product_ms.values())
-        assert choice.product_ms[choice.product] == choice.timing.sparse_ms
+
+
+@pytest.fixture
+def one_thread():
+    """Timing-based choices on one thread: two threads on a busy two-core machine wait on each
+    other, and every kernel's time is then mostly that wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_sparse_layer_chooses_per_batch_and_the_model_computes_the_same_at_any_batch(
+    one_thread,
+):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand(1024, 1024) < 0.02)
+    runs = {b: (lambda m, b=b: m(torch.randn(b, 1024))) for b in (1, 64)}
+    result = sparse_inference_model(model, eligible_layers(model), runs)
+    sparse, choices = result.model, result.choices
+    big = next(c for c in choices if c.name == "0")
+    assert big.kernel == "csr", big.batches  # 2% dense at 64 columns: CSR wins by far
+    assert big.dispatch.kernel(64) in ("bag", "mm")
+    with torch.no_grad():
+        for batch in (1, 2, 7, 64, 300):
+            x = torch.randn(batch, 1024)
+            torch.testing.assert_close(sparse(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 class Flattens(nn.Module):
@@ -214,7 +304,7 @@ class Flattens(nn.Module):
         return y.view(y.shape[0], -1)
 
 
-def test_a_model_that_views_a_linear_output_gets_it_contiguous():
+def test_a_model_that_views_a_linear_output_gets_it_contiguous(one_thread):
     torch.manual_seed(0)
     model = Flattens().eval()
     with torch.no_grad():
@@ -223,20 +313,22 @@ def test_a_model_that_views_a_linear_output_gets_it_contiguous():
         transposed = CsrLayer.of(model.fc)(x)
         with pytest.raises(RuntimeError):
             transposed.view(16, -1)
-        sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
+        runs = {16: lambda m: m(x)}
+        result = sparse_inference_model(model, eligible_layers(model), runs)
+        sparse, (choice,) = result.model, result.choices
         assert choice.kernel == "csr" and choice.contiguous  # 1% dense, 128 columns: CSR wins
         torch.testing.assert_close(sparse(x), model(x))
 
 
 class Picky(nn.Module):
-    """Computes slower as a whole when its layer is a CSR one (as an encoder's fused path)."""
+    """Computes slower as a whole when its layer computes on a sparse kernel."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(1024, 1024)
 
     def forward(self, x):
-        if isinstance(self.fc, CsrLayer):
+        if isinstance(self.fc, CsrLayer) and self.fc.dispatch.kernel(x.shape[0]) != "dense":
             time.sleep(0.02)
         return self.fc(x)
 
@@ -264,23 +356,63 @@ def choose_in(block: nn.Module):
     with torch.no_grad():
         model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
     x = torch.randn(64, 1024)
-    sparse, (choice,) = sparse_inference_model(model, eligible_layers(model), lambda m: m(x))
-    return sparse, choice
+    runs = {64: lambda m: m(x)}
+    result = sparse_inference_model(model, eligible_layers(model), runs)
+    return result.model, result.choices[0], result.routes
 
 
 @pytest.mark.slow
-def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so():
-    sparse, choice = choose_in(SlowOnTransposed())
+def test_a_csr_linear_output_is_contiguous_where_its_block_is_faster_so(one_thread):
+    sparse, choice, _ = choose_in(SlowOnTransposed())
     assert choice.kernel == "csr" and choice.contiguous
     assert sparse[0].fc.contiguous
 
 
 @pytest.mark.slow
-def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense():
-    sparse, choice = choose_in(Picky())
-    assert choice.timing.sparse_wins  # the layer alone is faster on CSR
-    assert choice.kernel == "dense" and choice.reverted_by == "0"
-    assert not isinstance(sparse[0].fc, CsrLayer)
+def test_a_module_slower_as_a_whole_with_csr_layers_keeps_them_dense(one_thread):
+    sparse, choice, routes = choose_in(Picky())
+    (batch,) = choice.batches
+    assert min(batch.ms["bag"], batch.ms["mm"]) < 0.95 * batch.ms["dense"]  # alone: CSR wins
+    assert batch.kernel == "dense" and batch.reverted_by == "0"
+    assert choice.kernel == "dense" and not isinstance(sparse[0].fc, CsrLayer)
+    assert routes == []  # with its layer dense, the block is as fast as dense
+
+
+class Fused(nn.Module):
+    """Has a fast path its sparse layer turns off (as `TransformerEncoderLayer`): slower with a
+    CSR layer in it, whatever kernel that layer computes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 1024)
+
+    def forward(self, x):
+        if isinstance(self.fc, CsrLayer):
+            time.sleep(0.02)
+        return self.fc(x)
+
+
+@pytest.mark.slow
+def test_a_block_slower_even_with_its_layers_dense_computes_on_a_dense_copy_there(one_thread):
+    torch.manual_seed(0)
+    model = nn.Sequential(Fused(), nn.ReLU(), nn.Linear(1024, 1024)).eval()
+    with torch.no_grad():
+        model[0].fc.weight.mul_(torch.rand(1024, 1024) < 0.01)
+        model[2].weight.mul_(torch.rand(1024, 1024) < 0.01)  # CSR by far: the model is sparse
+    inputs = {64: torch.randn(64, 1024)}
+    result = sparse_inference_model(model, eligible_layers(model), {64: lambda m: m(inputs[64])})
+    (route,) = result.routes
+    assert route.name == "0" and route.batches == ((64, 64 * 1024, "dense"),)
+    fc, outer = result.choices
+    assert fc.name == "0.fc" and fc.kernel == "csr"  # the twin stays, for other batches
+    assert outer.name == "2" and outer.kernel == "csr", outer.batches
+    with torch.no_grad():
+        x = torch.randn(64, 1024)
+        torch.testing.assert_close(result.model(x), model(x))
+    assert "0.fc.weight" not in result.model.state_dict()  # the dense copy is not saved
+    copied = copy.deepcopy(result.model)
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), model(x))
 
 
 def test_attention_is_eligible_whole_not_by_its_projections():
@@ -358,5 +490,92 @@ def test_an_encoder_layer_runs_on_its_csr_attention():
         x = torch.randn(2, 5, 16)
         expected = layer(x, src_key_padding_mask=PADDING)
         layer.self_attn = CsrAttention.of(layer.self_attn)
+        without_fused_paths(layer)
         torch.testing.assert_close(layer(x, src_key_padding_mask=PADDING), expected)
     assert not layer.self_attn._dense
+
+
+def test_a_csr_attention_in_training_mode_fine_tunes_its_projections():
+    attention = masked_attention(True, True).train()
+    twin = CsrAttention.of(attention).train()
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    twin(x, x, x, need_weights=False)[0].square().sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    attention(reference, reference, reference, need_weights=False)[0].square().sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+    kept = attention.out_proj.weight.grad[attention.out_proj.weight.detach() != 0]
+    torch.testing.assert_close(twin.out_proj.weight_values.grad, kept)
+    assert twin.in_proj.weight_values.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="fine-tunes self-attention calls only"):
+        twin(x, x, x)  # need_weights=True: the dense module, which would not learn
+
+
+def test_an_encoder_layer_whose_twins_compute_dense_at_a_batch_takes_its_fused_path_there(
+    monkeypatch,
+):
+    """Its layers computing dense cannot beat the fused path the twins turned off: at such a
+    batch the block computes on its dense copy, without a timing to decide it."""
+    from acdc_recipe.runtime.kernels import blocks, inference
+    from acdc_recipe.runtime.kernels.choices import BatchChoice
+    from acdc_recipe.runtime.kernels.timing import KernelTiming
+
+    def chosen(module, twin, batch, call):  # CSR at batch 16 only
+        x = call[0][0]
+        kernel = "bag" if batch == 16 else "dense"
+        return BatchChoice(batch, inference._columns(module, x), kernel, {"dense": 1.0})
+
+    def timed(dense, sparse, device, rounds=None):  # the block is faster sparse at batch 16
+        if isinstance(dense.func, nn.Sequential):  # the model, its block routed: as fast
+            return KernelTiming(1.0, 0.99)
+        return KernelTiming(1.0, 0.5 if sparse.args[0].shape[0] == 16 else 1.01)
+
+    monkeypatch.setattr(inference, "_choose_batch", chosen)
+    monkeypatch.setattr(blocks, "time_paths", timed)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True))
+    model.eval()
+    inputs = {b: torch.randn(b, 5, 16) for b in (1, 16)}
+    runs = {b: (lambda m, x=x: m(x)) for b, x in inputs.items()}
+    monkeypatch.setattr(inference, "_choose_layouts", lambda *a: None)
+    result = sparse_inference_model(model, eligible_layers(model), runs)
+    # at batch 1 nothing is sparse any more: the model computes on its dense copy there (the
+    # layer's own route is then moot and removed)
+    assert result.routes == [inference.BlockRoute("", ((1, 80, "dense"), (16, 1280, "sparse")))]
+    assert {c.kernel for c in result.choices} == {"csr"}
+    with torch.no_grad():
+        for x in inputs.values():
+            torch.testing.assert_close(result.model(x), model(x))
+
+
+def test_an_encoder_layer_made_dense_by_the_model_around_it_takes_its_fused_path(monkeypatch):
+    """The model as a whole is slower sparse, so every layer in it computes dense at that
+    batch: the encoder layer in it then computes on its dense copy (its fused path), not on
+    twins computing dense without it."""
+    from acdc_recipe.runtime.kernels import blocks, inference
+    from acdc_recipe.runtime.kernels.choices import BatchChoice
+    from acdc_recipe.runtime.kernels.timing import KernelTiming
+
+    def chosen(module, twin, batch, call):
+        return BatchChoice(batch, inference._columns(module, call[0][0]), "bag", {"dense": 1.0})
+
+    def timed(dense, sparse, device, rounds=None):  # the block alone wins, the model does not
+        whole = isinstance(dense.func, nn.Sequential)
+        return KernelTiming(1.0, 1.01 if whole else 0.5)
+
+    monkeypatch.setattr(inference, "_choose_batch", chosen)
+    monkeypatch.setattr(inference, "_choose_layouts", lambda *a: None)
+    monkeypatch.setattr(blocks, "time_paths", timed)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True),
+        nn.Flatten(),
+        nn.Linear(80, 4),
+    ).eval()
+    x = torch.randn(2, 5, 16)
+    result = sparse_inference_model(model, eligible_layers(model), {2: lambda m: m(x)})
+    # nothing is sparse at that batch: the model computes on its dense copy (one hop)
+    assert [(route.name, route.batches) for route in result.routes] == [("", ((2, 160, "dense"),))]
+    kernels = {c.name: c.kernel for c in result.choices}
+    assert kernels["2"] == "dense" and kernels["0.linear1"] == "csr"  # moot: the copy computes
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x))
