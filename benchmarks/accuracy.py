@@ -279,14 +279,8 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
     folder = out / job.key
     if not (folder / "summary.json").exists():
         return None
-    from acdc_recipe.runtime.events import MasksComputed
-    from acdc_recipe.runtime.train.records import EpochEnded, RunStarted, read_records
-
-    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    records = read_records(folder / "metrics.jsonl")
-    started = [r for r in records if isinstance(r, RunStarted)][-1]
-    spe = started.steps_per_epoch
-    twin = summary["dense_top1"] if job.method in ("acdc", "dense") else None
+    run = read_run(folder)
+    twin = run["dense_snapshot_top1"] if job.method in ("acdc", "dense") else None
     return {
         "key": job.key,
         "arch": job.arch,
@@ -295,10 +289,30 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
         "target": job.target,
         "scope": job.scope,
         "seed": job.seed,
-        "sparse_top1": summary["sparse_top1"],
+        "sparse_top1": run["sparse_top1"],
         "dense_twin_top1": twin,
+        "dense_snapshot_top1": run["dense_snapshot_top1"],
+        "top1": run["sparse_top1"] if run["sparse_top1"] is not None else twin,
+        **{k: v for k, v in run.items() if k not in ("sparse_top1", "dense_snapshot_top1")},
+        "command": command(job, mode, folder),
+    }
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """What a finished run directory measured: top-1 and loss of the final and the dense model,
+    exact sparsity, FLOPs multipliers, wall time, the per-epoch curve and every mask computation."""
+    from acdc_recipe.runtime.events import MasksComputed
+    from acdc_recipe.runtime.train.records import EpochEnded, RunStarted, read_records
+
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    records = read_records(folder / "metrics.jsonl")
+    started = [r for r in records if isinstance(r, RunStarted)][-1]
+    spe = started.steps_per_epoch
+    return {
+        "sparse_top1": summary["sparse_top1"],
         "dense_snapshot_top1": summary["dense_top1"],
-        "top1": summary["sparse_top1"] if summary["sparse_top1"] is not None else twin,
+        "sparse_loss": summary["sparse_loss"],
+        "dense_snapshot_loss": summary["dense_loss"],
         "achieved_sparsity": summary["achieved_sparsity"],
         "training_flops": summary["training_flops_multiplier"],
         "inference_flops": summary["inference_flops_multiplier"],
@@ -307,7 +321,14 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
         "phases": started.phases,
         "steps_per_epoch": spe,
         "curve": [
-            {"epoch": r.epoch, "phase": r.phase, "top1": r.top1}
+            {
+                "epoch": r.epoch,
+                "phase": r.phase,
+                "top1": r.top1,
+                "val_loss": r.val_loss,
+                "train_loss": r.train_loss,
+                "seconds": r.seconds,
+            }
             for r in records
             if isinstance(r, EpochEnded)
         ],
@@ -322,7 +343,6 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
             for r in records
             if isinstance(r, MasksComputed)
         ],
-        "command": command(job, mode, folder),
     }
 
 
