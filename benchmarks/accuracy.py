@@ -8,11 +8,14 @@ learning-rate schedule. Per run: sparse top-1, dense-twin top-1, exact sparsity,
 inference FLOPs as multiples of dense, wall time, and the mask change at every re-pruning;
 per configuration: mean and sample std over seeds.
 
-    python benchmarks/accuracy.py [--quick | --only wide] [--jobs 2] [--out runs/accuracy]
+    python benchmarks/accuracy.py [--quick | --only wide|lamp] [--jobs 2] [--out runs/accuracy]
 
 `--only wide` runs just the wide-CNN check (cnn32: the built-in cnn at width 32) with the full
 mode's budget: dense, AC/DC global 90/95% and GMP 90/95%, one seed; it writes
-accuracy_wide.json and the figures under benchmarks/plots/wide.
+accuracy_wide.json and the figures under benchmarks/plots/wide. `--only lamp` runs the guard
+against layer collapse on the width-8 CNN at 95% with the full mode's budget: AC/DC with
+`scope: lamp`, beside AC/DC global and GMP (3 seeds each), GMP with lamp and AC/DC with
+`min_density: 0.02`; it writes accuracy_lamp.json and benchmarks/plots/lamp.
 
 Resumable: a run whose summary.json exists is skipped, an interrupted one resumes from its
 newest checkpoint. Prints a table, writes benchmarks/results/accuracy.json (accuracy_quick.json
@@ -183,6 +186,18 @@ def wide_matrix() -> list[Job]:
     """The wide-CNN check: does the small CNN's AC/DC collapse at 95% survive more weights?"""
     configs = [("acdc", 0.95), ("gmp", 0.95), ("dense", None), ("acdc", 0.9), ("gmp", 0.9)]
     return [Job(WIDE_ARCH, method, 0, target) for method, target in configs]
+
+
+def lamp_matrix() -> list[Job]:
+    """The guard check: does `scope: lamp` (or a `min_density` floor) keep the width-8 CNN at
+    95% alive where global magnitude pruning empties a layer and collapses?"""
+    jobs = [Job("cnn", m, seed, 0.95, s) for seed in range(3) for m, s in LAMP_CONFIGS]
+    jobs.append(Job("cnn", "gmp", 0, 0.95, "lamp"))
+    jobs.append(Job("cnn", "acdc", 0, 0.95, "global", (("min_density", 0.02),)))
+    return jobs
+
+
+LAMP_CONFIGS = (("acdc", "lamp"), ("acdc", "global"), ("gmp", "global"))
 
 
 @functools.cache
@@ -467,7 +482,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="9 epochs, 3k samples, 1 seed")
     parser.add_argument(
-        "--only", choices=("wide",), default=None, help="wide: just the width-32 CNN check"
+        "--only",
+        choices=("wide", "lamp"),
+        default=None,
+        help="wide: just the width-32 CNN check; lamp: just the layer-collapse guard check",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     parser.add_argument("--out", type=Path, default=None, help="run directories")
@@ -480,18 +498,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.data_root:
         os.environ[DATA_ROOT_ENV] = args.data_root
     if args.quick and args.only:
-        parser.error("--only wide uses the full mode's budget; it cannot be combined with --quick")
+        parser.error(
+            f"--only {args.only} uses the full mode's budget; it cannot be combined with --quick"
+        )
     mode = MODES["quick" if args.quick else "full"]
     out = args.out or ROOT / "runs" / f"accuracy-{mode.name}"
     suffix = f"_{args.only}" if args.only else ("_quick" if args.quick else "")
     results = RESULTS / f"accuracy{suffix}.json"
     plots = PLOTS / (args.only or mode.name)
-    jobs = wide_matrix() if args.only == "wide" else None
+    jobs = {"wide": wide_matrix, "lamp": lamp_matrix}[args.only]() if args.only else None
     payload = benchmark(mode, out, args.jobs, results, plots, jobs)
     print(table(payload["configs"]))
     print()
     print(mask_table(payload["configs"]))
-    if args.only == "wide":
+    if args.only:
         print()
         print(emptied_table(payload["runs"]))
     print(f"wrote {results} and figures under {plots}")
