@@ -131,3 +131,15 @@ def test_a_small_run_writes_the_table_and_figures_and_stops_on_request(
     assert "acdc90" in accuracy_regime.mask_table(payload["configs"])
     assert {p.name for p in plots.iterdir()} == {"regime_mlp_90.svg", "regime_mask_change_mlp.svg"}
     assert results.exists()
+
+
+def test_a_run_claimed_by_a_live_runner_is_left_to_it(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / accuracy_regime.CLAIM_FILE).write_text(str(os.getppid()))
+    assert not accuracy_regime._claim(folder)  # the parent process is alive
+    (folder / accuracy_regime.CLAIM_FILE).write_text("999999999")  # no such process
+    assert accuracy_regime._claim(folder)
+    assert (folder / accuracy_regime.CLAIM_FILE).read_text() == str(os.getpid())
