@@ -413,7 +413,12 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['wall_seconds']:.0f}",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head) + 1)]
+    return aligned(lines)
+
+
+def aligned(lines: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as left-aligned columns, the first row a header underlined by dashes."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
 

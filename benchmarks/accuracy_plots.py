@@ -65,9 +65,6 @@ def mask_figure(payload: dict[str, Any], arch: str, study: bool = False) -> str 
 
 def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
     """Write every figure the payload has data for; returns the paths."""
-    from acdc_recipe.files import write_text_atomic
-
-    folder.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str | None] = {}
     for arch in sorted({r["arch"] for r in payload["runs"]}):
         figures[f"mask_change_{arch}.svg"] = mask_figure(payload, arch)
@@ -76,6 +73,14 @@ def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
             figures[f"accuracy_{arch}_{round(100 * target)}.svg"] = accuracy_figure(
                 payload, arch, target
             )
+    return write_svgs(figures, folder)
+
+
+def write_svgs(figures: dict[str, str | None], folder: Path) -> list[Path]:
+    """Write each figure that has data (not None) as `folder/name`; returns the paths."""
+    from acdc_recipe.files import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, svg in figures.items():
         if svg is not None:

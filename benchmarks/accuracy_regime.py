@@ -43,6 +43,7 @@ from benchmarks.accuracy import (  # noqa: E402
     _mean_std,
     _pct,
     _train_job,
+    aligned,
     declared_variables,
     read_run,
 )
@@ -305,9 +306,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['wall_seconds']:.0f}",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
+    return aligned(lines)
 
 
 def mask_table(rows: Sequence[dict[str, Any]]) -> str:

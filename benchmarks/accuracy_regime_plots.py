@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from acdc_recipe.runtime.train.charts import Band, Series, line_chart, standalone
+from benchmarks.accuracy_plots import write_svgs
 
 LABELS = {"dense": "dense", "acdc": "AC/DC", "gmp": "GMP", "gmp-lamp": "GMP lamp"}
 MODELS = {"mlp": "LeNet-300-100", "gpt2": "tiny GPT-2 (next byte)"}
@@ -66,9 +67,6 @@ def mask_figure(payload: dict[str, Any], arch: str) -> str | None:
 
 def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
     """Write every figure the payload has data for; returns the paths."""
-    from acdc_recipe.files import write_text_atomic
-
-    folder.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str | None] = {}
     for arch in sorted({r["arch"] for r in payload["runs"]}):
         figures[f"regime_mask_change_{arch}.svg"] = mask_figure(payload, arch)
@@ -76,9 +74,4 @@ def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
         for config in (c for c in acdc_configs if c.startswith("acdc") and "-lamp" not in c):
             name = f"regime_{arch}_{_suffix(config).replace(':', 'of')}.svg"
             figures[name] = curve_figure(payload, arch, config)
-    written = []
-    for name, svg in figures.items():
-        if svg is not None:
-            write_text_atomic(folder / name, svg)
-            written.append(folder / name)
-    return written
+    return write_svgs(figures, folder)
