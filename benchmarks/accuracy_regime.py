@@ -12,10 +12,12 @@ command is stored with the run).
     python benchmarks/accuracy_regime.py [--jobs 2] [--out DIR] [--only mlp|cnn|gpt2] [--list]
 
 The queue runs the most important comparisons first (the MLP's AC/DC, GMP and dense at
-90/95/98%, then the CNN at 95%, then the GPT-2, then the guard and one-shot pruning). Resumable:
+90/95/98%, then the CNN at 95% with one seed, the GPT-2, the CNN's other seeds, then the guard
+and one-shot pruning). Resumable:
 a run whose summary.json exists is skipped, an interrupted one resumes from its newest
-checkpoint. `touch OUT/STOP` lets the runs in progress finish and starts no new one; several
-runners may share one OUT (each claims the runs it trains). Prints a
+checkpoint. `touch OUT/STOP` lets the runs in progress finish and starts no new one
+(`OUT/STOP.<pid>`: only for that runner); several runners may share one OUT (each claims the
+runs it trains). Prints a
 table, writes benchmarks/results/accuracy_regime.json and the figures under
 benchmarks/plots/regime/.
 """
@@ -120,12 +122,16 @@ def matrix(cnn: str = CNN_ARCH) -> list[Job]:
     for seed in SEEDS:  # 1. the MLP: AC/DC against the paper's GMP and dense
         jobs.append(Job("mlp", "dense", seed))
         jobs += [Job("mlp", m, seed, t) for t in MLP_TARGETS for m in ("acdc", "gmp")]
-    for seed in SEEDS:  # 2. the CNN at 95%
-        jobs += [Job(cnn, "dense", seed)]
-        jobs += [Job(cnn, m, seed, CNN_TARGET) for m in ("acdc", "gmp")]
+    cnn_core = [
+        Job(cnn, m, seed, None if m == "dense" else CNN_TARGET)
+        for seed in SEEDS
+        for m in ("dense", "acdc", "gmp")
+    ]
+    jobs += cnn_core[:3]  # 2. the CNN at 95%, seed 0
     jobs.append(Job("gpt2", "dense"))  # 3. the GPT-2: 50%, 75% and 2:4 (one seed)
     jobs += [Job("gpt2", m, 0, t) for t in GPT2_TARGETS for m in ("acdc", "gmp")]
     jobs.append(Job("gpt2", "acdc", 0, 0.5, pattern="2:4"))
+    jobs += cnn_core[3:]  # the CNN's seeds 1 and 2 (a CNN run costs four GPT-2 runs)
     # 4. the guard (layer-adaptive scores) where layers collapse, and one-shot pruning
     jobs += [Job(cnn, m, seed, CNN_TARGET, "lamp") for seed in SEEDS for m in ("gmp", "acdc")]
     jobs += [Job(cnn, "oneshot", seed, CNN_TARGET) for seed in SEEDS]
@@ -149,7 +155,7 @@ def run_queue(jobs: Sequence[Job], out: Path, workers: int) -> dict[str, str | N
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs done already; {len(todo)} to go")
     errors: dict[str, str | None] = {}
     if workers <= 1:  # in this process, one after the other
-        while todo and not (out / STOP_FILE).exists():
+        while todo and not _stopped(out):
             job = todo.pop(0)
             if _claim(out / job.key):
                 errors[job.key] = _train_job(job.recipe, job.variables(), str(out / job.key), 1)
@@ -159,7 +165,7 @@ def run_queue(jobs: Sequence[Job], out: Path, workers: int) -> dict[str, str | N
     running: dict[Future, Job] = {}
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         while todo or running:
-            stop = (out / STOP_FILE).exists()
+            stop = _stopped(out)
             while todo and len(running) < workers and not stop:
                 job = todo.pop(0)
                 if not _claim(out / job.key):
@@ -168,7 +174,7 @@ def run_queue(jobs: Sequence[Job], out: Path, workers: int) -> dict[str, str | N
                 print(f"{time.strftime('%H:%M:%S')} start {job.key}", flush=True)
                 running[pool.submit(_train_job, job.recipe, job.variables(), folder, 1)] = job
             if not running:
-                print(f"{out / STOP_FILE} exists: {len(todo)} runs not started")
+                print(f"asked to stop in {out}: {len(todo)} runs not started")
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -177,6 +183,11 @@ def run_queue(jobs: Sequence[Job], out: Path, workers: int) -> dict[str, str | N
                 (out / job.key / CLAIM_FILE).unlink(missing_ok=True)
                 _report(job, out, errors[job.key])
     return errors
+
+
+def _stopped(out: Path) -> bool:
+    """Whether OUT/STOP or OUT/STOP.<this process's pid> exists."""
+    return (out / STOP_FILE).exists() or (out / f"{STOP_FILE}.{os.getpid()}").exists()
 
 
 CLAIM_FILE = "claimed-by"  # the pid of the runner training the run

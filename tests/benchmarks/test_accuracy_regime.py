@@ -4,6 +4,7 @@ headline comparisons first, and a small run of the harness writes its table and 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -97,10 +98,12 @@ def test_the_queue_trains_the_headline_comparisons_first() -> None:
     assert {(j.target, j.seed) for j in first if j.method == "acdc"} == {
         (t, s) for t in (0.9, 0.95, 0.98) for s in (0, 1, 2)
     }
-    cnn = jobs[21:30]
+    cnn = jobs[21:24] + jobs[30:36]
     assert {j.arch for j in cnn} == {accuracy_regime.CNN_ARCH}
     assert {j.target for j in cnn if j.target} == {0.95}
-    assert jobs[30].arch == "gpt2"
+    assert [j.config for j in cnn[:3]] == ["dense", "acdc95", "gmp95"]
+    assert {j.seed for j in cnn[:3]} == {0} and {j.seed for j in cnn[3:]} == {1, 2}
+    assert {j.arch for j in jobs[24:30]} == {"gpt2"}
     assert {j.config for j in jobs if j.arch == "gpt2"} >= {"acdc-2:4", "gmp50", "gmp-lamp75"}
 
 
@@ -118,6 +121,9 @@ def test_a_small_run_writes_the_table_and_figures_and_stops_on_request(
     (tmp_path / "out" / accuracy_regime.STOP_FILE).touch()
     assert accuracy_regime.run_queue(jobs, tmp_path / "out", 1) == {}  # nothing started
     (tmp_path / "out" / accuracy_regime.STOP_FILE).unlink()
+    (tmp_path / "out" / f"{accuracy_regime.STOP_FILE}.{os.getpid()}").touch()  # this runner
+    assert accuracy_regime.run_queue(jobs, tmp_path / "out", 1) == {}
+    (tmp_path / "out" / f"{accuracy_regime.STOP_FILE}.{os.getpid()}").unlink()
     results, plots = tmp_path / "regime.json", tmp_path / "plots"
     payload = accuracy_regime.benchmark(jobs, tmp_path / "out", 1, results, plots)
     assert payload["failed"] == {} and payload["missing"] == []
@@ -134,8 +140,6 @@ def test_a_small_run_writes_the_table_and_figures_and_stops_on_request(
 
 
 def test_a_run_claimed_by_a_live_runner_is_left_to_it(tmp_path: Path) -> None:
-    import os
-
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / accuracy_regime.CLAIM_FILE).write_text(str(os.getppid()))
