@@ -10,6 +10,7 @@ row equals `PYTHONPATH=. acdc run benchmarks/recipes/regime/<method>.yaml --set 
 command is stored with the run).
 
     python benchmarks/accuracy_regime.py [--jobs 2] [--out DIR] [--only mlp|cnn|gpt2] [--list]
+    python benchmarks/accuracy_regime.py --collect --out DIR  # tables of what has finished
 
 The queue runs the most important comparisons first (the MLP's AC/DC, GMP and dense at
 90/95/98%, then the CNN at 95% with one seed, the GPT-2, the CNN's other seeds, then the guard
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -335,6 +337,32 @@ def mask_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table as Markdown, each row with the command that re-measures it (seed S)."""
+    head = "| model | config | n | top-1 % | dense twin % | loss | twin loss | sparsity | train F "
+    head += "| infer F | wall s | re-measure (S: each seed) |"
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        n = r["seeds"]
+        command = re.sub(r"--set seed=\d+", "--set seed=S", r["command"]).split(" --out ")[0]
+        cells = [
+            r["arch"],
+            r["config"],
+            str(n),
+            _pct(r["top1"], r["top1_std"], n),
+            _pct(r["dense_twin_top1"], r["dense_twin_top1_std"], n),
+            _loss(r["loss"], r["loss_std"], n),
+            _loss(r["dense_twin_loss"], r["dense_twin_loss_std"], n),
+            f"{100 * r['achieved_sparsity']:.2f}%",
+            f"{r['training_flops']:.3f}",
+            f"{r['inference_flops']:.3f}",
+            f"{r['wall_seconds']:.0f}",
+            f"`{command}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def benchmark(
     jobs: Sequence[Job],
     out: Path,
@@ -374,6 +402,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--list", action="store_true", help="print the queue and exit")
     parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: write the JSON, figures and tables (also as Markdown) of the "
+        "finished runs",
+    )
+    parser.add_argument(
         "--data-root",
         default=None,
         help="folder with the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)",
@@ -388,10 +422,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             done = (args.out / job.key / "summary.json").exists()
             print(f"{'done' if done else 'todo'}  {job.command(args.out / job.key)}")
         return
-    payload = benchmark(jobs, args.out, args.jobs, RESULTS, PLOTS, train)
+    payload = benchmark(jobs, args.out, args.jobs, RESULTS, PLOTS, [] if args.collect else train)
     print(table(payload["configs"]))
     print()
     print(mask_table(payload["configs"]))
+    if args.collect:
+        print()
+        print(markdown(payload["configs"]))
     print(f"wrote {RESULTS} and figures under {PLOTS}")
     if payload["failed"] or payload["missing"]:
         print(f"failed: {payload['failed']}; missing: {payload['missing']}")

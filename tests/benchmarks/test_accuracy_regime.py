@@ -135,6 +135,9 @@ def test_a_small_run_writes_the_table_and_figures_and_stops_on_request(
     text = accuracy_regime.table(payload["configs"])
     assert "acdc90" in text and "dense" in text
     assert "acdc90" in accuracy_regime.mask_table(payload["configs"])
+    rows = accuracy_regime.markdown(payload["configs"]).splitlines()
+    assert len(rows) == 4 and "--set seed=S --set sparsity=0.9" in rows[3]
+    assert "--out" not in rows[3] and rows[3].count("|") == 13
     assert {p.name for p in plots.iterdir()} == {"regime_mlp_90.svg", "regime_mask_change_mlp.svg"}
     assert results.exists()
 
