@@ -8,11 +8,14 @@ learning-rate schedule. Per run: sparse top-1, dense-twin top-1, exact sparsity,
 inference FLOPs as multiples of dense, wall time, and the mask change at every re-pruning;
 per configuration: mean and sample std over seeds.
 
-    python benchmarks/accuracy.py [--quick | --only wide] [--jobs 2] [--out runs/accuracy]
+    python benchmarks/accuracy.py [--quick | --only wide|lamp] [--jobs 2] [--out runs/accuracy]
 
 `--only wide` runs just the wide-CNN check (cnn32: the built-in cnn at width 32) with the full
 mode's budget: dense, AC/DC global 90/95% and GMP 90/95%, one seed; it writes
-accuracy_wide.json and the figures under benchmarks/plots/wide.
+accuracy_wide.json and the figures under benchmarks/plots/wide. `--only lamp` runs the guard
+against layer collapse on the width-8 CNN at 95% with the full mode's budget: AC/DC with
+`scope: lamp`, beside AC/DC global and GMP (3 seeds each), GMP with lamp and AC/DC with
+`min_density: 0.02`; it writes accuracy_lamp.json and benchmarks/plots/lamp.
 
 Resumable: a run whose summary.json exists is skipped, an interrupted one resumes from its
 newest checkpoint. Prints a table, writes benchmarks/results/accuracy.json (accuracy_quick.json
@@ -185,6 +188,18 @@ def wide_matrix() -> list[Job]:
     return [Job(WIDE_ARCH, method, 0, target) for method, target in configs]
 
 
+def lamp_matrix() -> list[Job]:
+    """The guard check: does `scope: lamp` (or a `min_density` floor) keep the width-8 CNN at
+    95% alive where global magnitude pruning empties a layer and collapses?"""
+    jobs = [Job("cnn", m, seed, 0.95, s) for seed in range(3) for m, s in LAMP_CONFIGS]
+    jobs.append(Job("cnn", "gmp", 0, 0.95, "lamp"))
+    jobs.append(Job("cnn", "acdc", 0, 0.95, "global", (("min_density", 0.02),)))
+    return jobs
+
+
+LAMP_CONFIGS = (("acdc", "lamp"), ("acdc", "global"), ("gmp", "global"))
+
+
 @functools.cache
 def declared_variables(method: str) -> frozenset[str]:
     text = (RECIPES / f"{method}.yaml").read_text(encoding="utf-8")
@@ -279,14 +294,8 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
     folder = out / job.key
     if not (folder / "summary.json").exists():
         return None
-    from acdc_recipe.formats.records import EpochEnded, RunStarted, read_records
-    from acdc_recipe.runtime.events import MasksComputed
-
-    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    records = read_records(folder / "metrics.jsonl")
-    started = [r for r in records if isinstance(r, RunStarted)][-1]
-    spe = started.steps_per_epoch
-    twin = summary["dense_top1"] if job.method in ("acdc", "dense") else None
+    run = read_run(folder)
+    twin = run["dense_snapshot_top1"] if job.method in ("acdc", "dense") else None
     return {
         "key": job.key,
         "arch": job.arch,
@@ -295,10 +304,30 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
         "target": job.target,
         "scope": job.scope,
         "seed": job.seed,
-        "sparse_top1": summary["sparse_top1"],
+        "sparse_top1": run["sparse_top1"],
         "dense_twin_top1": twin,
+        "dense_snapshot_top1": run["dense_snapshot_top1"],
+        "top1": run["sparse_top1"] if run["sparse_top1"] is not None else twin,
+        **{k: v for k, v in run.items() if k not in ("sparse_top1", "dense_snapshot_top1")},
+        "command": command(job, mode, folder),
+    }
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """What a finished run directory measured: top-1 and loss of the final and the dense model,
+    exact sparsity, FLOPs multipliers, wall time, the per-epoch curve and every mask computation."""
+    from acdc_recipe.formats.records import EpochEnded, RunStarted, read_records
+    from acdc_recipe.runtime.events import MasksComputed
+
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    records = read_records(folder / "metrics.jsonl")
+    started = [r for r in records if isinstance(r, RunStarted)][-1]
+    spe = started.steps_per_epoch
+    return {
+        "sparse_top1": summary["sparse_top1"],
         "dense_snapshot_top1": summary["dense_top1"],
-        "top1": summary["sparse_top1"] if summary["sparse_top1"] is not None else twin,
+        "sparse_loss": summary["sparse_loss"],
+        "dense_snapshot_loss": summary["dense_loss"],
         "achieved_sparsity": summary["achieved_sparsity"],
         "training_flops": summary["training_flops_multiplier"],
         "inference_flops": summary["inference_flops_multiplier"],
@@ -307,7 +336,14 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
         "phases": started.phases,
         "steps_per_epoch": spe,
         "curve": [
-            {"epoch": r.epoch, "phase": r.phase, "top1": r.top1}
+            {
+                "epoch": r.epoch,
+                "phase": r.phase,
+                "top1": r.top1,
+                "val_loss": r.val_loss,
+                "train_loss": r.train_loss,
+                "seconds": r.seconds,
+            }
             for r in records
             if isinstance(r, EpochEnded)
         ],
@@ -322,7 +358,6 @@ def collect(job: Job, mode: Mode, out: Path) -> dict[str, Any] | None:
             for r in records
             if isinstance(r, MasksComputed)
         ],
-        "command": command(job, mode, folder),
     }
 
 
@@ -378,7 +413,12 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['wall_seconds']:.0f}",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head) + 1)]
+    return aligned(lines)
+
+
+def aligned(lines: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as left-aligned columns, the first row a header underlined by dashes."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
 
@@ -447,7 +487,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="9 epochs, 3k samples, 1 seed")
     parser.add_argument(
-        "--only", choices=("wide",), default=None, help="wide: just the width-32 CNN check"
+        "--only",
+        choices=("wide", "lamp"),
+        default=None,
+        help="wide: just the width-32 CNN check; lamp: just the layer-collapse guard check",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     parser.add_argument("--out", type=Path, default=None, help="run directories")
@@ -460,18 +503,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.data_root:
         os.environ[DATA_ROOT_ENV] = args.data_root
     if args.quick and args.only:
-        parser.error("--only wide uses the full mode's budget; it cannot be combined with --quick")
+        parser.error(
+            f"--only {args.only} uses the full mode's budget; it cannot be combined with --quick"
+        )
     mode = MODES["quick" if args.quick else "full"]
     out = args.out or ROOT / "runs" / f"accuracy-{mode.name}"
     suffix = f"_{args.only}" if args.only else ("_quick" if args.quick else "")
     results = RESULTS / f"accuracy{suffix}.json"
     plots = PLOTS / (args.only or mode.name)
-    jobs = wide_matrix() if args.only == "wide" else None
+    jobs = {"wide": wide_matrix, "lamp": lamp_matrix}[args.only]() if args.only else None
     payload = benchmark(mode, out, args.jobs, results, plots, jobs)
     print(table(payload["configs"]))
     print()
     print(mask_table(payload["configs"]))
-    if args.only == "wide":
+    if args.only:
         print()
         print(emptied_table(payload["runs"]))
     print(f"wrote {results} and figures under {plots}")

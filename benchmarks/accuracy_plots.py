@@ -1,7 +1,8 @@
 """Figures of the accuracy benchmark as standalone SVG files (no plotting library needed).
 
 - `accuracy_<model>_<target>.svg`: validation top-1 after every epoch for dense, AC/DC, GMP
-  and one-shot (seed 0) over the AC/DC phase bands (grey: sparse, white: dense).
+  and one-shot, and with `scope: lamp` where run (seed 0) over the AC/DC phase bands (grey:
+  sparse, white: dense).
 - `mask_change_<model>.svg`: fraction of all prunable weights whose mask entry flipped at
   each AC/DC re-pruning, one line per target (and the MLP dense-block/learning-rate study).
 """
@@ -30,6 +31,8 @@ def accuracy_figure(payload: dict[str, Any], arch: str, target: float) -> str | 
         (f"AC/DC {percent}%", f"acdc-global{percent}"),
         (f"GMP {percent}%", f"gmp{percent}"),
         (f"one-shot {percent}%", f"oneshot{percent}"),
+        (f"AC/DC lamp {percent}%", f"acdc-lamp{percent}"),
+        (f"GMP lamp {percent}%", f"gmp-lamp{percent}"),
     ):
         run = _run(payload, arch, config)
         if run is not None:
@@ -62,9 +65,6 @@ def mask_figure(payload: dict[str, Any], arch: str, study: bool = False) -> str 
 
 def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
     """Write every figure the payload has data for; returns the paths."""
-    from acdc_recipe.files import write_text_atomic
-
-    folder.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str | None] = {}
     for arch in sorted({r["arch"] for r in payload["runs"]}):
         figures[f"mask_change_{arch}.svg"] = mask_figure(payload, arch)
@@ -73,6 +73,14 @@ def write_figures(payload: dict[str, Any], folder: Path) -> list[Path]:
             figures[f"accuracy_{arch}_{round(100 * target)}.svg"] = accuracy_figure(
                 payload, arch, target
             )
+    return write_svgs(figures, folder)
+
+
+def write_svgs(figures: dict[str, str | None], folder: Path) -> list[Path]:
+    """Write each figure that has data (not None) as `folder/name`; returns the paths."""
+    from acdc_recipe.files import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, svg in figures.items():
         if svg is not None:

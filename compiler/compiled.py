@@ -17,6 +17,8 @@ NOT_PRUNED_REASONS = {
     "bias": "biases",
     "norm": "norm parameters",
     "embedding": "embeddings (tied to an output layer or not)",
+    "head": "output and classification heads of transformers models (dense unless a rule "
+    "matches them)",
     "other": "other parameters (no prunable layer applies them)",
     "weight": "weights (the recipe has no sparsity section)",
 }

@@ -13,8 +13,9 @@ registered kind is a site.
 
 Every parameter becomes one `Candidate` under its canonical (first, unwrapped) name, so tied
 parameters appear once, with their other names as aliases, and with its `role`: a prunable
-``weight``, or ``bias``, ``norm``, ``embedding`` or ``other``. A weight held by an embedding is
-an embedding even when an output projection also applies it (tied input/output embeddings).
+``weight``, a ``head`` (a transformers model's output or classification head, `heads.py`), or
+``bias``, ``norm``, ``embedding`` or ``other``. A weight held by an embedding is an embedding
+even when an output projection also applies it (tied input/output embeddings).
 A weight of a registered kind that no site applies is a `CompileError`: the plan accounts for
 every parameter.
 """
@@ -29,6 +30,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from acdc_recipe.compiler.errors import CompileError
+from acdc_recipe.compiler.heads import in_head, output_heads
 from acdc_recipe.compiler.kinds import LayerKind, kind_of, layer_kinds
 from acdc_recipe.compiler.tracing import TraceResult
 
@@ -79,7 +81,7 @@ class Candidate:
     kind: str | None  # registered kind of that op; None when no prunable op applies it
     shape: tuple[int, ...]
     types: frozenset[str]  # class names a `type:` rule can match (owners, op layer, kind)
-    role: str  # "weight" (prunable by default), "bias", "norm", "embedding" or "other"
+    role: str  # "weight" (prunable by default), "head", "bias", "norm", "embedding", "other"
     input_axis: int = 1  # the weight's input-feature axis (N:M runs along it)
     aliases: tuple[str, ...] = ()  # its other names (tied parameters)
 
@@ -111,7 +113,7 @@ def discover(result: TraceResult, kinds: Mapping[str, LayerKind] | None = None) 
         sites += _sites_by_type(result, sites, canonical, kinds)
     else:
         sites = _layer_sites(root, [""], canonical, kinds)
-    candidates = account(root, sites, kinds)
+    candidates = account(root, sites, kinds, output_heads(root))
     return Discovery(tuple(sites), tuple(candidates), parameters)
 
 
@@ -214,10 +216,14 @@ def _get_attr_readers(result: TraceResult, canonical: dict[int, str]) -> dict[st
 
 
 def account(
-    root: nn.Module, sites: list[WeightSite], kinds: Mapping[str, LayerKind]
+    root: nn.Module,
+    sites: list[WeightSite],
+    kinds: Mapping[str, LayerKind],
+    heads: tuple[str, ...] = (),
 ) -> list[Candidate]:
-    """One `Candidate` per parameter, with its role; a registered kind's weight that no site
-    applies raises `CompileError` (nothing is left out of the plan silently)."""
+    """One `Candidate` per parameter, with its role (a weight inside one of the `heads`
+    module paths is a "head"); a registered kind's weight that no site applies raises
+    `CompileError` (nothing is left out of the plan silently)."""
     canonical = {id(p): name for name, p in root.named_parameters()}
     aliases: dict[str, list[str]] = {}
     for name, param in root.named_parameters(remove_duplicate=False):
@@ -261,7 +267,7 @@ def account(
                 kind=site.kind if site else None,
                 shape=tuple(_get(root, param_name).shape),
                 types=frozenset(types),
-                role=_role(param_name, owners, site),
+                role=_role(param_name, owners, site, heads),
                 input_axis=kinds[site.kind].input_axis if site and site.kind in kinds else 1,
                 aliases=tuple(names[1:]),
             )
@@ -269,12 +275,15 @@ def account(
     return found
 
 
-def _role(name: str, owners: list[nn.Module], site: WeightSite | None) -> str:
-    """What a parameter is: a weight some prunable op applies, or bias/norm/embedding/other."""
+def _role(
+    name: str, owners: list[nn.Module], site: WeightSite | None, heads: tuple[str, ...]
+) -> str:
+    """What a parameter is: a weight some prunable op applies, a head's weight, or
+    bias/norm/embedding/other."""
     if any(isinstance(owner, EMBEDDINGS) for owner in owners):
         return "embedding"
     if site is not None:
-        return "weight"
+        return "head" if in_head(name.rpartition(".")[0], heads) else "weight"
     if any(isinstance(o, NORMS) or type(o).__name__.endswith("Norm") for o in owners):
         return "norm"
     return "bias" if "bias" in name.rpartition(".")[2] else "other"

@@ -2,7 +2,9 @@
 
 Which group a prunable parameter falls in:
 - the *pool*: unstructured, and no rule target. Scope ``global`` makes it one group with
-  ``round(overall * pool size)`` entries pruned (one magnitude threshold). ``uniform`` and
+  ``round(overall * pool size)`` entries pruned (one magnitude threshold); ``lamp`` the same
+  group ranked by layer-adaptive scores, every layer keeping at least one weight. With
+  ``min_density`` each pool layer keeps at least ``ceil(min_density * size)``. ``uniform`` and
   ``erk`` give every pool parameter its own group; the counts come from per-layer quotas
   (``overall`` everywhere, or RigL's Erdos-Renyi-Kernel densities) by largest-remainder
   apportionment, so they sum exactly to ``round(overall * pool size)``.
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from math import prod
 
+from acdc_recipe.compiler.errors import CompileError
 from acdc_recipe.compiler.patterns import prune_count
 from acdc_recipe.compiler.plan import MaskGroup, MaskUpdate, ParamScope, PrunableParam
 from acdc_recipe.language.timeline import Timeline
@@ -67,6 +71,37 @@ def erk_densities(shapes: Sequence[tuple[int, ...]], density: float) -> list[flo
         dense |= over
 
 
+def _floors_error(
+    pool: Sequence[int],
+    params: Sequence[PrunableParam],
+    floors: Sequence[int],
+    kept: int,
+    overall: float,
+) -> CompileError:
+    floored = any(params[i].min_density is not None for i in pool)
+    held = " and ".join(
+        (["min_density"] if floored else [])
+        + (["scope lamp (one weight per layer)"] if params[pool[0]].scope == "lamp" else [])
+    )
+    return CompileError(
+        f"at sparsity {overall:g} the pruned layers keep {kept} of their "
+        f"{sum(params[i].numel for i in pool)} weights together, fewer than the {sum(floors)} "
+        f"reserved by {held}; lower " + ("min_density or the target" if floored else "the target"),
+        ("sparsity", "min_density" if floored else "target"),
+    )
+
+
+def pool_floors(params: Sequence[PrunableParam]) -> tuple[int, ...]:
+    """Entries each pool parameter keeps at least: ``ceil(min_density * size)`` (the decimal
+    value as written, so 0.1 of 30 is 3), and under scope lamp at least 1."""
+    floors = []
+    for param in params:
+        density = param.min_density
+        floor = math.ceil(Fraction(repr(density)) * param.numel) if density is not None else 0
+        floors.append(max(floor, 1 if param.scope == "lamp" else 0))
+    return tuple(floors)
+
+
 def param_scope(pattern: str, rule_target: float | None, recipe_scope: str) -> ParamScope:
     """Unstructured without a rule target: the recipe's scope (the pool); else its own group."""
     return recipe_scope if pattern == "unstructured" and rule_target is None else "layer"  # type: ignore[return-value]
@@ -84,8 +119,14 @@ def mask_groups(
         scope = params[pool[0]].scope
         sizes = [params[i].numel for i in pool]
         total = round(overall * sum(sizes))
-        if scope == "global":
-            groups[pool[0]] = MaskGroup(tuple(pool), total, "unstructured")
+        if scope == "global" and all(params[i].min_density is None for i in pool):
+            groups[pool[0]] = MaskGroup(tuple(pool), total, "unstructured")  # the paper's
+        elif scope in ("global", "lamp"):
+            floors = pool_floors([params[i] for i in pool])
+            if sum(floors) > sum(sizes) - total:
+                raise _floors_error(pool, params, floors, sum(sizes) - total, overall)
+            score = "lamp" if scope == "lamp" else "magnitude"
+            groups[pool[0]] = MaskGroup(tuple(pool), total, "unstructured", score, floors)
         else:
             if scope == "erk":
                 densities = erk_densities([params[i].shape for i in pool], 1.0 - overall)

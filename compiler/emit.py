@@ -50,7 +50,12 @@ def plan_json(compiled: CompiledRecipe) -> dict[str, Any]:
         "example_input_shapes": [list(s) for s in compiled.example_shapes],
         "sparsity": None
         if sparsity is None
-        else {"target": sparsity.target, "scope": sparsity.scope, "pattern": sparsity.pattern},
+        else {
+            "target": sparsity.target,
+            "scope": sparsity.scope,
+            "pattern": sparsity.pattern,
+            "min_density": sparsity.min_density,
+        },
         "params": [_entry(p, rules) for p in plan.params],
         "dense": [_entry(p, rules) for p in compiled.dense],
         "mask_groups": [_group(g, names) for g in groups],
@@ -83,7 +88,9 @@ def plan_json(compiled: CompiledRecipe) -> dict[str, Any]:
         },
         "flops": {
             "counted": FLOPS_COUNTED,
-            "assumption": GLOBAL_ASSUMPTION if sparsity and sparsity.scope == "global" else None,
+            "assumption": GLOBAL_ASSUMPTION
+            if sparsity and sparsity.scope in ("global", "lamp")
+            else None,
             "training_multiplier": multipliers.training,
             "inference_multiplier": multipliers.inference,
             "not_pruned": {
@@ -149,4 +156,6 @@ def _group(group: MaskGroup, names: Sequence[str]) -> dict[str, Any]:
         "params": [names[i] for i in group.indices],
         "prune": group.prune,
         "pattern": group.pattern,
+        "score": group.score,
+        "floors": list(group.floors),
     }

@@ -39,8 +39,8 @@ from acdc_recipe.compiler.plan import MaskUpdate, SparsityPlan
 from acdc_recipe.compiler.tracing import TraceResult, set_mode
 
 GLOBAL_ASSUMPTION = (
-    "global scope: the per-layer split of the pool is chosen at run time by magnitude; these "
-    "estimates assume every pool layer has the pool's average density"
+    "global or lamp scope: the per-layer split of the pool is chosen at run time by magnitude; "
+    "these estimates assume every pool layer has the pool's average density"
 )
 
 

@@ -157,6 +157,9 @@ def distribute(
             pattern, candidate.layer, candidate.op, candidate.shape, path, candidate.input_axis
         )
         rule_target = rule.target if rule is not None else None
+        scope = param_scope(pattern, rule_target, sparsity.scope)
+        floor = rule.min_density if rule is not None and rule.min_density is not None else None
+        floor = sparsity.min_density if floor is None else floor
         params.append(
             PrunableParam(
                 name=candidate.name,
@@ -165,11 +168,12 @@ def distribute(
                 shape=candidate.shape,
                 rule=rule_index,
                 pattern=pattern,
-                scope=param_scope(pattern, rule_target, sparsity.scope),
+                scope=scope,
                 rule_target=rule_target,
                 target=0.0,
                 dense_flops=0,
                 input_axis=candidate.input_axis,
+                min_density=floor if scope != "layer" else None,
             )
         )
     targets = planned_targets(params, sparsity.target)

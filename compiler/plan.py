@@ -14,9 +14,10 @@ from acdc_recipe.language.schema import DecompressPolicy
 from acdc_recipe.language.timeline import Timeline
 
 # How a parameter's prune count is chosen: "global" shares one magnitude threshold with the
-# other global parameters; "uniform" and "erk" get an exact per-layer share of the pool's
-# count; "layer" has its own target (a rule's target, an N:M or a block pattern).
-ParamScope = Literal["global", "uniform", "erk", "layer"]
+# other global parameters, "lamp" one threshold over layer-adaptive scores; "uniform" and
+# "erk" get an exact per-layer share of the pool's count; "layer" has its own target (a rule's
+# target, an N:M or a block pattern).
+ParamScope = Literal["global", "uniform", "erk", "lamp", "layer"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class PrunableParam:
     target: float  # sparsity this parameter gets at the recipe's target (pool: pool average)
     dense_flops: int  # forward FLOPs of its op for one sample at density 1 (multiply-add = 2)
     input_axis: int = 1  # the axis holding input features: N:M runs along it (Conv1D: 0)
+    min_density: float | None = None  # global/lamp pool: the fraction it keeps at least
 
     @property
     def numel(self) -> int:
@@ -60,14 +62,17 @@ class MaskGroup:
     """Tensors that share one magnitude selection.
 
     `indices` point into the plan's prunable parameters. `prune` is how many entries (summed
-    over the group) become zero: for "unstructured" the smallest |w| over the whole group; for
-    "N:M" and "block:RxC" each tensor is pruned on its own and `prune` is the exact count that
-    pattern yields.
+    over the group) become zero: for "unstructured" the smallest scores over the whole group
+    (`score` "magnitude": |w|; "lamp": layer-adaptive scores), member `k` keeping at least
+    `floors[k]` entries when `floors` is given; for "N:M" and "block:RxC" each tensor is
+    pruned on its own and `prune` is the exact count that pattern yields.
     """
 
     indices: tuple[int, ...]
     prune: int
     pattern: str
+    score: Literal["magnitude", "lamp"] = "magnitude"
+    floors: tuple[int, ...] = ()  # aligned with `indices`; empty: no floor
 
 
 @dataclass(frozen=True)

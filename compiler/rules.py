@@ -5,9 +5,10 @@ in full) or a module type (``type:Linear``, any class in the layer's hierarchy, 
 type of the op using the weight). It is tried against both the layer name and the parameter
 name, every name of a tied parameter included (``lm_head`` matches GPT-2's
 ``transformer.wte.weight``). Rules are tried in order and the first one that matches a
-parameter decides it: for a default-prunable weight it claims it; a norm, bias, embedding (tied
-to an output projection or not) or other non-default parameter is claimed only when that rule
-says ``include: true``. A rule that claims nothing is a `CompileError`.
+parameter decides it: for a default-prunable weight, or a transformers model's head (dense by
+default, `heads.py`), it claims it; a norm, bias, embedding (tied to an output projection or
+not) or other non-default parameter is claimed only when that rule says ``include: true``. A
+rule that claims nothing is a `CompileError`.
 """
 
 from __future__ import annotations
@@ -76,17 +77,18 @@ def resolve_rules(
     claimed_by: dict[str, int] = {}
     for candidate in candidates:
         default = is_default_prunable(candidate, prunable)
+        head = candidate.role == "head" and candidate.kind in prunable  # claimed by any rule
         index = next((i for i, m in enumerate(matchers) if m(candidate)), None)
         if index is None:
             if default:
                 pruned[candidate.name] = None
             continue
         rule = rules[index]
-        if not default and not rule.include:
+        if not (default or head) and not rule.include:
             continue
         claimed_by[candidate.name] = index
         if rule.dense:
-            if default:
+            if default or head:
                 dense[candidate.name] = index
         else:
             pruned[candidate.name] = index
@@ -144,11 +146,11 @@ def _unclaimed_message(
 
 def _near_misses(text: str, candidates: Sequence[Candidate]) -> str:
     if text.startswith("type:"):
-        types = sorted({t for c in candidates if c.role == "weight" for t in c.types})
+        types = sorted({t for c in candidates if c.role in ("weight", "head") for t in c.types})
         close = difflib.get_close_matches(text[5:], types, n=5, cutoff=0.5)
         return f"Closest types: {', '.join(close or types[:8])}."
     key = text[3:] if text.startswith("re:") else text
-    layers = list(dict.fromkeys(c.layer for c in candidates if c.role == "weight"))
+    layers = list(dict.fromkeys(c.layer for c in candidates if c.role in ("weight", "head")))
     names = layers + [c.name for c in candidates]
     close = difflib.get_close_matches(key, names, n=5, cutoff=0.5)
     if close:

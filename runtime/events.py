@@ -126,7 +126,8 @@ def emptied_layers_note(names: Sequence[str]) -> str:
     return (
         f"every weight of {', '.join(names)} is pruned; such a layer passes on only its bias, "
         "which can collapse training (global magnitude pruning empties small or low-magnitude "
-        "layers first); consider scope: erk or uniform, or a rule that keeps the layer denser"
+        "layers first); sparsity.scope: lamp (layer-adaptive scores) or sparsity.min_density "
+        "(a floor per layer) prevent it, as do scope: erk or uniform"
     )
 
 

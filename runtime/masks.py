@@ -22,6 +22,7 @@ from torch import Tensor
 
 from acdc_recipe.compiler.plan import MaskGroup
 from acdc_recipe.language.schema import parse_pattern
+from acdc_recipe.runtime.floors import guarded_masks
 from acdc_recipe.runtime.sharding import Sharding, check_pattern, local_tensors, sharding_of
 from acdc_recipe.runtime.threshold import (
     NonFiniteWeightError,
@@ -70,7 +71,7 @@ def select_masks_and_thresholds(
     input_axes: Sequence[int] | None = None,
 ) -> tuple[list[Tensor], list[Tensor | None]]:
     """`select_masks`, plus per group the largest pruned |w| of an unstructured group (None
-    for other patterns and for groups that prune nothing)."""
+    for other patterns, groups with floors or LAMP scores, and groups that prune nothing)."""
     _check_partition(len(tensors), groups)
     axes = _axes(input_axes, len(tensors))
     sharding = sharding_of(tensors)
@@ -90,6 +91,8 @@ def select_masks_and_thresholds(
                 group_masks = prune_mask_n_m(members, a, b, group.prune, member_axes, shards)
             elif kind == "block":
                 group_masks = prune_mask_block(members, a, b, group.prune, member_axes, shards)
+            elif group.score != "magnitude" or group.floors:
+                group_masks = guarded_masks(members, group, shards)  # no single threshold
             else:
                 group_masks, threshold = unstructured_masks(members, group.prune, shards)
         except NonFiniteWeightError:

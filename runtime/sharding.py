@@ -208,7 +208,16 @@ def plan_sharding(params: Sequence[Tensor], plan: SparsityPlan) -> Sharding | No
     sharding = sharding_of(params, plan.names)
     for i, spec in enumerate(plan.params if sharding is not None else ()):
         check_pattern(sharding, i, spec.pattern, spec.name, spec.input_axis)
+    if sharding is not None and any(spec.scope == "lamp" for spec in plan.params):
+        raise ShardingError(LAMP_NEEDS_WHOLE_LAYERS)
     return sharding
+
+
+LAMP_NEEDS_WHOLE_LAYERS = (
+    "scope: lamp scores every weight against the larger weights of its whole layer, and these "
+    "layers are sharded over processes (FSDP2); use scope: global with min_density, which is "
+    "exact over the shards, to keep every layer alive"
+)
 
 
 def live_parameters(compiled: CompiledRecipe, optimizer: torch.optim.Optimizer) -> list[Tensor]:

@@ -96,6 +96,13 @@ class Rule(Strict):
         description="Also prune matched parameters that are not prunable by default "
         "(e.g. a norm weight named explicitly).",
     )
+    min_density: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Under scope global or lamp: the matched layers keep at least this "
+        "fraction of their weights (overrides sparsity.min_density).",
+    )
 
     _fraction = field_validator("target")(_check_fraction)
     _pattern = field_validator("pattern")(_check_pattern)
@@ -117,6 +124,14 @@ class Rule(Strict):
     def _dense_is_exclusive(self) -> Rule:
         if self.dense and (self.target is not None or self.pattern is not None):
             raise ValueError("a rule with dense: true cannot also set target or pattern")
+        if self.min_density is not None and (
+            self.dense or self.target is not None or self.pattern is not None
+        ):
+            raise ValueError(
+                "min_density floors layers that share the global (or lamp) selection; a rule "
+                "with dense: true, its own target or its own pattern chooses its layers' "
+                "sparsity by itself, so it cannot also set min_density"
+            )
         return self
 
 
@@ -124,10 +139,21 @@ class Sparsity(Strict):
     """What to prune and how much."""
 
     target: float = Field(description="Overall sparsity of the prunable weights, in (0, 1).")
-    scope: Literal["global", "uniform", "erk"] = Field(
+    scope: Literal["global", "uniform", "erk", "lamp"] = Field(
         default="global",
-        description="global: one magnitude threshold over all prunable weights; uniform: the "
-        "same sparsity in every layer; erk: Erdos-Renyi-Kernel per-layer densities.",
+        description="global: one magnitude threshold over all prunable weights (the paper's); "
+        "uniform: the same sparsity in every layer; erk: Erdos-Renyi-Kernel per-layer "
+        "densities; lamp: one threshold over layer-adaptive magnitude scores (LAMP, Lee et al. "
+        "2021: w^2 over the sum of the squares of the weights of its layer at least as large), "
+        "which never empties a layer.",
+    )
+    min_density: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="With scope global or lamp: every layer keeps at least this fraction of "
+        "its weights; the total stays exact, the rest of the budget taken from the other "
+        "layers in the same global order.",
     )
     pattern: str = Pattern
     prunable: tuple[str, ...] | None = Field(
@@ -144,6 +170,21 @@ class Sparsity(Strict):
 
     _fraction = field_validator("target")(_check_fraction)
     _pattern = field_validator("pattern")(_check_pattern)
+
+    @model_validator(mode="after")
+    def _floors_fit(self) -> Sparsity:
+        floored = self.min_density is not None or any(r.min_density is not None for r in self.rules)
+        if floored and self.scope not in ("global", "lamp"):
+            raise ValueError(
+                f"min_density floors layers of one global selection (scope global or lamp); "
+                f"with scope {self.scope} every layer's count is fixed already"
+            )
+        if self.min_density is not None and self.min_density > 1.0 - self.target + 1e-12:
+            raise ValueError(
+                f"min_density {self.min_density:g} keeps more of every layer than the target "
+                f"{self.target:g} leaves overall ({1.0 - self.target:g}); lower one of them"
+            )
+        return self
 
     @field_validator("prunable")
     @classmethod
@@ -303,6 +344,17 @@ class Recipe(Strict):
     def _sparse_phases_need_a_target(self) -> Recipe:
         if self.sparsity is None and _has_pruning(self.schedule):
             raise ValueError("the schedule has sparse phases, so a `sparsity` section is required")
+        return self
+
+    @model_validator(mode="after")
+    def _lamp_needs_whole_layers(self) -> Recipe:
+        sharded = self.train is not None and self.train.distributed == "fsdp"
+        if sharded and self.sparsity is not None and self.sparsity.scope == "lamp":
+            raise ValueError(
+                "scope: lamp scores each weight against the larger weights of its whole layer, "
+                "which distributed: fsdp splits over processes; use distributed: ddp, or scope: "
+                "global with min_density (exact over the shards) to keep every layer alive"
+            )
         return self
 
 

@@ -69,6 +69,24 @@ def test_wide_check_runs_the_width_32_cnn_with_the_full_budget() -> None:
     assert not any(job.arch == accuracy.WIDE_ARCH for job in accuracy.matrix(mode))
 
 
+def test_lamp_check_compares_the_guard_with_global_and_gmp_at_the_full_budget() -> None:
+    mode = accuracy.MODES["full"]
+    jobs = accuracy.lamp_matrix()
+    assert len({job.key for job in jobs}) == len(jobs)
+    for config in ("acdc-lamp95", "acdc-global95", "gmp95"):
+        assert {j.seed for j in jobs if j.config == config} == {0, 1, 2}, config
+    setups = {}
+    for job in jobs:
+        recipe = _load(job, mode)
+        assert lower(recipe.schedule).length == mode.epochs, job.key
+        assert recipe.sparsity.scope == job.scope and recipe.sparsity.target == 0.95
+        setups.setdefault(job.seed, set()).add(recipe.train.model_dump_json())
+        floored = job.config == "acdc-global95-min_density0.02"
+        assert recipe.sparsity.min_density == (0.02 if floored else None), job.key
+    assert all(len(variants) == 1 for variants in setups.values())
+    assert _load(jobs[0], mode).train.model.kwargs["width"] == 8
+
+
 def test_unknown_subset_name_is_an_attribute_error() -> None:
     assert callable(accuracy.fashion_mnist_train100_val50)
     with pytest.raises(AttributeError):

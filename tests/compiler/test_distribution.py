@@ -107,3 +107,52 @@ def test_block_layers_get_their_own_group() -> None:
         ((0,), 8, "block:2x2"),
         ((1,), 16, "block:2x2"),
     ]
+
+
+def test_global_without_floors_is_the_papers_plain_group() -> None:
+    (group,) = mask_groups(params([(10, 10), (20, 5)]), 0.9, 0.9)
+    assert group.score == "magnitude" and group.floors == ()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(shape, min_size=1, max_size=8), st.floats(0.01, 0.95), st.data())
+def test_lamp_and_min_density_floors_with_the_exact_total(shapes, overall, data) -> None:
+    scope = data.draw(st.sampled_from(["global", "lamp"]))
+    floor = data.draw(st.one_of(st.none(), st.floats(0.001, 1 - overall)))
+    plist = [replace(p, min_density=floor) for p in params(shapes, scope=scope)]
+    sizes = [prod(s) for s in shapes]
+    wanted = [
+        max(-(-round(floor * 10**12) * n // 10**12) if floor else 0, scope == "lamp") for n in sizes
+    ]
+    if sum(wanted) > sum(sizes) - round(overall * sum(sizes)):
+        return  # infeasible: the next test
+    (group,) = mask_groups(plist, overall, 0.9)
+    assert group.indices == tuple(range(len(shapes)))
+    assert group.prune == round(overall * sum(sizes))
+    assert group.score == ("lamp" if scope == "lamp" else "magnitude")
+    if floor is None and scope == "global":
+        assert group.floors == ()
+    else:
+        assert group.floors == tuple(wanted)
+
+
+def test_min_density_is_the_decimal_fraction_rounded_up_and_per_layer() -> None:
+    plist = params([(10, 3), (7, 1), (100, 1)])
+    plist = [replace(plist[0], min_density=0.1), replace(plist[1], min_density=0.5), plist[2]]
+    (group,) = mask_groups(plist, 0.5, 0.5)
+    assert group.floors == (3, 4, 0)  # 0.1 x 30 is 3, not 4; 0.5 x 7 rounds up; no floor
+
+
+def test_floors_the_target_cannot_leave_are_a_compile_error() -> None:
+    import pytest
+
+    from acdc_recipe.compiler import CompileError
+
+    plist = [replace(p, min_density=0.2) for p in params([(10, 10), (10, 10)])]
+    with pytest.raises(CompileError, match="min_density") as caught:
+        mask_groups(plist, 0.9, 0.9)
+    assert caught.value.path == ("sparsity", "min_density")
+    lamp = params([(1, 2)] * 5, scope="lamp")
+    with pytest.raises(CompileError, match="scope lamp") as caught:
+        mask_groups(lamp, 0.9, 0.9)  # 10 weights keep 1, five layers need one each
+    assert caught.value.path == ("sparsity", "target")

@@ -69,11 +69,12 @@ def test_gpt2_two_four_masks_run_along_the_stored_input_axis() -> None:
         assert torch.equal(kept, torch.full_like(kept, 2.0)), param.name
 
 
-def test_bert_prunes_its_linears_and_counts_token_flops() -> None:
+def test_bert_prunes_its_linears_but_the_classifier_and_counts_token_flops() -> None:
     model = tiny_bert()
     compiled = compile(model, token_recipe())
     linears = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    assert compiled.plan.names == linears and len(linears) == 14
+    assert compiled.plan.names == linears[:-1] and len(linears) == 14
+    assert linears[-1] == "classifier.weight" and compiled.not_pruned[linears[-1]] == "head"
     embeddings = [n for n, r in compiled.not_pruned.items() if r == "embedding"]
     assert embeddings == [
         "bert.embeddings.word_embeddings.weight",
@@ -120,3 +121,57 @@ def test_a_rule_matching_nothing_in_a_transformers_model_names_near_misses() -> 
 def test_float_example_inputs_for_a_token_model_say_what_to_set() -> None:
     with pytest.raises(CompileError, match="example inputs the model takes"):
         compile(tiny_gpt2(), make_recipe((8,)))
+
+
+def tiny_llama(tied: bool, classify: bool = False) -> nn.Module:
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=TOKEN_VOCAB, max_position_embeddings=32,
+        tie_word_embeddings=tied, num_labels=3, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if classify:
+        return transformers.LlamaForSequenceClassification(config)
+    return transformers.LlamaForCausalLM(config)
+
+
+def test_an_untied_llama_lm_head_stays_dense_by_default_and_a_rule_prunes_it() -> None:
+    model = tiny_llama(tied=False)
+    compiled = compile(model, token_recipe())
+    assert "lm_head.weight" not in compiled.plan.names and compiled.tied == ()
+    assert compiled.not_pruned["lm_head.weight"] == "head"
+    assert len(compiled.params) == 14  # 2 layers x (4 attention + 3 MLP projections)
+    pruned = compile(model, token_recipe(rules=[{"match": "lm_head", "target": 0.5}]))
+    assert pruned.plan.names[-1] == "lm_head.weight"
+    assert pruned.params[-1].rule == 0 and pruned.params[-1].rule_target == 0.5
+    kept = compile(model, token_recipe(rules=[{"match": "lm_head", "dense": True}]))
+    assert [d.name for d in kept.dense] == ["lm_head.weight"]  # an explicit dense rule claims it
+
+
+def test_a_tied_llama_head_is_the_embedding_as_before() -> None:
+    compiled = compile(tiny_llama(tied=True), token_recipe())
+    (tied,) = compiled.tied
+    assert tied.names == ("model.embed_tokens.weight", "lm_head.weight")
+    assert tied.decision == "embedding" and len(compiled.params) == 14
+
+
+def test_sequence_classification_heads_stay_dense_and_a_rule_prunes_them() -> None:
+    score = compile(tiny_llama(tied=False, classify=True), token_recipe())
+    assert score.not_pruned["score.weight"] == "head"
+    bert = tiny_bert()
+    assert "classifier.weight" not in compile(bert, token_recipe()).plan.names
+    pruned = compile(bert, token_recipe(rules=[{"match": "classifier"}]))
+    assert "classifier.weight" in pruned.plan.names
+    assert pruned.params[pruned.plan.names.index("classifier.weight")].scope == "global"
+
+
+def test_only_transformers_models_have_heads() -> None:
+    from acdc_recipe.compiler.heads import output_heads
+
+    plain = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    plain.classifier = nn.Linear(2, 2)
+    assert output_heads(plain) == ()
+    assert output_heads(tiny_vit()) == ()  # an image classifier: its head is pruned as before
+    assert output_heads(tiny_llama(tied=False)) == ("lm_head",)

@@ -164,3 +164,30 @@ def test_sparse_kernels_with_sharded_training_is_refused_at_validation():
     (problem,) = problems(text)
     assert "whole weights" in problem.message and "distributed: ddp" in problem.message
     assert load_recipe_text(text.replace("auto", "off")).train.distributed == "fsdp"
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "said"),
+    [
+        ("{target: 0.9, scope: uniform, min_density: 0.01}", "scope global or lamp"),
+        ("{target: 0.9, min_density: 0.2}", "keeps more of every layer than the target"),
+        ("{target: 0.9, rules: [{match: fc, dense: true, min_density: 0.1}]}", "by itself"),
+        ("{target: 0.9, rules: [{match: fc, target: 0.5, min_density: 0.1}]}", "by itself"),
+        ("{target: 0.9, scope: erk, rules: [{match: fc, min_density: 0.1}]}", "scope global"),
+        ("{target: 0.9, min_density: 0}", "greater than 0"),
+    ],
+)
+def test_min_density_that_cannot_apply_is_refused_at_its_line(sparsity, said):
+    text = BASE.replace('sparsity:\n  target: "{{ sparsity }}"\n', f"sparsity: {sparsity}\n")
+    (problem,) = problems(text)
+    assert said in problem.message and problem.line == 7  # the sparsity line
+
+
+def test_lamp_and_min_density_load_and_lamp_is_refused_under_fsdp():
+    text = BASE.replace('  target: "{{ sparsity }}"\n', "  target: 0.9\n  scope: lamp\n")
+    recipe = load_recipe_text(text + "train: {model: {name: mlp}}\n")
+    assert recipe.sparsity.scope == "lamp" and recipe.sparsity.min_density is None
+    floored = load_recipe_text(text.replace("scope: lamp", "min_density: 0.1"))
+    assert floored.sparsity.min_density == 0.1  # 0.1 of every layer, as 1 - 0.9 leaves
+    (problem,) = problems(text + "train: {model: {name: mlp}, distributed: fsdp}\n")
+    assert "scope: lamp" in problem.message and "min_density" in problem.message

@@ -30,7 +30,9 @@ PHASES = [
 CONFIGS = {
     "sgd_reset": ("sgd", "reset", "step", None),
     "adamw_reactivated_epochs": ("adamw", "reset_reactivated", "epoch", 2),
+    "sgd_lamp_min_density": ("sgd", "reset", "step", None),
 }
+SPARSITY = {"sgd_lamp_min_density": {"target": 0.8, "scope": "lamp", "min_density": 0.1}}
 
 
 def build(config: str):
@@ -42,7 +44,7 @@ def build(config: str):
     recipe = Recipe.model_validate(
         {
             "name": "resume",
-            "sparsity": {"target": 0.8},
+            "sparsity": SPARSITY.get(config, {"target": 0.8}),
             "schedule": {"unit": unit, "phases": PHASES},
             "optimizer_state": {"on_decompress": policy},
         }

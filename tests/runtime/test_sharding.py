@@ -36,6 +36,7 @@ SCENARIOS = {
         "target": 0.5,
         "rules": [{"match": "3", "pattern": "2:4"}, {"match": "5", "pattern": "block:1x7"}],
     },
+    "min_density": {"target": 0.7, "scope": "global", "min_density": 0.28},
 }
 
 
@@ -84,6 +85,7 @@ def run_scenario(sparsity: dict) -> dict:
             seen["computations"] += 1
             seen["equal"] += all(torch.equal(a, b) for a, b in zip(full, expected))
             seen["split_ties"] += split_ties(before, full, update.groups)
+            seen["floors_held"] = seen.get("floors_held", 0) + floors_held(full, update.groups)
         x = torch.randn(4, 1, 6, 6, generator=generator)
         optimizer.zero_grad()
         net(x).square().mean().backward()
@@ -105,6 +107,15 @@ def split_ties(weights, masks, groups) -> int:
         at = w == w[m == 0].max()
         found += bool((at & (m == 0)).any() and (at & (m == 1)).any())
     return found
+
+
+def floors_held(masks, groups) -> int:
+    """Groups with floors where some tensor keeps exactly its floor (the floor decided)."""
+    return sum(
+        any(int(masks[i].count_nonzero()) == f for i, f in zip(g.indices, g.floors))
+        for g in groups
+        if g.floors
+    )
 
 
 def exact_after_step(runtime, params, optimizer, update) -> bool:
@@ -271,6 +282,7 @@ def _rank(rank: int, folder: str) -> dict:
         {"target": 0.5, "pattern": "2:4"}, by_columns
     )  # Linear(12, 4): 12 input channels split 6 + 6
     results["unstructured_split"] = refused_layout({"target": 0.5}, by_columns)
+    results["lamp"] = refused_layout({"target": 0.5, "scope": "lamp"}, None)
     results["mismatches"] = mismatches()
     results["stale"] = stale_then_rebound()
     results["kernels"] = sparse_kernels_refused()
@@ -299,6 +311,18 @@ def test_pruned_weights_and_momentum_are_zero_and_counts_exact_after_every_spars
     for seen in (rank[scenario] for rank in ranks):
         assert seen["sparse_steps"] == 9  # 3 sparse + 4 gradual + 2 sparse
         assert seen["exact"] == seen["sparse_steps"]
+
+
+def test_min_density_floors_are_exact_over_the_shards(ranks):
+    for seen in (rank["min_density"] for rank in ranks):
+        assert seen["computations"] == 4 and seen["equal"] == 4
+        assert seen["floors_held"] > 0  # a floor decided some layer's count
+        assert seen["sparse_steps"] == seen["exact"] == 9
+
+
+def test_lamp_on_shards_is_refused_at_attach_with_the_way_out(ranks):
+    for rank in ranks:
+        assert "scope: lamp" in rank["lamp"] and "min_density" in rank["lamp"]
 
 
 def test_distributed_tie_break_matches_one_process_for_random_splits(ranks):

@@ -402,14 +402,25 @@ def test_the_python_api_warns_when_a_mask_empties_a_layer():
     runtime = acdc_recipe.attach(compiled, optimizer)
     events = []
     runtime.add_listener(events.append)
-    with pytest.warns(EmptiedLayerWarning, match="every weight of 2.weight is pruned"):
+    with pytest.warns(EmptiedLayerWarning, match="every weight of 2.weight is pruned") as seen:
         runtime.begin_step()
+    assert "scope: lamp" in str(seen[0].message) and "min_density" in str(seen[0].message)
     assert [e for e in events if isinstance(e, LayersEmptied)] == [
         LayersEmptied(0, 0, ("2.weight",))
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         runtime.begin_step()  # no second warning for the same mask
+    runtime.close()
+    guarded = recipe.model_copy(
+        update={"sparsity": recipe.sparsity.model_copy(update={"scope": "lamp"})}
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    runtime = acdc_recipe.attach(acdc_recipe.compile(model, guarded), optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.begin_step()  # scope: lamp leaves every layer some weights
+    assert all(mask.count_nonzero() > 0 for mask in runtime.masks)
 
 
 def test_a_loop_that_runs_past_the_schedule_is_warned_once():
