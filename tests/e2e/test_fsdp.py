@@ -91,9 +91,10 @@ def test_the_sharded_run_exports_with_the_masks_its_rank_files_hold(uninterrupte
     sparse = load_safetensors(uninterrupted / "sparse.safetensors")
     kept = total = 0
     for name in exported.manifest["pruned"]:
-        mask = unpack_bitmasks(packed[f"{name}.bitmask"], packed[f"{name}.shape"].tolist())
+        layer = name.removesuffix(".weight")  # compressed-tensors names the layer
+        mask = unpack_bitmasks(packed[f"{layer}.bitmask"], packed[f"{layer}.shape"].tolist())
         decoded = torch.zeros(mask.shape)
-        decoded[mask] = packed[f"{name}.compressed"]
+        decoded[mask] = packed[f"{layer}.compressed"]
         assert torch.equal(decoded, sparse[name])
         kept, total = kept + int(mask.sum()), total + mask.numel()
     assert total - kept == round(0.9 * total)  # the whole masks, joined from both ranks
