@@ -309,7 +309,7 @@ def _warn_if_elsewhere(manifest: dict[str, Any], folder: Path) -> None:
               if there.get(key) != value]  # fmt: skip
     threads = torch.get_num_threads()
     if manifest.get("threads") != threads:
-        differ.append(f"{manifest.get('threads')} threads there, {threads} here")
+        differ.append(f"torch threads {manifest.get('threads')} there, {threads} here")
     if differ:
         warnings.warn(
             f"the export in {folder} chose its kernels on another setup ({'; '.join(differ)}); "

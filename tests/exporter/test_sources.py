@@ -168,7 +168,7 @@ def test_a_torch_sparse_export_loaded_with_other_threads_warns_and_fine_tunes(tm
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the export chose on 1
     try:
-        with pytest.warns(MachineWarning, match="threads there"):
+        with pytest.warns(MachineWarning, match="torch threads 1 there, 2 here"):
             loaded = load_model_from(exported.path)
     finally:
         torch.set_num_threads(threads)
