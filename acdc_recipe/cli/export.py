@@ -10,7 +10,11 @@ from typing import Any
 
 from acdc_recipe.cli.common import console
 from acdc_recipe.errors import UserError
-from acdc_recipe.formats.run_dir import check_export_source, default_export_folder
+from acdc_recipe.formats.run_dir import (
+    check_export_source,
+    check_export_target,
+    default_export_folder,
+)
 from acdc_recipe.language.train_config import INPUT_DTYPES
 
 FORMAT_CHOICES = ("compressed", "torch-sparse")  # acdc_recipe.exporter.FORMATS
@@ -130,11 +134,9 @@ def check_before_loading(args: argparse.Namespace) -> None:
     torch_sparse_flags(args)
     source = Path(args.source)
     check_export_source(source)
-    target = Path(args.output) if args.output else default_export_folder(source, args.format)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(
-            f"{target} already exists; export into a new folder (-o DIR), or remove it first"
-        )
+    check_export_target(
+        Path(args.output) if args.output else default_export_folder(source, args.format)
+    )
 
 
 def run(args: argparse.Namespace) -> int:

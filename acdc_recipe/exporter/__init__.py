@@ -49,6 +49,7 @@ from acdc_recipe.formats.run_dir import (
     ModelFolder,
     RunDir,
     check_export_source,
+    check_export_target,
     default_export_folder,
 )
 from acdc_recipe.language.loading import dump_recipe
@@ -214,10 +215,10 @@ def export(
     config = format_config(format)
     _check_input(input_shape, input_dtype)
     target = Path(out) if out is not None else _default_out(source, config.name)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ExportError(
-            f"{target} already exists; export into a new folder (-o DIR), or remove it first"
-        )
+    try:
+        check_export_target(target)
+    except ExportSourceError as error:
+        raise ExportError(str(error)) from None
     shape = tuple(input_shape) if input_shape is not None else None
     found = _source(source, runtime, shape, input_dtype)
     check_masks_applied(found)

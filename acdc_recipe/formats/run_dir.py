@@ -443,6 +443,14 @@ def _check_export_folder(source: Path) -> None:
     )
 
 
+def check_export_target(target: Path) -> None:
+    """Refuse an export folder that exists and is not empty (an export never overwrites)."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ExportSourceError(
+            f"{target} already exists; export into a new folder (-o DIR), or remove it first"
+        )
+
+
 def default_export_folder(source: Path, format_name: str) -> Path:
     """Where an export of `source` goes unless told: inside a run directory, beside anything
     else (a checkpoint file, a trainer's folder)."""
