@@ -72,7 +72,11 @@ def load_sparse(path: str | Path, model: nn.Module) -> nn.Module:
     for `torch-sparse`, with the CSR layers in place (eval mode); for `compressed`, the dense
     weights (kept values bit for bit, pruned positions +0.0)."""
     folder = Path(path)
-    manifest = read_manifest(folder)
+    return _load_into(model, folder, read_manifest(folder))
+
+
+def _load_into(model: nn.Module, folder: Path, manifest: dict[str, Any]) -> nn.Module:
+    """Load the export in `folder`, its manifest already verified, into `model`."""
     try:
         if manifest["format"] == torch_sparse.NAME:
             return torch_sparse.load(ExportDir(folder), manifest, model)
@@ -99,8 +103,8 @@ def load_model(path: str | Path, which: Which = "sparse") -> nn.Module:
                 f"{folder} is an export: it holds the sparse model only; load the dense one "
                 "from the run directory it was exported from"
             )
-        manifest = read_manifest(folder)
-        return load_sparse(folder, _export_model(folder, manifest)).eval()
+        manifest = read_manifest(folder)  # hashes every file once
+        return _load_into(_export_model(folder, manifest), folder, manifest).eval()
     if RunDir(folder).recipe.is_file():
         return _run_model(RunDir(folder), which).eval()
     for candidate in (ModelFolder(folder), TrainerDir(folder).model(which)):
