@@ -198,14 +198,9 @@ def from_recipe_files(
 
 
 def from_run_dir(run_dir: RunDir) -> SparseModel:
-    """The finished run's sparse model and the masks written beside it."""
+    """The finished run's sparse model and the masks written beside it (a run directory
+    `formats.run_dir.check_export_source` accepted: it holds a sparse model)."""
     origin = f"run {run_dir}"
-    if not run_dir.sparse_model.is_file():
-        raise ExportError(
-            f"{run_dir} has no sparse model ({run_dir.sparse_model.name}): the run has not "
-            "finished, or its schedule ends with a dense phase; export one of its checkpoints "
-            "of a sparse phase instead (acdc export RUN_DIR/checkpoint-NNNNNNNNN.pt)"
-        )
     if not run_dir.masks.is_file():
         raise ExportError(
             f"{run_dir} has a sparse model but no {run_dir.masks.name} beside it (the run was "
