@@ -23,8 +23,7 @@ from acdc_recipe.formats.checkpoint import load_safetensors
 from acdc_recipe.formats.mask_file import MaskFileError
 from acdc_recipe.formats.model_folder import read_config
 from acdc_recipe.formats.run_dir import ExportDir, ModelFolder, RunDir, TrainerDir
-from acdc_recipe.language.loading import load_recipe_text
-from acdc_recipe.language.schema import Recipe
+from acdc_recipe.language.loading import load_recipe, load_recipe_text
 from acdc_recipe.models import build_model
 from acdc_recipe.models.transformers_models import model_from_config
 
@@ -117,10 +116,6 @@ def load_model(path: str | Path, which: Which = "sparse") -> nn.Module:
     )
 
 
-def _recipe(path: Path) -> Recipe:
-    return load_recipe_text(path.read_text(encoding="utf-8"), str(path))
-
-
 def _export_model(folder: Path, manifest: dict[str, Any]) -> nn.Module:
     """A fresh model of the exported architecture: the transformers config's (config.json, or
     the manifest's for torch-sparse, whose files transformers cannot load), or the recipe's
@@ -134,7 +129,7 @@ def _export_model(folder: Path, manifest: dict[str, Any]) -> nn.Module:
             return model_from_config(config)
         except ValueError as error:
             raise ExportError(f"the export in {folder}: {error}") from None
-    recipe = _recipe(files.recipe) if files.recipe.is_file() else None
+    recipe = load_recipe(files.recipe) if files.recipe.is_file() else None
     if recipe is not None and recipe.train is not None:
         return build_model(recipe.train.model)
     raise ExportError(
@@ -145,7 +140,7 @@ def _export_model(folder: Path, manifest: dict[str, Any]) -> nn.Module:
 
 
 def _run_model(run_dir: RunDir, which: Which) -> nn.Module:
-    recipe = _recipe(run_dir.recipe)
+    recipe = load_recipe(run_dir.recipe)
     weights = run_dir.model(which)
     if not weights.is_file():
         raise ExportError(

@@ -26,7 +26,7 @@ from acdc_recipe.errors import UserError
 from acdc_recipe.formats import checkpoint as ckpt
 from acdc_recipe.formats.mask_file import load_masks
 from acdc_recipe.formats.run_dir import RunDir
-from acdc_recipe.language.loading import load_recipe_text
+from acdc_recipe.language.loading import load_recipe, load_recipe_text
 from acdc_recipe.language.schema import Recipe
 from acdc_recipe.models import build_model
 from acdc_recipe.models.transformers_models import (
@@ -207,7 +207,7 @@ def from_run_dir(run_dir: RunDir) -> SparseModel:
             "made by an earlier version, or the file was removed); export one of its "
             "checkpoints of a sparse phase instead"
         )
-    recipe = load_recipe_text(run_dir.recipe.read_text(encoding="utf-8"), str(run_dir.recipe))
+    recipe = load_recipe(run_dir.recipe)
     found = load_masks(run_dir.masks)
     state = ckpt.load_safetensors(run_dir.sparse_model)
     return from_recipe_files(state, found.masks, found.patterns, origin, recipe)
