@@ -33,6 +33,7 @@ def accuracy_figure(payload: dict[str, Any], arch: str, target: float) -> str | 
         (f"one-shot {percent}%", f"oneshot{percent}"),
         (f"AC/DC lamp {percent}%", f"acdc-lamp{percent}"),
         (f"GMP lamp {percent}%", f"gmp-lamp{percent}"),
+        (f"AC/DC lamp, min_per_channel 1, {percent}%", f"acdc-lamp{percent}-min_per_channel1"),
     ):
         run = _run(payload, arch, config)
         if run is not None:
@@ -57,7 +58,9 @@ def mask_figure(payload: dict[str, Any], arch: str, study: bool = False) -> str 
             series.append(Series(run["config"].replace("acdc-", ""), points))
     if not series or (study and len(series) < 2):
         return None
-    what = "dense-block length and learning rate" if study else "mask entries flipped"
+    floored = any("min_" in line.name for line in series)
+    what = "with floors" if floored else "dense-block length and learning rate"
+    what = what if study else "mask entries flipped"
     title = f"{arch.upper()}: {what} at each AC/DC re-pruning (seed 0)"
     x_label = "epoch of the re-pruning (compared with the previous sparse phase's mask)"
     return standalone(line_chart(title, x_label, "mask entries flipped", series, percent=True))

@@ -4,7 +4,8 @@ Which group a prunable parameter falls in:
 - the *pool*: unstructured, and no rule target. Scope ``global`` makes it one group with
   ``round(overall * pool size)`` entries pruned (one magnitude threshold); ``lamp`` the same
   group ranked by layer-adaptive scores, every layer keeping at least one weight. With
-  ``min_density`` each pool layer keeps at least ``ceil(min_density * size)``. ``uniform`` and
+  ``min_density`` each pool layer keeps at least ``ceil(min_density * size)``; with
+  ``min_per_channel`` each of its output channels keeps its largest weights. ``uniform`` and
   ``erk`` give every pool parameter its own group; the counts come from per-layer quotas
   (``overall`` everywhere, or RigL's Erdos-Renyi-Kernel densities) by largest-remainder
   apportionment, so they sum exactly to ``round(overall * pool size)``.
@@ -78,28 +79,40 @@ def _floors_error(
     kept: int,
     overall: float,
 ) -> CompileError:
-    floored = any(params[i].min_density is not None for i in pool)
-    held = " and ".join(
-        (["min_density"] if floored else [])
-        + (["scope lamp (one weight per layer)"] if params[pool[0]].scope == "lamp" else [])
-    )
+    options = [
+        name
+        for name in ("min_density", "min_per_channel")
+        if any(getattr(params[i], name) is not None for i in pool)
+    ]
+    lamp = ["scope lamp (one weight per layer)"] if params[pool[0]].scope == "lamp" else []
     return CompileError(
         f"at sparsity {overall:g} the pruned layers keep {kept} of their "
         f"{sum(params[i].numel for i in pool)} weights together, fewer than the {sum(floors)} "
-        f"reserved by {held}; lower " + ("min_density or the target" if floored else "the target"),
-        ("sparsity", "min_density" if floored else "target"),
+        f"reserved by {' and '.join(options + lamp)}; lower "
+        + " or ".join([*options, "the target"]),
+        ("sparsity", options[0] if options else "target"),
     )
 
 
 def pool_floors(params: Sequence[PrunableParam]) -> tuple[int, ...]:
     """Entries each pool parameter keeps at least: ``ceil(min_density * size)`` (the decimal
-    value as written, so 0.1 of 30 is 3), and under scope lamp at least 1."""
+    value as written, so 0.1 of 30 is 3), its channel floors (`channel_floors`), and under
+    scope lamp at least 1."""
     floors = []
-    for param in params:
+    for param, channel_floor in zip(params, channel_floors(params), strict=True):
         density = param.min_density
         floor = math.ceil(Fraction(repr(density)) * param.numel) if density is not None else 0
+        floor = max(floor, channel_floor * param.channels)
         floors.append(max(floor, 1 if param.scope == "lamp" else 0))
     return tuple(floors)
+
+
+def channel_floors(params: Sequence[PrunableParam]) -> tuple[int, ...]:
+    """Weights each output channel of each parameter keeps at least: `min_per_channel`, at
+    most the whole channel."""
+    return tuple(
+        min(p.min_per_channel or 0, p.numel // p.channels if p.channels else 0) for p in params
+    )
 
 
 def param_scope(pattern: str, rule_target: float | None, recipe_scope: str) -> ParamScope:
@@ -119,14 +132,24 @@ def mask_groups(
         scope = params[pool[0]].scope
         sizes = [params[i].numel for i in pool]
         total = round(overall * sum(sizes))
-        if scope == "global" and all(params[i].min_density is None for i in pool):
+        guarded = any(params[i].min_density is not None or params[i].min_per_channel for i in pool)
+        if scope == "global" and not guarded:
             groups[pool[0]] = MaskGroup(tuple(pool), total, "unstructured")  # the paper's
         elif scope in ("global", "lamp"):
-            floors = pool_floors([params[i] for i in pool])
+            members = [params[i] for i in pool]
+            floors = pool_floors(members)
             if sum(floors) > sum(sizes) - total:
                 raise _floors_error(pool, params, floors, sum(sizes) - total, overall)
             score = "lamp" if scope == "lamp" else "magnitude"
-            groups[pool[0]] = MaskGroup(tuple(pool), total, "unstructured", score, floors)
+            per_channel = channel_floors(members)
+            groups[pool[0]] = MaskGroup(
+                tuple(pool),
+                total,
+                "unstructured",
+                score,
+                floors,
+                per_channel if any(per_channel) else (),
+            )
         else:
             if scope == "erk":
                 densities = erk_densities([params[i].shape for i in pool], 1.0 - overall)

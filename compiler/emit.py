@@ -55,6 +55,7 @@ def plan_json(compiled: CompiledRecipe) -> dict[str, Any]:
             "scope": sparsity.scope,
             "pattern": sparsity.pattern,
             "min_density": sparsity.min_density,
+            "min_per_channel": sparsity.min_per_channel,
         },
         "params": [_entry(p, rules) for p in plan.params],
         "dense": [_entry(p, rules) for p in compiled.dense],
@@ -158,4 +159,5 @@ def _group(group: MaskGroup, names: Sequence[str]) -> dict[str, Any]:
         "pattern": group.pattern,
         "score": group.score,
         "floors": list(group.floors),
+        "channel_floors": list(group.channel_floors),
     }

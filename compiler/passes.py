@@ -160,6 +160,8 @@ def distribute(
         scope = param_scope(pattern, rule_target, sparsity.scope)
         floor = rule.min_density if rule is not None and rule.min_density is not None else None
         floor = sparsity.min_density if floor is None else floor
+        per_channel = rule.min_per_channel if rule is not None else None
+        per_channel = sparsity.min_per_channel if per_channel is None else per_channel
         params.append(
             PrunableParam(
                 name=candidate.name,
@@ -174,6 +176,7 @@ def distribute(
                 dense_flops=0,
                 input_axis=candidate.input_axis,
                 min_density=floor if scope != "layer" else None,
+                min_per_channel=per_channel if scope != "layer" else None,
             )
         )
     targets = planned_targets(params, sparsity.target)

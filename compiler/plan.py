@@ -36,6 +36,15 @@ class PrunableParam:
     dense_flops: int  # forward FLOPs of its op for one sample at density 1 (multiply-add = 2)
     input_axis: int = 1  # the axis holding input features: N:M runs along it (Conv1D: 0)
     min_density: float | None = None  # global/lamp pool: the fraction it keeps at least
+    min_per_channel: int | None = None  # global/lamp pool: weights each output channel keeps
+
+    @property
+    def channels(self) -> int:
+        """Output channels: the output axis's length (the axis other than `input_axis` among
+        the first two: a conv filter, a Linear row, a Conv1D column); a 1-D tensor is one."""
+        if len(self.shape) < 2:
+            return 1
+        return self.shape[1 if self.input_axis == 0 else 0]
 
     @property
     def numel(self) -> int:
@@ -64,7 +73,8 @@ class MaskGroup:
     `indices` point into the plan's prunable parameters. `prune` is how many entries (summed
     over the group) become zero: for "unstructured" the smallest scores over the whole group
     (`score` "magnitude": |w|; "lamp": layer-adaptive scores), member `k` keeping at least
-    `floors[k]` entries when `floors` is given; for "N:M" and "block:RxC" each tensor is
+    `floors[k]` entries when `floors` is given, and every output channel of member `k`
+    keeping its `channel_floors[k]` largest scores when that is given; for "N:M" and "block:RxC" each tensor is
     pruned on its own and `prune` is the exact count that pattern yields.
     """
 
@@ -73,6 +83,7 @@ class MaskGroup:
     pattern: str
     score: Literal["magnitude", "lamp"] = "magnitude"
     floors: tuple[int, ...] = ()  # aligned with `indices`; empty: no floor
+    channel_floors: tuple[int, ...] = ()  # aligned with `indices`; empty: no channel floor
 
 
 @dataclass(frozen=True)

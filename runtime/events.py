@@ -8,7 +8,7 @@ frozen and made of plain values, so they serialize to JSON (`event_to_dict`) and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class MasksComputed:
     Per-layer values are keyed by `PrunableParam.name`. `changed_fraction` compares with the
     previous mask (None for the first mask of the run); `threshold` is the largest pruned
     magnitude when all prunable tensors share one unstructured selection, else None.
+    `emptied_channels` counts, per layer that has any, the output channels (conv filters,
+    Linear rows) left without a weight: such a channel outputs a constant, which a ReLU after it
+    can silence for good (`sparsity.min_per_channel` keeps them).
     """
 
     step: int
@@ -39,6 +42,7 @@ class MasksComputed:
     per_layer_changed: dict[str, float] | None
     threshold: float | None
     seconds: float
+    emptied_channels: dict[str, int] | None = None  # None: logs written before it existed
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,9 @@ def emptied_layers_note(names: Sequence[str]) -> str:
     return (
         f"every weight of {', '.join(names)} is pruned; such a layer passes on only its bias, "
         "which can collapse training (global magnitude pruning empties small or low-magnitude "
-        "layers first); sparsity.scope: lamp (layer-adaptive scores) or sparsity.min_density "
-        "(a floor per layer) prevent it, as do scope: erk or uniform"
+        "layers first); sparsity.scope: lamp (layer-adaptive scores), sparsity.min_density "
+        "(a floor per layer) or sparsity.min_per_channel (a floor per output channel) prevent "
+        "it, as do scope: erk or uniform"
     )
 
 
@@ -149,7 +154,7 @@ def event_from_dict(data: dict) -> RuntimeEvent:
     if name not in EVENT_TYPES:
         raise ValueError(f"unknown runtime event {name!r}; expected one of {sorted(EVENT_TYPES)}")
     cls = EVENT_TYPES[name]
-    values = {f.name: data[f.name] for f in fields(cls)}
+    values = {f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING}
     if cls is LayersEmptied:
         values["names"] = tuple(values["names"])
     return cls(**values)

@@ -4,9 +4,11 @@
 (ties: the earliest flat position first, as `prune_mask_unstructured`), where tensor `k`
 keeps at least `floors[k]` entries: once a tensor has given up all it may, the order skips it
 and the rest of the budget comes from the other tensors. `guarded_masks` applies it to a
-`MaskGroup` with floors (`min_density`) or LAMP scores (`scope: lamp`, every layer keeping at
-least one weight). A group without either never comes here: the paper's global magnitude
-selection stays exactly `prune_mask_unstructured`.
+`MaskGroup` with floors (`min_density`), LAMP scores (`scope: lamp`, every layer keeping at
+least one weight) or channel floors (`min_per_channel`: the largest scores of every output
+channel rank above all others, and the tensor's floor covers them, so they are never pruned).
+A group without any never comes here: the paper's global magnitude selection stays exactly
+`prune_mask_unstructured`.
 """
 
 from __future__ import annotations
@@ -23,16 +25,26 @@ from acdc_recipe.runtime.threshold import unstructured_masks
 
 
 def guarded_masks(
-    tensors: Sequence[Tensor], group: MaskGroup, sharding: Sharding | None = None
+    tensors: Sequence[Tensor],
+    group: MaskGroup,
+    sharding: Sharding | None = None,
+    input_axes: Sequence[int] | None = None,
 ) -> list[Tensor]:
-    """Masks (each in its tensor's dtype) for an unstructured `group` with floors or LAMP
-    scores; `tensors` are the group's members (with `sharding`: their local shards)."""
+    """Masks (each in its tensor's dtype) for an unstructured `group` with floors, LAMP scores
+    or channel floors; `tensors` are the group's members (with `sharding`: their local shards,
+    which hold whole output channels), `input_axes` their input axes (default 1)."""
     if group.score == "lamp":
         if sharding is not None:
             raise ShardingError(LAMP_NEEDS_WHOLE_LAYERS)
         ranked = [lamp_scores(t) for t in tensors]
     else:
         ranked = list(tensors)
+    if group.channel_floors:
+        axes = input_axes if input_axes is not None else [1] * len(tensors)
+        ranked = [
+            protect_channels(r, keep, axis)
+            for r, keep, axis in zip(ranked, group.channel_floors, axes, strict=True)
+        ]
     floors = group.floors or (0,) * len(tensors)
     masks = floored_masks(ranked, group.prune, floors, sharding)
     return [m.to(t.dtype) for m, t in zip(masks, tensors, strict=True)]
@@ -81,6 +93,32 @@ def floored_masks(
             budget -= allowance[i]
         free = [i for i in free if i not in over]
     return masks  # type: ignore[return-value]
+
+
+PROTECTED = torch.finfo(torch.float64).max  # above |v| of every finite float32/16 value
+
+
+@torch.no_grad()
+def protect_channels(values: Tensor, keep: int, input_axis: int = 1) -> Tensor:
+    """|values| as float64 (exact for every narrower float), with the `keep` largest of every
+    output channel raised to `PROTECTED`, above every other entry of any tensor.
+
+    The output axis is 0, or 1 when the input axis is 0 (transformers' Conv1D); a 1-D tensor
+    is one channel. Among equal magnitudes in a channel the earliest (in the channel's flat
+    order) is kept, so the result is deterministic.
+    """
+    ranked = values.detach().abs().to(torch.float64)
+    if keep <= 0 or not ranked.numel():
+        return ranked
+    output_axis = 1 if input_axis == 0 and ranked.dim() >= 2 else 0
+    channels = ranked.movedim(output_axis, 0) if ranked.dim() >= 2 else ranked.reshape(1, -1)
+    rows = channels.reshape(channels.shape[0], -1)
+    top = rows.argsort(dim=1, descending=True, stable=True)[:, :keep]
+    rows = rows.scatter(1, top, PROTECTED)
+    protected = rows.reshape(channels.shape)
+    if ranked.dim() < 2:
+        return protected.reshape(ranked.shape)
+    return protected.movedim(0, output_axis).contiguous()
 
 
 def _subset(sharding: Sharding | None, indices: Sequence[int]) -> Sharding | None:

@@ -22,6 +22,7 @@ from acdc_recipe.runtime.events import LayersEmptied, MasksComputed
 from acdc_recipe.runtime.mask_sync import verify_masks_identical, verify_sharded_masks
 from acdc_recipe.runtime.masks import (
     apply_masks_,
+    emptied_channels,
     mask_change_fraction,
     mask_sparsity,
     select_masks_and_thresholds,
@@ -155,6 +156,7 @@ class MaskState:
         self.masks, self.view, self.previous = masks, tuple(masks), None
         self.target = target
         achieved, per_layer = mask_sparsity(masks, self._sharding)
+        channels = emptied_channels(masks, self._input_axes, self._sharding)
         events: list[MasksComputed | LayersEmptied] = [
             MasksComputed(
                 step,
@@ -166,6 +168,7 @@ class MaskState:
                 per_layer_changed,
                 threshold,
                 seconds,
+                {name: n for name, n in zip(self._names, channels, strict=True) if n},
             )
         ]
         emptied = tuple(name for name, value in zip(self._names, per_layer) if value >= 1.0)

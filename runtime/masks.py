@@ -35,6 +35,7 @@ __all__ = [
     "NonFiniteWeightError",
     "apply_masks_",
     "check_finite",
+    "emptied_channels",
     "mask_change_fraction",
     "mask_sparsity",
     "prune_mask_block",
@@ -91,8 +92,8 @@ def select_masks_and_thresholds(
                 group_masks = prune_mask_n_m(members, a, b, group.prune, member_axes, shards)
             elif kind == "block":
                 group_masks = prune_mask_block(members, a, b, group.prune, member_axes, shards)
-            elif group.score != "magnitude" or group.floors:
-                group_masks = guarded_masks(members, group, shards)  # no single threshold
+            elif group.score != "magnitude" or group.floors or group.channel_floors:
+                group_masks = guarded_masks(members, group, shards, member_axes)
             else:
                 group_masks, threshold = unstructured_masks(members, group.prune, shards)
         except NonFiniteWeightError:
@@ -246,6 +247,34 @@ def mask_sparsity(
     per_tensor = [z / s if s else 0.0 for z, s in zip(zeros, sizes, strict=True)]
     total = sum(sizes)
     return (sum(zeros) / total if total else 0.0), per_tensor
+
+
+def emptied_channels(
+    masks: Sequence[Tensor], input_axes: Sequence[int], sharding: Sharding | None = None
+) -> list[int]:
+    """Output channels without any kept entry, per mask: rows, or columns when the input axis
+    is 0 (transformers' Conv1D); a 1-D mask is one channel. With `sharding` the masks are
+    dim-0 shards and the counts those of the full masks (one sum over the ranks)."""
+    parts, by_rows = [], []
+    for mask, axis in zip(masks, input_axes, strict=True):
+        by_rows.append(mask.dim() >= 2 and axis != 0)
+        if by_rows[-1]:  # whole rows on every rank (maybe none): count the empty ones here
+            kept = torch.count_nonzero(mask.flatten(1), dim=1)
+            parts.append((kept == 0).sum().reshape(1))
+        elif mask.dim() >= 2:  # columns: kept entries, summed over the ranks' rows
+            parts.append(torch.count_nonzero(mask.movedim(1, 0).flatten(1), dim=1))
+        else:  # a 1-D mask is one channel
+            parts.append(torch.count_nonzero(mask).reshape(1))
+    if not parts:
+        return []
+    counts = torch.cat([part.to(parts[0].device) for part in parts])
+    if sharding is not None:
+        sharding.sum_(counts)
+    sizes = [part.numel() for part in parts]
+    return [
+        int(part[0]) if rows else int((part == 0).sum())
+        for part, rows in zip(counts.cpu().split(sizes), by_rows, strict=True)
+    ]
 
 
 def mask_change_fraction(

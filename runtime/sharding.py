@@ -210,6 +210,16 @@ def plan_sharding(params: Sequence[Tensor], plan: SparsityPlan) -> Sharding | No
         check_pattern(sharding, i, spec.pattern, spec.name, spec.input_axis)
     if sharding is not None and any(spec.scope == "lamp" for spec in plan.params):
         raise ShardingError(LAMP_NEEDS_WHOLE_LAYERS)
+    for i, spec in enumerate(plan.params if sharding is not None else ()):
+        whole_channels = len(spec.shape) >= 2 and spec.input_axis != 0 and sharding.dims[i] == 0
+        if spec.min_per_channel and not whole_channels:
+            raise ShardingError(
+                f"min_per_channel keeps the largest weights of every output channel of layer "
+                f"'{spec.name}', but its output channels are split over the processes (FSDP2 "
+                f"shards dim {sharding.dims[i]} of its shape {list(spec.shape)}); leave the "
+                "layer out of min_per_channel with a rule (min_per_channel: 0), or use "
+                "distributed: ddp"
+            )
     return sharding
 
 

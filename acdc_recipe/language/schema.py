@@ -103,6 +103,13 @@ class Rule(Strict):
         description="Under scope global or lamp: the matched layers keep at least this "
         "fraction of their weights (overrides sparsity.min_density).",
     )
+    min_per_channel: int | None = Field(
+        default=None,
+        ge=0,
+        description="Under scope global or lamp: every output channel of the matched layers "
+        "keeps at least this many of its largest weights (overrides sparsity.min_per_channel; "
+        "0 turns it off for them).",
+    )
 
     _fraction = field_validator("target")(_check_fraction)
     _pattern = field_validator("pattern")(_check_pattern)
@@ -124,14 +131,14 @@ class Rule(Strict):
     def _dense_is_exclusive(self) -> Rule:
         if self.dense and (self.target is not None or self.pattern is not None):
             raise ValueError("a rule with dense: true cannot also set target or pattern")
-        if self.min_density is not None and (
-            self.dense or self.target is not None or self.pattern is not None
-        ):
-            raise ValueError(
-                "min_density floors layers that share the global (or lamp) selection; a rule "
-                "with dense: true, its own target or its own pattern chooses its layers' "
-                "sparsity by itself, so it cannot also set min_density"
-            )
+        own = self.dense or self.target is not None or self.pattern is not None
+        for name in ("min_density", "min_per_channel"):
+            if own and getattr(self, name) is not None:
+                raise ValueError(
+                    f"{name} floors layers that share the global (or lamp) selection; a rule "
+                    "with dense: true, its own target or its own pattern chooses its layers' "
+                    f"sparsity by itself, so it cannot also set {name}"
+                )
         return self
 
 
@@ -155,6 +162,14 @@ class Sparsity(Strict):
         "its weights; the total stays exact, the rest of the budget taken from the other "
         "layers in the same global order.",
     )
+    min_per_channel: int | None = Field(
+        default=None,
+        ge=0,
+        description="With scope global or lamp: every output channel (a conv filter, a Linear "
+        "row) keeps at least this many of its largest weights, so no channel is emptied; the "
+        "total stays exact. With batch norm an emptied channel outputs a constant that a ReLU "
+        "can silence for good, and no dense phase revives it; 1 prevents that.",
+    )
     pattern: str = Pattern
     prunable: tuple[str, ...] | None = Field(
         default=None,
@@ -173,12 +188,15 @@ class Sparsity(Strict):
 
     @model_validator(mode="after")
     def _floors_fit(self) -> Sparsity:
-        floored = self.min_density is not None or any(r.min_density is not None for r in self.rules)
-        if floored and self.scope not in ("global", "lamp"):
-            raise ValueError(
-                f"min_density floors layers of one global selection (scope global or lamp); "
-                f"with scope {self.scope} every layer's count is fixed already"
+        for name in ("min_density", "min_per_channel"):
+            floored = getattr(self, name) is not None or any(
+                getattr(r, name) is not None for r in self.rules
             )
+            if floored and self.scope not in ("global", "lamp"):
+                raise ValueError(
+                    f"{name} floors layers of one global selection (scope global or lamp); "
+                    f"with scope {self.scope} every layer's count is fixed already"
+                )
         if self.min_density is not None and self.min_density > 1.0 - self.target + 1e-12:
             raise ValueError(
                 f"min_density {self.min_density:g} keeps more of every layer than the target "

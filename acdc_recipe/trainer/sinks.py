@@ -229,7 +229,7 @@ class TerminalSink(Sink):
             f"{self._where(record.step)}: sparse phase {record.phase_index}, sparsity "
             f"{_percent(record.achieved_sparsity)} (target {_percent(record.target)}), "
             f"mask changed {_percent(changed) if changed is not None else '- (first mask)'}, "
-            f"{record.seconds:.3f}s"
+            f"{_emptied_channels(record.emptied_channels)}{record.seconds:.3f}s"
         )
 
     def _layers_emptied(self, record: LayersEmptied) -> None:
@@ -300,3 +300,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("sparse model", summary.get("sparse_model") or "-")
     table.add_row("run directory", summary["run_dir"])
     return table
+
+
+def _emptied_channels(per_layer: dict[str, int] | None) -> str:
+    """'9 output channels without a weight (min_per_channel keeps them), ' or ''."""
+    total = sum((per_layer or {}).values())
+    if not total:
+        return ""
+    plural = "s" if total > 1 else ""
+    return f"{total} output channel{plural} without a weight (min_per_channel keeps them), "

@@ -73,7 +73,8 @@ def test_lamp_check_compares_the_guard_with_global_and_gmp_at_the_full_budget() 
     mode = accuracy.MODES["full"]
     jobs = accuracy.lamp_matrix()
     assert len({job.key for job in jobs}) == len(jobs)
-    for config in ("acdc-lamp95", "acdc-global95", "gmp95"):
+    three_seeds = ("acdc-lamp95", "acdc-global95", "gmp95", "gmp-lamp95")
+    for config in (*three_seeds, "acdc-lamp95-min_per_channel1"):
         assert {j.seed for j in jobs if j.config == config} == {0, 1, 2}, config
     setups = {}
     for job in jobs:
@@ -83,6 +84,8 @@ def test_lamp_check_compares_the_guard_with_global_and_gmp_at_the_full_budget() 
         setups.setdefault(job.seed, set()).add(recipe.train.model_dump_json())
         floored = job.config == "acdc-global95-min_density0.02"
         assert recipe.sparsity.min_density == (0.02 if floored else None), job.key
+        per_channel = 1 if job.config.endswith("min_per_channel1") else None
+        assert recipe.sparsity.min_per_channel == per_channel, job.key
     assert all(len(variants) == 1 for variants in setups.values())
     assert _load(jobs[0], mode).train.model.kwargs["width"] == 8
 

@@ -156,3 +156,27 @@ def test_floors_the_target_cannot_leave_are_a_compile_error() -> None:
     with pytest.raises(CompileError, match="scope lamp") as caught:
         mask_groups(lamp, 0.9, 0.9)  # 10 weights keep 1, five layers need one each
     assert caught.value.path == ("sparsity", "target")
+
+
+def test_min_per_channel_reserves_each_output_channel_and_caps_at_its_size() -> None:
+    plist = params([(10, 3), (4, 2, 3, 3), (6, 8)])
+    plist[2] = replace(plist[2], input_axis=0)  # Conv1D: 8 output channels of 6
+    plist = [replace(p, min_per_channel=2) for p in plist[:2]] + [
+        replace(plist[2], min_per_channel=7)
+    ]
+    (group,) = mask_groups(plist, 0.3, 0.3)
+    assert group.channel_floors == (2, 2, 6)  # capped at the 6 weights of a channel
+    assert group.floors == (20, 8, 48)  # channels x floor: 10 x 2, 4 x 2, 8 x 6
+    off = [replace(p, min_per_channel=0) for p in plist]
+    assert mask_groups(off, 0.3, 0.3)[0].floors == ()  # 0 is the paper's plain selection
+
+
+def test_channel_floors_the_target_cannot_leave_are_a_compile_error() -> None:
+    import pytest
+
+    from acdc_recipe.compiler import CompileError
+
+    plist = [replace(p, min_per_channel=3) for p in params([(10, 10), (10, 10)])]
+    with pytest.raises(CompileError, match="min_per_channel") as caught:
+        mask_groups(plist, 0.9, 0.9)  # 20 kept, 60 reserved
+    assert caught.value.path == ("sparsity", "min_per_channel")

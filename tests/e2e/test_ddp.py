@@ -91,10 +91,11 @@ def test_two_ranks_on_sparse_kernels_reduce_dense_gradients_and_stay_identical(t
 
 
 def test_two_ranks_choose_identical_lamp_masks_with_floors(tmp_path):
-    """LAMP scores and min_density floors are deterministic: both ranks keep the same weights."""
+    """LAMP scores, min_density and min_per_channel floors are deterministic: both ranks keep
+    the same weights."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(HERE / "ddp_worker.py"), TINY, str(tmp_path), *CNN,
-               "sparsity.scope=lamp", "sparsity.min_density=0.05"]  # fmt: skip
+               str(HERE / "ddp_worker.py"), TINY, str(tmp_path), *CNN, "sparsity.scope=lamp",
+               "sparsity.min_density=0.05", "sparsity.min_per_channel=1"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -103,5 +104,6 @@ def test_two_ranks_choose_identical_lamp_masks_with_floors(tmp_path):
     total = sum(m.numel() for m in masks[0])
     assert total - sum(int(m.count_nonzero()) for m in masks[0]) == round(0.8 * total)
     assert all(m.count_nonzero() >= -(-m.numel() // 20) for m in masks[0])  # 5% of each layer
+    assert all(bool((m.reshape(m.shape[0], -1).sum(1) >= 1).all()) for m in masks[0])
     weights = [rank["weights"] for rank in ranks]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

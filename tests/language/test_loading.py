@@ -175,6 +175,10 @@ def test_sparse_kernels_with_sharded_training_is_refused_at_validation():
         ("{target: 0.9, rules: [{match: fc, target: 0.5, min_density: 0.1}]}", "by itself"),
         ("{target: 0.9, scope: erk, rules: [{match: fc, min_density: 0.1}]}", "scope global"),
         ("{target: 0.9, min_density: 0}", "greater than 0"),
+        ("{target: 0.9, scope: uniform, min_per_channel: 1}", "scope global or lamp"),
+        ("{target: 0.9, rules: [{match: fc, pattern: '2:4', min_per_channel: 1}]}", "by itself"),
+        ("{target: 0.9, min_per_channel: -1}", "greater than or equal to 0"),
+        ("{target: 0.9, min_per_channel: 0.5}", "integer"),
     ],
 )
 def test_min_density_that_cannot_apply_is_refused_at_its_line(sparsity, said):
@@ -189,5 +193,7 @@ def test_lamp_and_min_density_load_and_lamp_is_refused_under_fsdp():
     assert recipe.sparsity.scope == "lamp" and recipe.sparsity.min_density is None
     floored = load_recipe_text(text.replace("scope: lamp", "min_density: 0.1"))
     assert floored.sparsity.min_density == 0.1  # 0.1 of every layer, as 1 - 0.9 leaves
+    per_channel = load_recipe_text(text.replace("scope: lamp", "scope: lamp\n  min_per_channel: 1"))
+    assert per_channel.sparsity.min_per_channel == 1
     (problem,) = problems(text + "train: {model: {name: mlp}, distributed: fsdp}\n")
     assert "scope: lamp" in problem.message and "min_density" in problem.message

@@ -113,3 +113,88 @@ def test_lamp_ranks_within_a_layer_by_magnitude():
     for weight, mask in zip(weights, masks):
         kept, pruned = weight[mask == 1].abs(), weight[mask == 0].abs()
         assert pruned.numel() == 0 or kept.min() >= pruned.max()
+
+
+def protected_positions(value: torch.Tensor, keep: int, input_axis: int) -> set[int]:
+    """The definition: the `keep` largest |v| of every output channel (ties: the earliest in the
+    channel's own order), as flat positions of `value`."""
+    output_axis = 1 if input_axis == 0 else 0
+    positions = torch.arange(value.numel()).reshape(value.shape).movedim(output_axis, 0)
+    magnitudes = value.abs().movedim(output_axis, 0)
+    chosen = set()
+    for channel, where in zip(magnitudes, positions):
+        ranked = sorted(zip((-channel).reshape(-1).tolist(), where.reshape(-1).tolist()))
+        order = sorted(range(len(ranked)), key=lambda j: (ranked[j][0], j))
+        chosen |= {ranked[j][1] for j in order[:keep]}
+    return chosen
+
+
+def walk_protected(values, prune, floors, protected):
+    """`walk` that never prunes a protected position (each tensor's floor covering them)."""
+    keys = sorted(
+        (int(magnitude_keys(v.reshape(-1)[j])), k, j)
+        for k, v in enumerate(values)
+        for j in range(v.numel())
+        if j not in protected[k]
+    )
+    left = [v.numel() - max(f, len(p)) for v, f, p in zip(values, floors, protected)]
+    masks = [torch.ones(v.numel(), dtype=v.dtype) for v in values]
+    for _, k, j in keys:
+        if prune == 0:
+            break
+        if left[k]:
+            masks[k][j], left[k], prune = 0, left[k] - 1, prune - 1
+    return [m.reshape(v.shape) for m, v in zip(masks, values)]
+
+
+@st.composite
+def channel_problems(draw):
+    """1-4 matrices (Linear or Conv1D layout) at different scales with ties, a channel floor
+    each, tensor floors, and a feasible prune count."""
+    tensors, axes, keeps, floors = [], [], [], []
+    for _ in range(draw(st.integers(1, 4))):
+        rows, cols = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+        seed = draw(st.integers(0, 2**16))
+        levels = torch.randint(0, 4, (rows, cols), generator=torch.Generator().manual_seed(seed))
+        tensors.append((levels.float() - 1.5) * draw(st.sampled_from([1e-3, 1.0, 8.0])))
+        axes.append(draw(st.sampled_from([0, 1])))
+        channel = cols if axes[-1] == 1 else rows
+        keeps.append(draw(st.integers(0, channel)))
+        floors.append(draw(st.integers(0, rows * cols)))
+    protected = [protected_positions(t, k, a) for t, k, a in zip(tensors, keeps, axes, strict=True)]
+    floors = [max(f, len(p)) for f, p in zip(floors, protected, strict=True)]
+    room = sum(t.numel() - f for t, f in zip(tensors, floors, strict=True))
+    return tensors, axes, keeps, floors, draw(st.integers(0, room)), protected
+
+
+@settings(max_examples=300, deadline=None)
+@given(problem=channel_problems())
+def test_channel_floors_keep_each_channels_largest_and_the_rest_in_global_order(problem):
+    tensors, axes, keeps, floors, prune, protected = problem
+    group = MaskGroup(
+        tuple(range(len(tensors))), prune, "unstructured", "magnitude", tuple(floors), tuple(keeps)
+    )
+    masks = select_masks(tensors, [group], axes)
+    expected = walk_protected(tensors, prune, floors, protected)
+    assert all(torch.equal(a, b) for a, b in zip(masks, expected))
+    assert sum(int((m == 0).sum()) for m in masks) == prune  # exact count
+    for mask, keep, axis in zip(masks, keeps, axes):
+        per_channel = mask.sum(dim=0 if axis == 0 else 1)
+        assert bool((per_channel >= keep).all())
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_lamp_with_channel_floors_empties_no_channel(keep):
+    generator = torch.Generator().manual_seed(3)
+    row_scales = torch.logspace(0, -3, 16).unsqueeze(1)  # filters a batch norm rescales
+    weights = [torch.randn(16, 72, generator=generator) * row_scales for _ in range(3)]
+    prune = round(0.9 * sum(w.numel() for w in weights))
+    floors = tuple(keep * w.shape[0] for w in weights)
+    group = MaskGroup((0, 1, 2), prune, "unstructured", "lamp", floors, (keep,) * 3)
+    masks = select_masks(weights, [group])
+    assert sum(int((m == 0).sum()) for m in masks) == prune
+    assert all(bool((m.sum(1) >= keep).all()) for m in masks)
+    lamp_only = select_masks(
+        weights, [MaskGroup((0, 1, 2), prune, "unstructured", "lamp", (1,) * 3)]
+    )
+    assert any(bool((m.sum(1) < keep).any()) for m in lamp_only)  # the floor is what keeps them

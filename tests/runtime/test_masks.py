@@ -201,3 +201,14 @@ def test_a_weight_stored_input_major_gets_the_transposed_mask(pattern, seed):
     assert mask.is_contiguous() and mask.shape == in_major.shape
     assert torch.equal(mask, expected.t())
     assert zeros_in(mask) == prune
+
+
+def test_emptied_channels_are_rows_columns_of_a_conv1d_or_a_whole_1d_mask():
+    from acdc_recipe.runtime.masks import emptied_channels
+
+    mask = torch.tensor([[1.0, 0, 0], [0, 0, 0], [1, 0, 1]])
+    conv = torch.zeros(4, 2, 3, 3)
+    conv[0, 1, 2, 2] = 1
+    cases = [mask, mask, torch.zeros(0, 3), torch.zeros(4), torch.ones(4), conv]
+    axes = [1, 0, 1, 1, 1, 1]
+    assert emptied_channels(cases, axes) == [1, 1, 0, 1, 0, 3]  # a row; a column; ...

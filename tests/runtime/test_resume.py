@@ -31,8 +31,12 @@ CONFIGS = {
     "sgd_reset": ("sgd", "reset", "step", None),
     "adamw_reactivated_epochs": ("adamw", "reset_reactivated", "epoch", 2),
     "sgd_lamp_min_density": ("sgd", "reset", "step", None),
+    "sgd_global_min_per_channel": ("sgd", "reset", "step", None),
 }
-SPARSITY = {"sgd_lamp_min_density": {"target": 0.8, "scope": "lamp", "min_density": 0.1}}
+SPARSITY = {
+    "sgd_lamp_min_density": {"target": 0.8, "scope": "lamp", "min_density": 0.1},
+    "sgd_global_min_per_channel": {"target": 0.8, "min_per_channel": 2},
+}
 
 
 def build(config: str):

@@ -20,7 +20,13 @@ from torch.distributed.tensor import Shard
 from acdc_recipe.compiler import MaskGroup
 from acdc_recipe.compiler import compile as compile_recipe
 from acdc_recipe.language.schema import Recipe
-from acdc_recipe.runtime import MaskMismatchError, RuntimeStateError, attach, select_masks
+from acdc_recipe.runtime import (
+    MaskMismatchError,
+    MasksComputed,
+    RuntimeStateError,
+    attach,
+    select_masks,
+)
 from acdc_recipe.runtime.mask_sync import verify_sharded_masks
 from acdc_recipe.runtime.sharding import Sharding, ShardingError, rebind, sharded_like
 from acdc_recipe.runtime.threshold import unstructured_masks
@@ -37,6 +43,7 @@ SCENARIOS = {
         "rules": [{"match": "3", "pattern": "2:4"}, {"match": "5", "pattern": "block:1x7"}],
     },
     "min_density": {"target": 0.7, "scope": "global", "min_density": 0.28},
+    "min_per_channel": {"target": 0.9, "scope": "global", "min_per_channel": 2},
 }
 
 
@@ -68,6 +75,8 @@ def run_scenario(sparsity: dict) -> dict:
     shard(net)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     runtime = attach(compiled, optimizer)
+    events = []
+    runtime.add_listener(events.append)
     params = [net.get_parameter(name) for name in compiled.plan.names]
     generator = torch.Generator().manual_seed(dist.get_rank())
     seen = {"computations": 0, "equal": 0, "sparse_steps": 0, "exact": 0, "split_ties": 0}
@@ -86,6 +95,15 @@ def run_scenario(sparsity: dict) -> dict:
             seen["equal"] += all(torch.equal(a, b) for a, b in zip(full, expected))
             seen["split_ties"] += split_ties(before, full, update.groups)
             seen["floors_held"] = seen.get("floors_held", 0) + floors_held(full, update.groups)
+            seen["channels_kept"] = seen.get("channels_kept", True) and channels_kept(
+                full, update.groups
+            )
+            empty = {n: int((m.reshape(m.shape[0], -1).sum(1) == 0).sum()) for n, m in zip(
+                compiled.plan.names, full)}  # fmt: skip
+            reported = [e for e in events if isinstance(e, MasksComputed)][-1].emptied_channels
+            seen["channels_counted"] = seen.get("channels_counted", 0) + (
+                reported == {n: k for n, k in empty.items() if k}
+            )
         x = torch.randn(4, 1, 6, 6, generator=generator)
         optimizer.zero_grad()
         net(x).square().mean().backward()
@@ -115,6 +133,15 @@ def floors_held(masks, groups) -> int:
         any(int(masks[i].count_nonzero()) == f for i, f in zip(g.indices, g.floors))
         for g in groups
         if g.floors
+    )
+
+
+def channels_kept(masks, groups) -> bool:
+    """Every output channel (row) keeps at least its group's channel floor."""
+    return all(
+        bool((masks[i].reshape(masks[i].shape[0], -1).sum(1) >= floor).all())
+        for g in groups
+        for i, floor in zip(g.indices, g.channel_floors)
     )
 
 
@@ -317,6 +344,19 @@ def test_min_density_floors_are_exact_over_the_shards(ranks):
     for seen in (rank["min_density"] for rank in ranks):
         assert seen["computations"] == 4 and seen["equal"] == 4
         assert seen["floors_held"] > 0  # a floor decided some layer's count
+        assert seen["sparse_steps"] == seen["exact"] == 9
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_emptied_channels_are_counted_over_the_shards(ranks, scenario):
+    for seen in (rank[scenario] for rank in ranks):
+        assert seen["channels_counted"] == seen["computations"]
+
+
+def test_channel_floors_are_exact_over_the_shards(ranks):
+    for seen in (rank["min_per_channel"] for rank in ranks):
+        assert seen["computations"] == 4 and seen["equal"] == 4
+        assert seen["channels_kept"]
         assert seen["sparse_steps"] == seen["exact"] == 9
 
 

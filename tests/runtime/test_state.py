@@ -405,6 +405,7 @@ def test_the_python_api_warns_when_a_mask_empties_a_layer():
     with pytest.warns(EmptiedLayerWarning, match="every weight of 2.weight is pruned") as seen:
         runtime.begin_step()
     assert "scope: lamp" in str(seen[0].message) and "min_density" in str(seen[0].message)
+    assert "min_per_channel" in str(seen[0].message)
     assert [e for e in events if isinstance(e, LayersEmptied)] == [
         LayersEmptied(0, 0, ("2.weight",))
     ]
@@ -421,6 +422,35 @@ def test_the_python_api_warns_when_a_mask_empties_a_layer():
         warnings.simplefilter("error")
         runtime.begin_step()  # scope: lamp leaves every layer some weights
     assert all(mask.count_nonzero() > 0 for mask in runtime.masks)
+
+
+@pytest.mark.parametrize("per_channel", [None, 1])
+def test_mask_computations_count_the_output_channels_they_empty(per_channel):
+    import acdc_recipe
+    from acdc_recipe.runtime import MasksComputed
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        model[0].weight[:5].mul_(1e-3)  # five rows far below the rest
+    floor = "" if per_channel is None else f", min_per_channel: {per_channel}"
+    recipe = acdc_recipe.load_recipe_text(
+        f"name: t\nsparsity: {{target: 0.7{floor}}}\n"
+        "schedule: {unit: step, phases: [{sparse: 2}]}\n"
+    )
+    compiled = acdc_recipe.compile(model, recipe)
+    runtime = acdc_recipe.attach(compiled, torch.optim.SGD(model.parameters(), lr=0.1))
+    events = []
+    runtime.add_listener(events.append)
+    runtime.begin_step()
+    (computed,) = [e for e in events if isinstance(e, MasksComputed)]
+    masks = runtime.masks
+    empty_rows = {name: int((m.sum(1) == 0).sum()) for name, m in zip(compiled.plan.names, masks)}
+    assert computed.emptied_channels == {k: v for k, v in empty_rows.items() if v}
+    if per_channel is None:
+        assert computed.emptied_channels["0.weight"] == 5
+    else:
+        assert computed.emptied_channels == {}
 
 
 def test_a_loop_that_runs_past_the_schedule_is_warned_once():
