@@ -141,8 +141,8 @@ def attach_runtime(
 def event_metrics(event: RuntimeEvent) -> dict[str, float]:
     """The scalars a trainer's loggers get for one engine event (none for the others): the
     phase at its start (with the target 0 of a dense phase), the target and the achieved
-    sparsity, overall and per pruned weight (``acdc/sparsity/<name>``), at each mask
-    computation."""
+    sparsity, overall and per pruned weight (``acdc/sparsity/<name>``), and the output channels
+    left without a weight, at each mask computation."""
     if isinstance(event, PhaseStarted):
         metrics = {
             "acdc/phase": float(event.phase_index),
@@ -157,6 +157,8 @@ def event_metrics(event: RuntimeEvent) -> dict[str, float]:
             metrics["acdc/mask_changed"] = event.changed_fraction
         for name, sparsity in event.per_layer_sparsity.items():
             metrics[f"acdc/sparsity/{name}"] = sparsity
+        if event.emptied_channels is not None:
+            metrics["acdc/emptied_channels"] = float(sum(event.emptied_channels.values()))
         return metrics
     if isinstance(event, LayersEmptied):
         return {"acdc/emptied_layers": float(len(event.names))}

@@ -323,6 +323,12 @@ def test_phase_switches_and_sparsity_are_logged_through_the_trainer(tmp_path, ca
         sizes = [p.numel for p in acdc.compiled.params]
         overall = sum(s * n for s, n in zip(per_layer, sizes, strict=True)) / sum(sizes)
         assert overall == pytest.approx(entry["acdc/sparsity"], abs=1e-9)
+        masks = acdc.runtime.masks if entry is history[-1] else None
+        if masks is not None:  # the last computation's masks are still applied
+            outputs = [1 if p.input_axis == 0 else 0 for p in acdc.compiled.params]
+            empty = sum(int((m.movedim(o, 0).flatten(1).sum(1) == 0).sum()) for m, o in zip(
+                masks, outputs))  # fmt: skip
+            assert entry["acdc/emptied_channels"] == empty
     printed = capsys.readouterr().out
     assert printed.count("acdc: recipe 'hf-test'") == 1
     assert f"{len(names)} prunable tensors" in printed

@@ -29,6 +29,16 @@ def test_a_mask_computation_is_one_line_and_an_emptied_layer_a_warning():
     assert "scope: erk" in lines[1] and len(lines) == 2
 
 
+def test_a_mask_computation_line_counts_emptied_channels():
+    masks = MasksComputed(40, 1, 0.95, 0.95, {"c.weight": 0.9}, None, None, 0.01, 0.002, {})
+    assert "channel" not in lines_for(masks)[0]
+    emptied = MasksComputed(
+        40, 1, 0.95, 0.95, {"c.weight": 0.9}, None, None, 0.01, 0.0, {"c.weight": 3}
+    )
+    (line,) = lines_for(emptied)
+    assert "3 output channels without a weight (min_per_channel keeps them)" in line
+
+
 def test_emptied_layers_are_those_at_full_sparsity():
     assert emptied_layers({"a": 1.0, "b": 0.999, "c": 1.0}) == ["a", "c"]
 
