@@ -14,17 +14,20 @@ from acdc_recipe.runtime.floors import floored_masks, guarded_masks
 from acdc_recipe.runtime.threshold import magnitude_keys, prune_mask_unstructured
 
 
-def walk(values, prune, floors):
+def walk(values, prune, floors, protected=None):
     """The definition: walk all entries by (|value|, tensor, position), skipping tensors that
-    have given up all their entries but `floors[k]`, until `prune` are pruned."""
-    keys = [
+    have given up all their entries but `floors[k]` and the positions in `protected[k]`, until
+    `prune` are pruned."""
+    protected = protected or [set() for _ in values]
+    keys = sorted(
         (int(magnitude_keys(v.reshape(-1)[j])), k, j)
         for k, v in enumerate(values)
         for j in range(v.numel())
-    ]
-    left = [v.numel() - f for v, f in zip(values, floors)]
+        if j not in protected[k]
+    )
+    left = [v.numel() - max(f, len(p)) for v, f, p in zip(values, floors, protected)]
     masks = [torch.ones(v.numel(), dtype=v.dtype) for v in values]
-    for _, k, j in sorted(keys)[: len(keys)]:
+    for _, k, j in keys:
         if prune == 0:
             break
         if left[k]:
@@ -129,24 +132,6 @@ def protected_positions(value: torch.Tensor, keep: int, input_axis: int) -> set[
     return chosen
 
 
-def walk_protected(values, prune, floors, protected):
-    """`walk` that never prunes a protected position (each tensor's floor covering them)."""
-    keys = sorted(
-        (int(magnitude_keys(v.reshape(-1)[j])), k, j)
-        for k, v in enumerate(values)
-        for j in range(v.numel())
-        if j not in protected[k]
-    )
-    left = [v.numel() - max(f, len(p)) for v, f, p in zip(values, floors, protected)]
-    masks = [torch.ones(v.numel(), dtype=v.dtype) for v in values]
-    for _, k, j in keys:
-        if prune == 0:
-            break
-        if left[k]:
-            masks[k][j], left[k], prune = 0, left[k] - 1, prune - 1
-    return [m.reshape(v.shape) for m, v in zip(masks, values)]
-
-
 @st.composite
 def channel_problems(draw):
     """1-4 matrices (Linear or Conv1D layout) at different scales with ties, a channel floor
@@ -175,7 +160,7 @@ def test_channel_floors_keep_each_channels_largest_and_the_rest_in_global_order(
         tuple(range(len(tensors))), prune, "unstructured", "magnitude", tuple(floors), tuple(keeps)
     )
     masks = select_masks(tensors, [group], axes)
-    expected = walk_protected(tensors, prune, floors, protected)
+    expected = walk(tensors, prune, floors, protected)
     assert all(torch.equal(a, b) for a, b in zip(masks, expected))
     assert sum(int((m == 0).sum()) for m in masks) == prune  # exact count
     for mask, keep, axis in zip(masks, keeps, axes):
