@@ -74,8 +74,9 @@ class MaskGroup:
     over the group) become zero: for "unstructured" the smallest scores over the whole group
     (`score` "magnitude": |w|; "lamp": layer-adaptive scores), member `k` keeping at least
     `floors[k]` entries when `floors` is given, and every output channel of member `k`
-    keeping its `channel_floors[k]` largest scores when that is given; for "N:M" and "block:RxC" each tensor is
-    pruned on its own and `prune` is the exact count that pattern yields.
+    keeping its `channel_floors[k]` largest scores when that is given; for "N:M" and
+    "block:RxC" each tensor is pruned on its own and `prune` is the exact count that pattern
+    yields.
     """
 
     indices: tuple[int, ...]
