@@ -32,6 +32,7 @@ SPE = 10  # steps per epoch
 # D0-1, S2-3, D4-5, S6-7: after each sparse phase the dense weights keep some exact zeros
 SPARSITY = [0.0, 0.0, 0.9, 0.9, 0.25, 0.2, 0.9, 0.9]
 CHANGED = [None, 0.0007812]
+EMPTIED = {6: {"fc.weight": 3}}  # the first mask's record predates the count
 
 
 def write_run(folder: Path) -> RunDir:
@@ -52,7 +53,7 @@ def write_run(folder: Path) -> RunDir:
             if kind == "sparse":
                 records.append(
                     MasksComputed(epoch * SPE, index, 0.9, 0.9, {"fc.weight": 0.9}, next(masks),
-                                  None, 0.01, 0.002)
+                                  None, 0.01, 0.002, EMPTIED.get(epoch))
                 )  # fmt: skip
         records.append(
             EpochEnded((epoch + 1) * SPE, epoch, kind, 1.0, 1.0, 0.5, sparsity, 0.1, 0.1)
@@ -109,6 +110,9 @@ def test_a_percentage_reads_the_same_in_charts_and_tables(tmp_path):
     changed = charts_of(html)["Mask entries changed at each re-pruning"]
     assert ">0.08%</text>" in changed and "0.07812%" not in html
     assert "<td>0.08%</td>" in html  # the re-pruning log
+    rows = re.findall(r"<tr><td>(\d+)</td><td>90.00%</td>.*?</tr>", html)
+    assert rows == ["2", "6"]
+    assert "<td>0.08%</td><td>3</td>" in html and "<td>–</td><td>–</td>" in html
     assert "0.0012%" in bar_chart("t", "y", [("a", 0.000012)])  # never a non-zero 0.00%
 
 
