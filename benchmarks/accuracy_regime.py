@@ -80,6 +80,7 @@ class Job:
     target: float | None = None
     scope: str = "global"  # global | lamp
     pattern: str = "unstructured"
+    min_per_channel: int | None = None  # the channel guard (AC/DC only)
     extra: tuple[tuple[str, Any], ...] = ()  # more recipe variables (smaller data in tests)
 
     @property
@@ -89,7 +90,8 @@ class Job:
         scope = "" if self.scope == "global" else f"-{self.scope}"
         if self.pattern != "unstructured":
             return f"{self.method}{scope}-{self.pattern}"
-        return f"{self.method}{scope}{round(100 * (self.target or 0))}"
+        guard = f"-min_per_channel{self.min_per_channel}" if self.min_per_channel else ""
+        return f"{self.method}{scope}{round(100 * (self.target or 0))}{guard}"
 
     @property
     def key(self) -> str:
@@ -108,6 +110,7 @@ class Job:
             "sparsity": self.target,
             "scope": self.scope,
             "pattern": self.pattern,
+            "min_per_channel": self.min_per_channel,
             **dict(self.extra),
         }
         declared = declared_variables(self.recipe)
@@ -141,6 +144,8 @@ def matrix(cnn: str = CNN_ARCH) -> list[Job]:
     jobs.append(Job("gpt2", "oneshot", 0, 0.5, pattern="2:4"))  # no GMP ramp at 2:4
     for seed in SEEDS:
         jobs += [Job("mlp", m, seed, t, s) for t in MLP_TARGETS for m, s in GUARD_AND_ONESHOT]
+    # 5. the channel guard, which keeps the CNN's filters from dying behind batch norm
+    jobs.append(Job(cnn, "acdc", 0, CNN_TARGET, "lamp", min_per_channel=1))
     return jobs
 
 

@@ -54,6 +54,7 @@ def test_every_run_loads_with_100_epochs_and_one_training_setup_per_model_and_se
         if job.target is not None:
             assert recipe.sparsity.target == job.target and recipe.sparsity.scope == job.scope
             assert recipe.sparsity.pattern == job.pattern
+            assert recipe.sparsity.min_per_channel == job.min_per_channel
         assert recipe.train.seed == job.seed
         setups.setdefault((job.arch, job.seed), set()).add(recipe.train.model_dump_json())
     assert all(len(variants) == 1 for variants in setups.values()), setups
@@ -105,6 +106,7 @@ def test_the_queue_trains_the_headline_comparisons_first() -> None:
     assert {j.seed for j in cnn[:3]} == {0} and {j.seed for j in cnn[3:]} == {1, 2}
     assert {j.arch for j in jobs[24:30]} == {"gpt2"}
     assert {j.config for j in jobs if j.arch == "gpt2"} >= {"acdc-2:4", "gmp50", "gmp-lamp75"}
+    assert jobs[-1].key == f"{accuracy_regime.CNN_ARCH}/acdc-lamp95-min_per_channel1/seed0"
 
 
 def test_a_small_run_writes_the_table_and_figures_and_stops_on_request(
