@@ -19,6 +19,8 @@ def acdc(
     last_dense: int = 10,
     final_sparse: int = 15,
     scope: str = "global",
+    min_density: float | None = None,
+    min_per_channel: int | None = None,
     pattern: str = "unstructured",
     prunable: Sequence[str] | None = None,
     rules: Sequence[Mapping[str, Any]] = (),
@@ -39,6 +41,8 @@ def acdc(
             "sparsity": {
                 "target": target,
                 "scope": scope,
+                "min_density": min_density,
+                "min_per_channel": min_per_channel,
                 "pattern": pattern,
                 "prunable": None if prunable is None else list(prunable),
                 "rules": [dict(rule) for rule in rules],

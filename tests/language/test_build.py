@@ -29,3 +29,11 @@ def test_bad_arguments_are_a_recipe_error_naming_the_key():
         RecipeError, match="at `schedule.acdc.epochs`: the acdc macro cannot fill 7"
     ):
         acdc(0.9, epochs=7)
+
+
+def test_the_guards_are_keywords_and_refused_where_they_cannot_apply():
+    guarded = acdc(0.95, scope="lamp", min_per_channel=1, min_density=0.01)
+    assert (guarded.sparsity.min_per_channel, guarded.sparsity.min_density) == (1, 0.01)
+    assert load_recipe_text(dump_recipe(guarded)) == guarded
+    with pytest.raises(RecipeError, match="at `sparsity`: .*min_per_channel floors layers"):
+        acdc(0.9, scope="uniform", min_per_channel=1)
