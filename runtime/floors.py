@@ -113,7 +113,10 @@ def protect_channels(values: Tensor, keep: int, input_axis: int = 1) -> Tensor:
     output_axis = 1 if input_axis == 0 and ranked.dim() >= 2 else 0
     channels = ranked.movedim(output_axis, 0) if ranked.dim() >= 2 else ranked.reshape(1, -1)
     rows = channels.reshape(channels.shape[0], -1)
-    top = rows.argsort(dim=1, descending=True, stable=True)[:, :keep]
+    if keep == 1:  # the first of the largest: no sort
+        top = rows.argmax(dim=1, keepdim=True)
+    else:
+        top = rows.argsort(dim=1, descending=True, stable=True)[:, :keep]
     rows = rows.scatter(1, top, PROTECTED)
     protected = rows.reshape(channels.shape)
     if ranked.dim() < 2:
