@@ -108,8 +108,8 @@ def protect_channels(values: Tensor, keep: int, input_axis: int = 1) -> Tensor:
     order) is kept, so the result is deterministic.
     """
     ranked = values.detach().abs().to(torch.float64)
-    if keep <= 0 or not ranked.numel():
-        return ranked
+    if keep <= 0 or not ranked.numel() or not bool(torch.isfinite(ranked).all()):
+        return ranked  # NaN or inf stay visible to the selection, which refuses them
     output_axis = 1 if input_axis == 0 and ranked.dim() >= 2 else 0
     channels = ranked.movedim(output_axis, 0) if ranked.dim() >= 2 else ranked.reshape(1, -1)
     rows = channels.reshape(channels.shape[0], -1)

@@ -183,3 +183,14 @@ def test_lamp_with_channel_floors_empties_no_channel(keep):
         weights, [MaskGroup((0, 1, 2), prune, "unstructured", "lamp", (1,) * 3)]
     )
     assert any(bool((m.sum(1) < keep).any()) for m in lamp_only)  # the floor is what keeps them
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_weight_is_refused_not_protected(bad):
+    from acdc_recipe.runtime.threshold import NonFiniteWeightError
+
+    weights = [torch.randn(4, 3), torch.randn(2, 3)]
+    weights[1][0, 0] = bad  # the largest of its channel: it would be the one protected
+    group = MaskGroup((0, 1), 12, "unstructured", "magnitude", (4, 2), (1, 1))
+    with pytest.raises(NonFiniteWeightError):
+        select_masks(weights, [group])
