@@ -258,13 +258,11 @@ def emptied_channels(
     parts, by_rows = [], []
     for mask, axis in zip(masks, input_axes, strict=True):
         by_rows.append(mask.dim() >= 2 and axis != 0)
-        if by_rows[-1]:  # whole rows on every rank (maybe none): count the empty ones here
-            kept = torch.count_nonzero(mask.flatten(1), dim=1)
-            parts.append((kept == 0).sum().reshape(1))
-        elif mask.dim() >= 2:  # columns: kept entries, summed over the ranks' rows
-            parts.append(torch.count_nonzero(mask.movedim(1, 0).flatten(1), dim=1))
-        else:  # a 1-D mask is one channel
-            parts.append(torch.count_nonzero(mask).reshape(1))
+        view = _logical(mask, axis)
+        kept = torch.count_nonzero(view.flatten(1) if view.dim() >= 2 else view.reshape(1, -1), 1)
+        # Rows are whole on every rank (maybe none): count the empty ones here. A Conv1D's
+        # columns (and the one channel of a 1-D mask): kept entries, summed over the ranks.
+        parts.append((kept == 0).sum().reshape(1) if by_rows[-1] else kept)
     if not parts:
         return []
     counts = torch.cat([part.to(parts[0].device) for part in parts])
