@@ -191,24 +191,19 @@ def wide_matrix() -> list[Job]:
 def lamp_matrix() -> list[Job]:
     """The guard check: does `scope: lamp` (or a `min_density` / `min_per_channel` floor) keep
     the width-8 CNN at 95% alive where global magnitude pruning empties a layer and collapses?"""
-    jobs = [Job("cnn", m, seed, 0.95, s) for seed in range(3) for m, s in LAMP_CONFIGS]
-    jobs.append(Job("cnn", "gmp", 0, 0.95, "lamp"))
+    jobs = [Job("cnn", m, seed, 0.95, s, e) for seed in range(3) for m, s, e in LAMP_CONFIGS]
     jobs.append(Job("cnn", "acdc", 0, 0.95, "global", (("min_density", 0.02),)))
-    jobs += [
-        Job("cnn", m, seed, 0.95, s, extra)
-        for seed in range(3)
-        for m, s, extra in CHANNEL_CONFIGS
-        if (m, s, seed) != ("gmp", "lamp", 0)
-    ]
     return jobs
 
 
-LAMP_CONFIGS = (("acdc", "lamp"), ("acdc", "global"), ("gmp", "global"))
 PER_CHANNEL = (("min_per_channel", 1),)  # every conv filter and Linear row keeps a weight
-CHANNEL_CONFIGS = (
+LAMP_CONFIGS = (
+    ("acdc", "lamp", ()),
+    ("acdc", "global", ()),
+    ("gmp", "global", ()),
+    ("gmp", "lamp", ()),
     ("acdc", "lamp", PER_CHANNEL),
     ("acdc", "global", PER_CHANNEL),
-    ("gmp", "lamp", ()),
 )
 
 
